@@ -1,0 +1,28 @@
+//! The conformance fixture server: `cargo run --example conformance_server -- --port 4000`,
+//! then point `protocol_tests` (or phoenix.js) at ws://127.0.0.1:4000/socket.
+
+mod fixture;
+
+use clap::Parser;
+use fawkes::{Config, Endpoint, Server};
+
+#[derive(Parser)]
+#[command(about = "The Phoenix conformance fixture, served by Fawkes")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 4000)]
+    port: u16,
+}
+
+#[actix_web::main]
+async fn main() -> std::io::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let endpoint = Endpoint::new(Config::default());
+    let server = Server::new(endpoint)
+        .socket("/socket", fixture::socket())
+        .bind((args.host.as_str(), args.port))?;
+    println!("conformance fixture listening on ws://{}/socket", server.local_addr());
+    server.run().await
+}

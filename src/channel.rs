@@ -1,0 +1,503 @@
+//! The app-facing API: a [`Channel`] handles one topic for one socket, the way a Phoenix channel
+//! module does; a [`Router`] maps topic patterns to channels.
+//!
+//! A channel's callbacks run one at a time on its socket's task, in the order the client's
+//! frames arrived, so a channel needs no locking of its own state. Callbacks may await (a
+//! database call, say); the socket handles its next frame when the callback returns.
+
+use crate::connection::{ChannelId, Connection, Mail};
+use crate::endpoint::Endpoint;
+use crate::presence::PresenceError;
+use crate::protocol::{Outbound, Payload, Ref};
+use crate::pubsub::{encode_frame, Broadcast, Dispatch, SubId, Subscriber};
+use async_trait::async_trait;
+use std::any::{Any, TypeId};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a channel does with a client's event.
+#[derive(Debug)]
+pub enum Reply {
+    /// Answer nothing (the client's push may time out; Phoenix allows it).
+    None,
+    /// `{"status": status, "response": payload}`; `ok` and `error` are the usual statuses.
+    Status(Cow<'static, str>, Payload),
+    /// Stop the channel, optionally replying first.
+    Stop(StopReason, Option<(Cow<'static, str>, Payload)>),
+}
+
+impl Reply {
+    pub fn ok(payload: impl Into<Payload>) -> Reply {
+        Reply::Status("ok".into(), payload.into())
+    }
+    pub fn error(payload: impl Into<Payload>) -> Reply {
+        Reply::Status("error".into(), payload.into())
+    }
+    /// Ends the channel abnormally: the client gets `phx_error` and rejoins.
+    pub fn crash(reason: impl Into<String>) -> Reply {
+        Reply::Stop(StopReason::Crash(reason.into()), None)
+    }
+}
+
+/// Why a channel ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The client sent `phx_leave`.
+    Left,
+    /// The socket closed (client gone, forced disconnect, shutdown).
+    Closed,
+    /// A newer join of the same topic replaced this one.
+    DuplicateJoin,
+    /// The channel chose to stop normally: the client gets `phx_close` and does not rejoin.
+    Normal,
+    /// The channel failed: the client gets `phx_error` and rejoins. A panic counts as this.
+    Crash(String),
+}
+
+/// What to do after `handle_info` or `handle_out`.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    Stop(StopReason),
+}
+
+/// A message for a channel's `handle_info`.
+pub enum Info {
+    /// A broadcast on a topic the channel subscribed to with [`ChannelContext::subscribe`].
+    Broadcast(Arc<Broadcast>),
+    /// A message the channel sent itself ([`ChannelContext::send_self`], [`ChannelContext::send_after`])
+    /// or that the app delivered.
+    Message(Box<dyn Any + Send>),
+}
+
+impl Info {
+    /// The message as `T`, if it is one.
+    pub fn downcast<T: 'static>(self) -> Option<T> {
+        match self {
+            Info::Message(m) => m.downcast::<T>().ok().map(|b| *b),
+            Info::Broadcast(_) => None,
+        }
+    }
+}
+
+/// A channel: one instance per join of a topic on a socket.
+#[async_trait(?Send)]
+pub trait Channel: 'static {
+    /// Accepts (`Ok(reply)`) or refuses (`Err(reply)`) the join. Pushing from here is not
+    /// allowed, as in Phoenix; use [`ChannelContext::send_self`] to act right after the reply.
+    async fn join(
+        &mut self,
+        topic: &str,
+        params: Payload,
+        ctx: &mut ChannelContext,
+    ) -> Result<Payload, Payload>;
+
+    /// A client event. A channel without a clause for the event fails, as in Phoenix.
+    async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext) -> Reply {
+        let _ = (payload, ctx);
+        Reply::crash(format!("no handle_in for event {event:?}"))
+    }
+
+    /// A message from PubSub, a timer or the app.
+    async fn handle_info(&mut self, info: Info, ctx: &mut ChannelContext) -> Flow {
+        let _ = (info, ctx);
+        Flow::Continue
+    }
+
+    /// Broadcast events this channel wants to see in `handle_out` instead of having them sent
+    /// straight to the client. Asked once, at join.
+    fn intercepts(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// An intercepted broadcast: push it (changed or not) with `ctx.push`, or drop it.
+    fn handle_out(&mut self, event: &str, payload: &Payload, ctx: &mut ChannelContext) -> Flow {
+        ctx.push(event, payload.clone());
+        Flow::Continue
+    }
+
+    /// The channel is ending (not called after a crash, as in Phoenix).
+    async fn terminate(&mut self, reason: &StopReason, ctx: &mut ChannelContext) {
+        let _ = (reason, ctx);
+    }
+}
+
+/// Per-socket state set by the connect callback and readable by every channel of the socket:
+/// one value per type.
+#[derive(Default)]
+pub struct Assigns(Vec<(TypeId, Box<dyn Any + Send + Sync>)>);
+
+impl Assigns {
+    pub fn new() -> Assigns {
+        Assigns::default()
+    }
+
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
+        let id = TypeId::of::<T>();
+        self.0.retain(|(t, _)| *t != id);
+        self.0.push((id, Box::new(value)));
+    }
+
+    pub fn with<T: Any + Send + Sync>(mut self, value: T) -> Assigns {
+        self.insert(value);
+        self
+    }
+
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        let id = TypeId::of::<T>();
+        self.0
+            .iter()
+            .find(|(t, _)| *t == id)
+            .and_then(|(_, v)| v.downcast_ref())
+    }
+}
+
+/// What the socket shares with its channels.
+pub(crate) struct SocketShared {
+    pub conn: Arc<Connection>,
+    pub endpoint: Endpoint,
+    pub assigns: Arc<Assigns>,
+    pub id: Option<String>,
+}
+
+/// A channel's handle on its socket, topic and endpoint.
+pub struct ChannelContext {
+    pub(crate) socket: Arc<SocketShared>,
+    pub(crate) topic: String,
+    pub(crate) join_ref: Ref,
+    pub(crate) id: ChannelId,
+    /// The ref of the event being handled, for [`ChannelContext::socket_ref`].
+    pub(crate) current_ref: Ref,
+    /// Topics this channel tracks presence on, and extra subscriptions: undone when it ends.
+    pub(crate) tracked: Vec<String>,
+    pub(crate) subscriptions: Vec<(String, SubId)>,
+    pub(crate) timers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Where to send a reply later: see [`ChannelContext::reply`].
+#[derive(Debug, Clone)]
+pub struct SocketRef {
+    channel: ChannelId,
+    ref_: Ref,
+    conn: std::sync::Weak<Connection>,
+}
+
+impl ChannelContext {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn join_ref(&self) -> &Ref {
+        &self.join_ref
+    }
+
+    /// The socket's assigns, from its connect callback.
+    pub fn assigns(&self) -> &Assigns {
+        &self.socket.assigns
+    }
+
+    /// The socket id given at connect, if any.
+    pub fn socket_id(&self) -> Option<&str> {
+        self.socket.id.as_deref()
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.socket.endpoint
+    }
+
+    /// Sends an event to this client only: `[join_ref, null, topic, event, payload]`.
+    pub fn push(&self, event: &str, payload: impl Into<Payload>) {
+        let payload = payload.into();
+        let msg = Outbound::Push {
+            join_ref: &self.join_ref,
+            topic: &self.topic,
+            event,
+            payload: &payload,
+        };
+        if let Some(f) = encode_frame(self.socket.conn.serializer, &msg) {
+            self.socket.conn.push(f);
+        }
+    }
+
+    /// Broadcasts to every subscriber of this channel's topic, this client included.
+    pub fn broadcast(&self, event: &str, payload: impl Into<Payload>) {
+        self.endpoint()
+            .pubsub()
+            .broadcast(&self.topic, event, payload.into());
+    }
+
+    /// Broadcasts to every subscriber of this channel's topic but this channel.
+    pub fn broadcast_from(&self, event: &str, payload: impl Into<Payload>) {
+        self.endpoint()
+            .pubsub()
+            .broadcast_from(self.id, &self.topic, event, payload.into());
+    }
+
+    /// Delivers `msg` to this channel's `handle_info`, after the current callback (and, from
+    /// `join`, after the join reply).
+    pub fn send_self<T: Any + Send>(&self, msg: T) {
+        self.socket.conn.mail(Mail::Info {
+            channel: self.id,
+            info: Info::Message(Box::new(msg)),
+        });
+    }
+
+    /// Delivers `msg` to `handle_info` after `delay`, unless the channel has ended by then.
+    /// Returns a handle that cancels it when aborted.
+    pub fn send_after<T: Any + Send>(&mut self, delay: Duration, msg: T) -> tokio::task::AbortHandle {
+        let conn = Arc::downgrade(&self.socket.conn);
+        let channel = self.id;
+        let task = actix_rt::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(conn) = conn.upgrade() {
+                conn.mail(Mail::Info {
+                    channel,
+                    info: Info::Message(Box::new(msg)),
+                });
+            }
+        });
+        self.timers.retain(|t| !t.is_finished());
+        let abort = task.abort_handle();
+        self.timers.push(task);
+        abort
+    }
+
+    /// Subscribes this channel to another topic: its broadcasts arrive in `handle_info` as
+    /// [`Info::Broadcast`]. Undone when the channel ends.
+    pub fn subscribe(&mut self, topic: &str) {
+        if self.subscriptions.iter().any(|(t, _)| t == topic) {
+            return;
+        }
+        let ps = self.socket.endpoint.pubsub();
+        let id = ps.next_id();
+        let sub = Arc::new(InfoSubscriber {
+            conn: self.socket.conn.clone(),
+            channel: self.id,
+        });
+        ps.subscribe(topic, id, sub);
+        self.subscriptions.push((topic.to_owned(), id));
+    }
+
+    pub fn unsubscribe(&mut self, topic: &str) {
+        if let Some(i) = self.subscriptions.iter().position(|(t, _)| t == topic) {
+            let (t, id) = self.subscriptions.swap_remove(i);
+            self.socket.endpoint.pubsub().unsubscribe(&t, id);
+        }
+    }
+
+    /// Tracks this channel's presence under `key` on its topic; it leaves when the channel ends.
+    pub fn track(&mut self, key: &str, meta: serde_json::Value) -> Result<String, PresenceError> {
+        let topic = self.topic.clone();
+        self.track_on(&topic, key, meta)
+    }
+
+    /// Tracks presence on any topic, owned by this channel.
+    pub fn track_on(
+        &mut self,
+        topic: &str,
+        key: &str,
+        meta: serde_json::Value,
+    ) -> Result<String, PresenceError> {
+        let r = self
+            .socket
+            .endpoint
+            .presence()
+            .track(topic, self.id, key, meta)?;
+        if !self.tracked.iter().any(|t| t == topic) {
+            self.tracked.push(topic.to_owned());
+        }
+        Ok(r)
+    }
+
+    /// Replaces this channel's meta for `key` on its topic.
+    pub fn update_presence(
+        &self,
+        key: &str,
+        meta: serde_json::Value,
+    ) -> Result<String, PresenceError> {
+        self.socket
+            .endpoint
+            .presence()
+            .update(&self.topic, self.id, key, meta)
+    }
+
+    pub fn untrack(&self, key: &str) -> Result<(), PresenceError> {
+        self.socket
+            .endpoint
+            .presence()
+            .untrack(&self.topic, self.id, key)
+    }
+
+    /// The presence state of this channel's topic, as `presence_state` carries it.
+    pub fn presence_list(&self) -> serde_json::Value {
+        self.socket.endpoint.presence().list(&self.topic)
+    }
+
+    /// A handle for answering the event being handled later, from anywhere, with [`ChannelContext::reply`].
+    pub fn socket_ref(&self) -> SocketRef {
+        SocketRef {
+            channel: self.id,
+            ref_: self.current_ref.clone(),
+            conn: Arc::downgrade(&self.socket.conn),
+        }
+    }
+
+    /// Answers an earlier event (see [`ChannelContext::socket_ref`]); dropped if the channel has ended.
+    pub fn reply(socket_ref: &SocketRef, status: &str, payload: impl Into<Payload>) {
+        if let Some(conn) = socket_ref.conn.upgrade() {
+            conn.mail(Mail::Reply {
+                channel: socket_ref.channel,
+                ref_: socket_ref.ref_.clone(),
+                status: status.to_owned(),
+                payload: payload.into(),
+            });
+        }
+    }
+
+    /// Undoes what the channel set up: presence, subscriptions, timers.
+    pub(crate) fn cleanup(&mut self) {
+        let ep = &self.socket.endpoint;
+        for topic in self.tracked.drain(..) {
+            ep.presence().untrack_all(&topic, self.id);
+        }
+        for (topic, id) in self.subscriptions.drain(..) {
+            ep.pubsub().unsubscribe(&topic, id);
+        }
+        for t in self.timers.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// The channel's own topic subscription: broadcasts go straight to the client as shared bytes,
+/// except intercepted events, which go to the channel's `handle_out`.
+pub(crate) struct FastlaneSubscriber {
+    pub conn: Arc<Connection>,
+    pub channel: ChannelId,
+    pub intercepts: &'static [&'static str],
+}
+
+impl Subscriber for FastlaneSubscriber {
+    fn deliver(&self, d: &Dispatch<'_>) {
+        if self.intercepts.contains(&d.broadcast.event.as_str()) {
+            self.conn.mail(Mail::Out {
+                channel: self.channel,
+                broadcast: d.broadcast.clone(),
+            });
+        } else if let Some(frame) = d.frame(self.conn.serializer) {
+            self.conn.push_broadcast(self.channel, frame);
+        }
+    }
+}
+
+/// An extra subscription of a channel: broadcasts go to its `handle_info`.
+struct InfoSubscriber {
+    conn: Arc<Connection>,
+    channel: ChannelId,
+}
+
+impl Subscriber for InfoSubscriber {
+    fn deliver(&self, d: &Dispatch<'_>) {
+        self.conn.mail(Mail::Info {
+            channel: self.channel,
+            info: Info::Broadcast(d.broadcast.clone()),
+        });
+    }
+}
+
+type Factory = Arc<dyn Fn() -> Box<dyn Channel> + Send + Sync>;
+
+/// Maps topics to channels. A pattern is an exact topic (`community:feed`) or a prefix ending
+/// in `*` (`channel:*`); the first match wins, in the order added.
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: Vec<(Pattern, Factory)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Router {
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Routes `pattern` to channels made by `make`, one per join.
+    pub fn channel<C: Channel, F>(mut self, pattern: &str, make: F) -> Router
+    where
+        F: Fn() -> C + Send + Sync + 'static,
+    {
+        let pattern = match pattern.strip_suffix('*') {
+            Some(prefix) => Pattern::Prefix(prefix.to_owned()),
+            None => Pattern::Exact(pattern.to_owned()),
+        };
+        self.routes
+            .push((pattern, Arc::new(move || Box::new(make()) as Box<dyn Channel>)));
+        self
+    }
+
+    /// A new channel for `topic`, if a route matches it.
+    pub(crate) fn route(&self, topic: &str) -> Option<Box<dyn Channel>> {
+        self.routes
+            .iter()
+            .find(|(p, _)| match p {
+                Pattern::Exact(t) => t == topic,
+                Pattern::Prefix(p) => topic.starts_with(p.as_str()),
+            })
+            .map(|(_, make)| make())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nop;
+    #[async_trait(?Send)]
+    impl Channel for Nop {
+        async fn join(&mut self, _: &str, _: Payload, _: &mut ChannelContext) -> Result<Payload, Payload> {
+            Ok(Payload::empty())
+        }
+        fn intercepts(&self) -> &'static [&'static str] {
+            &["marker"]
+        }
+    }
+    struct Other;
+    #[async_trait(?Send)]
+    impl Channel for Other {
+        async fn join(&mut self, _: &str, _: Payload, _: &mut ChannelContext) -> Result<Payload, Payload> {
+            Err(Payload::empty())
+        }
+    }
+
+    #[test]
+    fn routes_exact_and_prefix_patterns_in_order() {
+        let r = Router::new()
+            .channel("community:feed", || Nop)
+            .channel("channel:*", || Other)
+            .channel("*", || Nop);
+        let is_nop = |t: &str| r.route(t).map(|c| c.intercepts() == ["marker"]);
+        assert_eq!(is_nop("community:feed"), Some(true));
+        assert_eq!(is_nop("channel:lobby"), Some(false));
+        assert_eq!(is_nop("channel:"), Some(false));
+        assert_eq!(is_nop("anything"), Some(true));
+        let r = Router::new().channel("community:feed", || Nop);
+        assert!(r.route("community:feed2").is_none());
+        assert!(r.route("community").is_none());
+    }
+
+    #[test]
+    fn assigns_hold_one_value_per_type() {
+        #[derive(Debug, PartialEq)]
+        struct UserId(u64);
+        let mut a = Assigns::new().with(UserId(1)).with("token".to_string());
+        a.insert(UserId(2));
+        assert_eq!(a.get::<UserId>(), Some(&UserId(2)));
+        assert_eq!(a.get::<String>().map(String::as_str), Some("token"));
+        assert_eq!(a.get::<u8>(), None);
+    }
+}

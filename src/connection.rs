@@ -1,0 +1,353 @@
+//! The state one client connection shares with the rest of the server: its bounded outbound
+//! queue of encoded frames and its mailbox.
+//!
+//! Publishers on any thread push already-encoded frames here (a broadcast's bytes are shared, not
+//! copied); the transport's writer drains them. Everything that needs the socket's own task
+//! (intercepted broadcasts, channel messages, a forced disconnect) goes through the mailbox.
+//! Both are bounded: a client that does not keep up is closed, and nobody else waits for it.
+
+use crate::channel::Info;
+use crate::protocol::{Payload, Ref, Serializer};
+use crate::pubsub::{Broadcast, SubId};
+use crate::transport::frame;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+/// Close codes the server uses, and what makes phoenix.js come back (anything but 1000).
+pub mod close_code {
+    /// Forced disconnect (socket id) and server shutdown: clients reconnect.
+    pub const GOING_AWAY: u16 = 1001;
+    /// No frame from the client for the idle timeout (what Phoenix on Bandit sends).
+    pub const IDLE: u16 = 1002;
+    /// A frame that is not valid for the negotiated serializer.
+    pub const BAD_FRAME: u16 = 1011;
+    /// A frame over the configured maximum size.
+    pub const TOO_BIG: u16 = 1009;
+    /// The outbound queue or mailbox overflowed: the client did not keep up.
+    pub const OVERLOADED: u16 = 1013;
+    /// A protocol error in the WebSocket framing itself.
+    pub const PROTOCOL: u16 = 1002;
+}
+
+/// Identifies one join of one channel on one socket.
+pub type ChannelId = SubId;
+
+/// Work for the socket's own task.
+pub(crate) enum Mail {
+    /// A message for a channel's `handle_info`.
+    Info { channel: ChannelId, info: Info },
+    /// A broadcast the channel intercepts, for its `handle_out`.
+    Out {
+        channel: ChannelId,
+        broadcast: Arc<Broadcast>,
+    },
+    /// A reply sent after its `handle_in` returned.
+    Reply {
+        channel: ChannelId,
+        ref_: Ref,
+        status: String,
+        payload: Payload,
+    },
+    /// `disconnect` was broadcast to the socket id.
+    Disconnect,
+    /// The server is stopping.
+    Shutdown,
+}
+
+pub(crate) struct Connection {
+    pub id: u64,
+    pub serializer: Serializer,
+    max_queue: usize,
+    state: Mutex<State>,
+}
+
+struct State {
+    frames: VecDeque<Bytes>,
+    writer: Option<Waker>,
+    /// The close frame to write once `frames` is drained; the writer then ends.
+    close: Option<Bytes>,
+    /// No more frames are accepted.
+    closing: bool,
+    /// Why the connection is closing, for the socket task to act on.
+    overflowed: bool,
+    mail: VecDeque<Mail>,
+    task: Option<Waker>,
+    /// A channel whose join reply is not written yet: its broadcasts wait in `held`, so that
+    /// the join reply always comes first.
+    holding: Option<ChannelId>,
+    held: Vec<Bytes>,
+}
+
+impl Connection {
+    pub fn new(id: u64, serializer: Serializer, max_queue: usize) -> Connection {
+        Connection {
+            id,
+            serializer,
+            max_queue,
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                writer: None,
+                close: None,
+                closing: false,
+                overflowed: false,
+                mail: VecDeque::new(),
+                task: None,
+                holding: None,
+                held: Vec::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic never happens while the lock is held, but stay usable if one did.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame of the socket's own (a reply, a push, a pong).
+    pub fn push(&self, frame: Bytes) {
+        let mut s = self.lock();
+        self.enqueue(&mut s, frame);
+    }
+
+    /// Queues a broadcast frame for a channel, held back while that channel's join is pending.
+    pub fn push_broadcast(&self, channel: ChannelId, frame: Bytes) {
+        let mut s = self.lock();
+        if s.holding == Some(channel) {
+            if s.held.len() >= self.max_queue {
+                self.overflow(&mut s);
+            } else {
+                s.held.push(frame);
+            }
+        } else {
+            self.enqueue(&mut s, frame);
+        }
+    }
+
+    fn enqueue(&self, s: &mut State, frame: Bytes) {
+        if s.closing {
+            return;
+        }
+        if s.frames.len() >= self.max_queue {
+            self.overflow(s);
+            return;
+        }
+        s.frames.push_back(frame);
+        if let Some(w) = s.writer.take() {
+            w.wake();
+        }
+    }
+
+    fn overflow(&self, s: &mut State) {
+        if s.closing {
+            return;
+        }
+        log::warn!(
+            "connection {}: outbound queue full ({} frames), closing the slow client",
+            self.id,
+            self.max_queue
+        );
+        s.overflowed = true;
+        s.frames.clear();
+        s.held.clear();
+        s.mail.clear();
+        self.begin_close(s, close_code::OVERLOADED, "outbound queue full");
+        if let Some(w) = s.task.take() {
+            w.wake();
+        }
+    }
+
+    /// Starts holding broadcasts for a channel being joined.
+    pub fn hold(&self, channel: ChannelId) {
+        let mut s = self.lock();
+        s.holding = Some(channel);
+        s.held.clear();
+    }
+
+    /// Ends holding: writes `first` (the join reply), then, if `keep`, what was held meanwhile.
+    pub fn release(&self, first: Option<Bytes>, keep: bool) {
+        let mut s = self.lock();
+        s.holding = None;
+        let held = std::mem::take(&mut s.held);
+        if let Some(f) = first {
+            self.enqueue(&mut s, f);
+        }
+        if keep {
+            for f in held {
+                self.enqueue(&mut s, f);
+            }
+        }
+    }
+
+    /// Posts work for the socket task. Returns false if the connection is closing.
+    pub fn mail(&self, mail: Mail) -> bool {
+        let mut s = self.lock();
+        if s.closing {
+            return false;
+        }
+        if s.mail.len() >= self.max_queue {
+            self.overflow(&mut s);
+            return false;
+        }
+        s.mail.push_back(mail);
+        if let Some(w) = s.task.take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// Polled by the socket task: the next mail, or `None` once the connection overflowed.
+    pub fn poll_mail(&self, cx: &mut Context<'_>) -> Poll<Option<Mail>> {
+        let mut s = self.lock();
+        if s.overflowed {
+            return Poll::Ready(None);
+        }
+        match s.mail.pop_front() {
+            Some(m) => Poll::Ready(Some(m)),
+            None => {
+                if s.mail.capacity() > 64 {
+                    s.mail.shrink_to_fit();
+                }
+                set_waker(&mut s.task, cx);
+                Poll::Pending
+            }
+        }
+    }
+
+    pub async fn next_mail(&self) -> Option<Mail> {
+        std::future::poll_fn(|cx| self.poll_mail(cx)).await
+    }
+
+    /// Sends what is queued, then a close frame, then ends the connection.
+    pub fn close(&self, code: u16, reason: &str) {
+        let mut s = self.lock();
+        self.begin_close(&mut s, code, reason);
+    }
+
+    fn begin_close(&self, s: &mut State, code: u16, reason: &str) {
+        if s.close.is_some() {
+            return;
+        }
+        s.closing = true;
+        s.close = Some(frame::close(code, reason));
+        if let Some(w) = s.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Marks the connection closed without a close frame (the peer is gone).
+    pub fn abandon(&self) {
+        let mut s = self.lock();
+        s.closing = true;
+        s.frames.clear();
+        s.mail.clear();
+        s.held.clear();
+        if let Some(w) = s.writer.take() {
+            w.wake();
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
+
+    /// Polled by the transport's writer: the next frame, `None` when the stream is over.
+    pub fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut s = self.lock();
+        if let Some(f) = s.frames.pop_front() {
+            return Poll::Ready(Some(f));
+        }
+        if s.frames.capacity() > 64 {
+            s.frames.shrink_to_fit();
+        }
+        if let Some(c) = s.close.take() {
+            // Leave a zero-length marker so the next poll ends the stream.
+            s.close = Some(Bytes::new());
+            if !c.is_empty() {
+                return Poll::Ready(Some(c));
+            }
+            return Poll::Ready(None);
+        }
+        if s.closing {
+            return Poll::Ready(None);
+        }
+        set_waker(&mut s.writer, cx);
+        Poll::Pending
+    }
+
+    /// Takes every queued frame at once (the LongPoll transport's read).
+    pub fn drain(&self) -> Vec<Bytes> {
+        let mut s = self.lock();
+        let out: Vec<Bytes> = s.frames.drain(..).collect();
+        if s.frames.capacity() > 64 {
+            s.frames.shrink_to_fit();
+        }
+        out
+    }
+
+    /// Registers the LongPoll reader's waker; true if frames are ready or the connection ended.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> bool {
+        let mut s = self.lock();
+        if !s.frames.is_empty() || s.closing {
+            return true;
+        }
+        set_waker(&mut s.writer, cx);
+        false
+    }
+}
+
+fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::task::noop_waker;
+
+    fn poll(c: &Connection) -> Poll<Option<Bytes>> {
+        let w = noop_waker();
+        c.poll_frame(&mut Context::from_waker(&w))
+    }
+
+    #[test]
+    fn frames_then_close_then_end() {
+        let c = Connection::new(1, Serializer::V2, 4);
+        c.push(Bytes::from_static(b"a"));
+        c.close(1001, "");
+        c.push(Bytes::from_static(b"late"));
+        assert_eq!(poll(&c), Poll::Ready(Some(Bytes::from_static(b"a"))));
+        assert_eq!(poll(&c), Poll::Ready(Some(frame::close(1001, ""))));
+        assert_eq!(poll(&c), Poll::Ready(None));
+    }
+
+    #[test]
+    fn held_broadcasts_follow_the_join_reply() {
+        let c = Connection::new(1, Serializer::V2, 4);
+        c.hold(7);
+        c.push_broadcast(7, Bytes::from_static(b"b1"));
+        c.push_broadcast(8, Bytes::from_static(b"other"));
+        c.release(Some(Bytes::from_static(b"reply")), true);
+        let got: Vec<_> = c.drain();
+        assert_eq!(got, vec![&b"other"[..], b"reply", b"b1"]);
+    }
+
+    #[test]
+    fn overflow_closes_with_1013_and_drops_the_queue() {
+        let c = Connection::new(1, Serializer::V2, 2);
+        for _ in 0..3 {
+            c.push(Bytes::from_static(b"x"));
+        }
+        assert_eq!(poll(&c), Poll::Ready(Some(frame::close(1013, "outbound queue full"))));
+        assert_eq!(poll(&c), Poll::Ready(None));
+        let w = noop_waker();
+        assert!(matches!(
+            c.poll_mail(&mut Context::from_waker(&w)),
+            Poll::Ready(None)
+        ));
+    }
+}

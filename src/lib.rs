@@ -1,0 +1,35 @@
+//! Fawkes: a Phoenix Channels server in Rust. Unmodified phoenix.js and SwiftPhoenixClient apps
+//! connect to it as they would to Phoenix.
+//!
+//! # Layout
+//! - [`protocol`]: messages and the V1 / V2 / binary serializers. Pure, no IO.
+//! - [`transport`]: WebSocket, and the connect steps shared by transports; `frame` builds whole
+//!   WebSocket frames.
+//! - [`connection`]: a client's bounded outbound queue and mailbox, shared with publishers.
+//! - [`socket`]: one client's joined channels and the protocol's join/leave/reply rules.
+//! - [`channel`]: the app-facing [`Channel`] trait, its context and the topic [`Router`].
+//! - [`pubsub`]: sharded topic registry, fan-out that encodes once, the node-to-node adapter.
+//! - [`presence`]: who is on a topic, as `presence_state` / `presence_diff`.
+//! - [`endpoint`]: config, PubSub, Presence and live connections of one server; socket definitions.
+//! - [`config`]: limits and their defaults.
+//! - [`server`]: actix-web wiring, descriptor limit, graceful shutdown.
+
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod endpoint;
+pub mod presence;
+pub mod protocol;
+pub mod pubsub;
+pub(crate) mod socket;
+pub mod server;
+pub mod transport;
+
+pub use channel::{Assigns, Channel, ChannelContext, Flow, Info, Reply, Router, StopReason};
+pub use config::{CheckOrigin, Config, Limits};
+pub use endpoint::{ConnectInfo, Connected, Endpoint, Params, Refused, Socket};
+pub use protocol::Payload;
+pub use server::Server;
+
+/// Re-exported so apps implement [`Channel`] with the same macro.
+pub use async_trait::async_trait;

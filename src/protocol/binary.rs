@@ -1,0 +1,283 @@
+//! V2 binary frames. Every length is one unsigned byte and the payload is the rest of the frame.
+//!
+//! ```text
+//! client push  0x00 len(join_ref) len(ref) len(topic) len(event)  join_ref ref topic event payload
+//! server push  0x00 len(join_ref) len(topic) len(event)            join_ref topic event payload
+//! reply        0x01 len(join_ref) len(ref) len(topic) len(status)  join_ref ref topic status payload
+//! broadcast    0x02 len(topic) len(event)                          topic event payload
+//! ```
+
+use super::{DecodeError, EncodeError, Message, Outbound, Payload, Ref};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::Value;
+
+const PUSH: u8 = 0;
+const REPLY: u8 = 1;
+const BROADCAST: u8 = 2;
+
+pub(super) fn decode(data: &[u8]) -> Result<Message, DecodeError> {
+    let err = |why: &str| DecodeError(format!("invalid binary frame: {why}"));
+    let (&kind, rest) = data.split_first().ok_or_else(|| err("empty"))?;
+    if kind != PUSH {
+        return Err(err(&format!("kind {kind} is not a client push")));
+    }
+    if rest.len() < 4 {
+        return Err(err("header shorter than 5 bytes"));
+    }
+    let lens = [rest[0], rest[1], rest[2], rest[3]].map(usize::from);
+    let mut body = &rest[4..];
+    let mut field = |len: usize, name: &str| -> Result<String, DecodeError> {
+        if body.len() < len {
+            return Err(err(&format!("{name} runs past the end")));
+        }
+        let (s, tail) = body.split_at(len);
+        body = tail;
+        String::from_utf8(s.to_vec()).map_err(|_| err(&format!("{name} is not UTF-8")))
+    };
+    let join_ref = field(lens[0], "join_ref")?;
+    let ref_ = field(lens[1], "ref")?;
+    let topic = field(lens[2], "topic")?;
+    let event = field(lens[3], "event")?;
+    Ok(Message {
+        join_ref: Value::String(join_ref),
+        ref_: Value::String(ref_),
+        topic,
+        event,
+        payload: Payload::Binary(Bytes::copy_from_slice(body)),
+    })
+}
+
+pub(super) fn encode(msg: &Outbound<'_>, out: &mut BytesMut) -> Result<(), EncodeError> {
+    match *msg {
+        Outbound::Reply {
+            join_ref,
+            ref_,
+            topic,
+            status,
+            response,
+        } => {
+            let (j, r) = (ref_text(join_ref), ref_text(ref_));
+            let fields = [
+                ("join_ref", j.as_bytes()),
+                ("ref", r.as_bytes()),
+                ("topic", topic.as_bytes()),
+                ("status", status.as_bytes()),
+            ];
+            write(out, REPLY, &fields, response)
+        }
+        Outbound::Push {
+            join_ref,
+            topic,
+            event,
+            payload,
+        }
+        | Outbound::Control {
+            join_ref,
+            topic,
+            event,
+            payload,
+        } => {
+            let j = ref_text(join_ref);
+            let fields = [
+                ("join_ref", j.as_bytes()),
+                ("topic", topic.as_bytes()),
+                ("event", event.as_bytes()),
+            ];
+            write(out, PUSH, &fields, payload)
+        }
+        Outbound::Broadcast {
+            topic,
+            event,
+            payload,
+        } => {
+            let fields = [("topic", topic.as_bytes()), ("event", event.as_bytes())];
+            write(out, BROADCAST, &fields, payload)
+        }
+    }
+}
+
+/// A ref as binary frames carry it: strings as they are, null as the empty string.
+fn ref_text(r: &Ref) -> std::borrow::Cow<'_, str> {
+    match r {
+        Value::String(s) => s.as_str().into(),
+        Value::Null => "".into(),
+        other => other.to_string().into(),
+    }
+}
+
+fn write(
+    out: &mut BytesMut,
+    kind: u8,
+    fields: &[(&'static str, &[u8])],
+    payload: &Payload,
+) -> Result<(), EncodeError> {
+    // Refuse rather than truncate: a cut topic would reach the wrong channel.
+    if let Some((name, _)) = fields.iter().find(|(_, f)| f.len() > 255) {
+        return Err(EncodeError::FieldTooLong(name));
+    }
+    let Payload::Binary(data) = payload else {
+        unreachable!("only binary payloads are encoded as binary frames")
+    };
+    out.reserve(1 + fields.len() + fields.iter().map(|(_, f)| f.len()).sum::<usize>() + data.len());
+    out.put_u8(kind);
+    for (_, f) in fields {
+        out.put_u8(f.len() as u8);
+    }
+    for (_, f) in fields {
+        out.put_slice(f);
+    }
+    out.put_slice(data);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{FrameKind, Serializer};
+    use serde_json::json;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn enc(msg: Outbound<'_>) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        assert_eq!(
+            Serializer::V2.encode(&msg, &mut out).unwrap(),
+            FrameKind::Binary
+        );
+        out.to_vec()
+    }
+
+    #[test]
+    fn decodes_the_phoenix_js_vector() {
+        let m = decode(&hex("00010101013031746501")).unwrap();
+        assert_eq!((m.join_ref, m.ref_), (json!("0"), json!("1")));
+        assert_eq!((m.topic.as_str(), m.event.as_str()), ("t", "e"));
+        assert_eq!(m.payload, Payload::Binary(Bytes::from_static(&[1])));
+    }
+
+    #[test]
+    fn decodes_the_transcript_push() {
+        let m = decode(&hex(
+            "0001010e043132636f6d6d756e6974793a6665656470696e67010203ff",
+        ))
+        .unwrap();
+        assert_eq!((m.join_ref, m.ref_), (json!("1"), json!("2")));
+        assert_eq!(m.topic, "community:feed");
+        assert_eq!(m.event, "ping");
+        assert_eq!(m.payload, Payload::Binary(Bytes::from_static(&[1, 2, 3, 255])));
+    }
+
+    #[test]
+    fn rejects_short_or_foreign_frames() {
+        for bad in [
+            "",
+            "00",
+            "00010101",
+            "0001010105303174",
+            "01010101013031746501",
+            "02010101013031746501",
+            "0001010101303174",
+            "00000001ff",
+        ] {
+            assert!(decode(&hex(bad)).is_err(), "{bad}");
+        }
+        // An empty payload is fine.
+        assert_eq!(
+            decode(&hex("000101010130317465")).unwrap().payload,
+            Payload::Binary(Bytes::new())
+        );
+        assert_eq!(
+            decode(&hex("000000000174")).unwrap().payload,
+            Payload::Binary(Bytes::new())
+        );
+    }
+
+    #[test]
+    fn encodes_the_transcript_reply_and_broadcast() {
+        let (j, r) = (json!("1"), json!("2"));
+        let p = Payload::Binary(Bytes::from_static(&[1, 2, 3, 255]));
+        assert_eq!(
+            enc(Outbound::Reply {
+                join_ref: &j,
+                ref_: &r,
+                topic: "community:feed",
+                status: "ok",
+                response: &p
+            }),
+            hex("0101010e023132636f6d6d756e6974793a666565646f6b010203ff")
+        );
+        let p = Payload::Binary(Bytes::from_static(b"bin!"));
+        assert_eq!(
+            enc(Outbound::Broadcast {
+                topic: "community:feed",
+                event: "new_post",
+                payload: &p
+            }),
+            hex("020e08636f6d6d756e6974793a666565646e65775f706f737462696e21")
+        );
+    }
+
+    #[test]
+    fn encodes_the_phoenix_js_vectors() {
+        let p = Payload::Binary(Bytes::from_static(&[1, 1]));
+        let (j, r, null) = (json!("123"), json!("12"), Value::Null);
+        let mut expected = vec![0x00, 3, 3, 10];
+        expected.extend_from_slice(b"123topsome-event\x01\x01");
+        assert_eq!(
+            enc(Outbound::Push {
+                join_ref: &j,
+                topic: "top",
+                event: "some-event",
+                payload: &p
+            }),
+            expected
+        );
+        let j100 = json!("100");
+        let mut expected = vec![0x01, 3, 2, 3, 2];
+        expected.extend_from_slice(b"10012topok\x01\x01");
+        assert_eq!(
+            enc(Outbound::Reply {
+                join_ref: &j100,
+                ref_: &r,
+                topic: "top",
+                status: "ok",
+                response: &p
+            }),
+            expected
+        );
+        // A null join_ref travels as an empty string.
+        let mut expected = vec![0x01, 0, 2, 3, 2];
+        expected.extend_from_slice(b"12topok\x01\x01");
+        assert_eq!(
+            enc(Outbound::Reply {
+                join_ref: &null,
+                ref_: &r,
+                topic: "top",
+                status: "ok",
+                response: &p
+            }),
+            expected
+        );
+    }
+
+    #[test]
+    fn refuses_fields_over_255_bytes() {
+        let topic = "t".repeat(256);
+        let p = Payload::Binary(Bytes::from_static(&[1]));
+        let mut out = BytesMut::new();
+        let msg = Outbound::Broadcast {
+            topic: &topic,
+            event: "e",
+            payload: &p,
+        };
+        assert_eq!(
+            Serializer::V2.encode(&msg, &mut out),
+            Err(EncodeError::FieldTooLong("topic"))
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Phoenix Channels messages and their serializers: pure code, no IO.
+//!
+//! A client frame decodes into a [`Message`]; everything the server sends is an [`Outbound`],
+//! encoded by the [`Serializer`] the client negotiated with `vsn`.
+
+mod binary;
+mod v1;
+mod v2;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use std::fmt;
+
+/// A `ref` or `join_ref`: an opaque JSON value the server echoes back unchanged (a ref sent as
+/// a number comes back as a number). `Value::Null` is the protocol's null.
+pub type Ref = Value;
+
+/// What a message carries: JSON, or raw bytes from a V2 binary frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Json(Value),
+    Binary(Bytes),
+}
+
+impl Payload {
+    /// The empty JSON object, `{}`.
+    pub fn empty() -> Payload {
+        Payload::Json(Value::Object(Default::default()))
+    }
+
+    /// The JSON value, or `None` for a binary payload.
+    pub fn json(&self) -> Option<&Value> {
+        match self {
+            Payload::Json(v) => Some(v),
+            Payload::Binary(_) => None,
+        }
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(v: Value) -> Self {
+        Payload::Json(v)
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(b: Bytes) -> Self {
+        Payload::Binary(b)
+    }
+}
+
+/// A message from a client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub join_ref: Ref,
+    pub ref_: Ref,
+    pub topic: String,
+    pub event: String,
+    pub payload: Payload,
+}
+
+/// Something the server sends. Each variant fixes which of `join_ref` and `ref` the wire carries.
+#[derive(Debug, Clone, Copy)]
+pub enum Outbound<'a> {
+    /// `phx_reply` to a client message: echoes its ref, carries the channel's join_ref.
+    Reply {
+        join_ref: &'a Ref,
+        ref_: &'a Ref,
+        topic: &'a str,
+        status: &'a str,
+        response: &'a Payload,
+    },
+    /// A channel's own push: join_ref set, ref null.
+    Push {
+        join_ref: &'a Ref,
+        topic: &'a str,
+        event: &'a str,
+        payload: &'a Payload,
+    },
+    /// A broadcast delivered as is: join_ref and ref both null.
+    Broadcast {
+        topic: &'a str,
+        event: &'a str,
+        payload: &'a Payload,
+    },
+    /// `phx_close` / `phx_error`: the join_ref in both the join_ref and the ref slot.
+    Control {
+        join_ref: &'a Ref,
+        topic: &'a str,
+        event: &'a str,
+        payload: &'a Payload,
+    },
+}
+
+/// WebSocket opcode an encoded message needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Text,
+    Binary,
+}
+
+/// The serializer a socket negotiated with its `vsn` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Serializer {
+    /// `vsn=1.0.x` or no vsn: JSON objects, no `join_ref` in what the server sends.
+    V1,
+    /// `vsn=2.0.x`: JSON arrays, and binary frames for binary payloads.
+    V2,
+}
+
+/// Why a client frame could not be decoded. The socket that sent it is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a message could not be encoded for a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    /// V1 has no binary frames.
+    BinaryUnsupported,
+    /// A binary frame's join_ref, ref, topic, event or status is over 255 bytes.
+    FieldTooLong(&'static str),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::BinaryUnsupported => f.write_str("binary payload on a V1 socket"),
+            EncodeError::FieldTooLong(field) => {
+                write!(f, "binary frame {field} longer than 255 bytes")
+            }
+        }
+    }
+}
+
+impl Serializer {
+    /// Picks the serializer for a `vsn` query value: `None` means no vsn (V1). An unsupported
+    /// or malformed version gives `None`, and the connect is refused.
+    pub fn from_vsn(vsn: Option<&str>) -> Option<Serializer> {
+        let Some(vsn) = vsn else {
+            return Some(Serializer::V1);
+        };
+        // A full x.y.z semver, matched as Phoenix matches "~> 1.0.0" and "~> 2.0.0".
+        let parts: Vec<&str> = vsn.split('.').collect();
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if parts.len() != 3 || !parts.iter().all(|p| numeric(p)) {
+            return None;
+        }
+        let num = |s: &str| s.parse::<u64>().ok();
+        match (num(parts[0]), num(parts[1])) {
+            (Some(1), Some(0)) => Some(Serializer::V1),
+            (Some(2), Some(0)) => Some(Serializer::V2),
+            _ => None,
+        }
+    }
+
+    /// Decodes one client frame.
+    pub fn decode(self, kind: FrameKind, data: &[u8]) -> Result<Message, DecodeError> {
+        match (self, kind) {
+            (Serializer::V1, FrameKind::Text) => v1::decode(data),
+            (Serializer::V2, FrameKind::Text) => v2::decode(data),
+            (Serializer::V2, FrameKind::Binary) => binary::decode(data),
+            (Serializer::V1, FrameKind::Binary) => {
+                Err(DecodeError("binary frame on a V1 socket".into()))
+            }
+        }
+    }
+
+    /// Appends the encoded message to `out` and says which opcode it needs.
+    pub fn encode(self, msg: &Outbound<'_>, out: &mut BytesMut) -> Result<FrameKind, EncodeError> {
+        let binary = match msg {
+            Outbound::Reply { response: p, .. }
+            | Outbound::Push { payload: p, .. }
+            | Outbound::Broadcast { payload: p, .. }
+            | Outbound::Control { payload: p, .. } => matches!(p, Payload::Binary(_)),
+        };
+        match (self, binary) {
+            (Serializer::V1, false) => {
+                v1::encode(msg, out);
+                Ok(FrameKind::Text)
+            }
+            (Serializer::V2, false) => {
+                v2::encode(msg, out);
+                Ok(FrameKind::Text)
+            }
+            (Serializer::V2, true) => binary::encode(msg, out).map(|_| FrameKind::Binary),
+            (Serializer::V1, true) => Err(EncodeError::BinaryUnsupported),
+        }
+    }
+}
+
+/// Writes a JSON value. Serializing a `Value` or `&str` into memory cannot fail.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut BytesMut, value: &T) {
+    use bytes::BufMut;
+    serde_json::to_writer(out.writer(), value).expect("JSON into memory");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vsn_negotiation() {
+        assert_eq!(Serializer::from_vsn(None), Some(Serializer::V1));
+        assert_eq!(Serializer::from_vsn(Some("1.0.0")), Some(Serializer::V1));
+        assert_eq!(Serializer::from_vsn(Some("1.0.7")), Some(Serializer::V1));
+        assert_eq!(Serializer::from_vsn(Some("2.0.0")), Some(Serializer::V2));
+        assert_eq!(Serializer::from_vsn(Some("2.0.3")), Some(Serializer::V2));
+        for bad in ["2.1.0", "3.0.0", "2.0", "2", "", "x.y.z", "2.0.0-rc", "1.1.0", "2.0.-1"] {
+            assert_eq!(Serializer::from_vsn(Some(bad)), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! HTTP wiring: mounts sockets on an actix-web server, raises the descriptor limit, and shuts
+//! down gracefully on SIGTERM/SIGINT (sockets closed with 1001 so clients reconnect elsewhere).
+
+use crate::endpoint::{Endpoint, Socket};
+use crate::transport::{websocket, Mount};
+use actix_web::{web, App, HttpResponse, HttpServer};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+type Routes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+/// A server under construction: an endpoint, its socket mounts and any extra HTTP routes.
+pub struct Server {
+    endpoint: Endpoint,
+    mounts: Vec<(String, Socket)>,
+    routes: Vec<Routes>,
+    workers: Option<usize>,
+}
+
+/// Registers `<path>/websocket` for each mount. Use it to put Fawkes sockets into an actix-web
+/// `App` of your own; [`Server`] does this for you.
+pub fn configure_sockets(cfg: &mut web::ServiceConfig, endpoint: &Endpoint, mounts: &[(String, Socket)]) {
+    for (path, socket) in mounts {
+        let mount = web::Data::new(Mount {
+            endpoint: endpoint.clone(),
+            socket: socket.clone(),
+        });
+        let base = path.trim_end_matches('/');
+        cfg.service(
+            web::resource(format!("{base}/websocket"))
+                .app_data(mount)
+                .route(web::get().to(websocket::handle))
+                // Phoenix answers any other method with 400 and an empty body.
+                .default_service(web::to(HttpResponse::BadRequest)),
+        );
+    }
+}
+
+impl Server {
+    pub fn new(endpoint: Endpoint) -> Server {
+        Server {
+            endpoint,
+            mounts: Vec::new(),
+            routes: Vec::new(),
+            workers: None,
+        }
+    }
+
+    /// Mounts a socket at `path` (`/socket` serves `/socket/websocket`).
+    pub fn socket(mut self, path: &str, socket: Socket) -> Server {
+        self.mounts.push((path.to_owned(), socket));
+        self
+    }
+
+    /// Adds HTTP routes of the app's own (a REST API, say).
+    pub fn routes(mut self, f: impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static) -> Server {
+        self.routes.push(Arc::new(f));
+        self
+    }
+
+    /// Worker threads (default: one per core).
+    pub fn workers(mut self, n: usize) -> Server {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Binds the listening socket. Call from within an actix system.
+    pub fn bind(self, addr: impl ToSocketAddrs) -> std::io::Result<Running> {
+        raise_fd_limit();
+        let Server {
+            endpoint,
+            mounts,
+            routes,
+            workers,
+        } = self;
+        let ep = endpoint.clone();
+        let mut http = HttpServer::new(move || {
+            let (ep, mounts, routes) = (ep.clone(), mounts.clone(), routes.clone());
+            App::new().configure(move |cfg| {
+                configure_sockets(cfg, &ep, &mounts);
+                for r in &routes {
+                    r(cfg);
+                }
+            })
+        })
+        .disable_signals()
+        .shutdown_timeout(endpoint.config().shutdown_timeout.as_secs().max(1));
+        if let Some(n) = workers {
+            http = http.workers(n);
+        }
+        let http = http.bind(addr)?;
+        let addrs = http.addrs();
+        Ok(Running {
+            addrs,
+            server: http.run(),
+            endpoint,
+        })
+    }
+}
+
+/// A bound server.
+pub struct Running {
+    addrs: Vec<SocketAddr>,
+    server: actix_web::dev::Server,
+    endpoint: Endpoint,
+}
+
+impl Running {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Stops the server gracefully: sockets get 1001, then workers stop.
+    pub fn handle(&self) -> StopHandle {
+        StopHandle {
+            server: self.server.handle(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    /// Serves until stopped; SIGTERM or SIGINT stops it gracefully.
+    pub async fn run(self) -> std::io::Result<()> {
+        let stop = self.handle();
+        actix_rt::spawn(async move {
+            wait_for_signal().await;
+            stop.stop().await;
+        });
+        self.server.await
+    }
+}
+
+/// Stops a running server.
+#[derive(Clone)]
+pub struct StopHandle {
+    server: actix_web::dev::ServerHandle,
+    endpoint: Endpoint,
+}
+
+impl StopHandle {
+    pub async fn stop(&self) {
+        log::info!(
+            "shutting down: closing {} connections with 1001",
+            self.endpoint.connection_count()
+        );
+        self.endpoint.shutdown_connections();
+        // Give the close frames a moment to be written before workers stop.
+        let deadline = std::time::Instant::now() + self.endpoint.config().shutdown_timeout;
+        while self.endpoint.connection_count() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.server.stop(true).await;
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT received"),
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: each connection is a descriptor.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let soft = lim.rlim_cur;
+        if soft < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::warn!("could not raise the open files limit from {soft}");
+                return;
+            }
+        }
+        log::info!(
+            "open files limit: soft {} (was {soft}), hard {}",
+            lim.rlim_cur,
+            lim.rlim_max
+        );
+    }
+}

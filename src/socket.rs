@@ -1,0 +1,398 @@
+//! One client socket: its joined channels, keyed by topic, and the protocol's rules for joins,
+//! leaves, replies, heartbeats and failures (Phoenix 1.8 semantics). Transport-agnostic: a
+//! transport feeds it decoded messages and mail, and drains its connection's queue.
+
+use crate::channel::{
+    Channel, ChannelContext, FastlaneSubscriber, Flow, Reply, SocketShared, StopReason,
+};
+use crate::connection::{ChannelId, Connection, Mail};
+use crate::endpoint::{Connected, Endpoint, Socket};
+use crate::protocol::{Message, Outbound, Payload, Ref};
+use crate::pubsub::{encode_frame, Dispatch, Subscriber};
+use futures_util::FutureExt;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+/// Why a socket ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Close with this code and reason.
+    Close(u16, String),
+}
+
+struct Joined {
+    channel: Box<dyn Channel>,
+    ctx: ChannelContext,
+}
+
+pub(crate) struct SocketState {
+    shared: Arc<SocketShared>,
+    def: Socket,
+    channels: HashMap<String, Joined>,
+    /// The socket id's subscription.
+    id_sub: Option<u64>,
+}
+
+/// The socket id topic's subscriber: only `disconnect` matters.
+struct IdSubscriber(Arc<Connection>);
+
+impl Subscriber for IdSubscriber {
+    fn deliver(&self, d: &Dispatch<'_>) {
+        if d.broadcast.event == "disconnect" {
+            self.0.mail(Mail::Disconnect);
+        }
+    }
+}
+
+/// Runs an app callback, turning a panic into a failure of that channel.
+async fn guarded<T>(topic: &str, what: &str, fut: impl Future<Output = T>) -> Result<T, String> {
+    AssertUnwindSafe(fut).catch_unwind().await.map_err(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        log::error!("channel {topic}: {what} panicked: {why}");
+        why
+    })
+}
+
+fn empty() -> Payload {
+    Payload::empty()
+}
+
+fn reason(r: &str) -> Payload {
+    Payload::Json(json!({ "reason": r }))
+}
+
+impl SocketState {
+    pub fn new(
+        endpoint: Endpoint,
+        def: Socket,
+        conn: Arc<Connection>,
+        connected: Connected,
+    ) -> SocketState {
+        let id_sub = connected.id.as_ref().map(|id| {
+            let ps = endpoint.pubsub();
+            let sub = ps.next_id();
+            ps.subscribe(id, sub, Arc::new(IdSubscriber(conn.clone())));
+            sub
+        });
+        SocketState {
+            shared: Arc::new(SocketShared {
+                conn,
+                endpoint,
+                assigns: Arc::new(connected.assigns),
+                id: connected.id,
+            }),
+            def,
+            channels: HashMap::new(),
+            id_sub,
+        }
+    }
+
+    pub fn conn(&self) -> &Arc<Connection> {
+        &self.shared.conn
+    }
+
+    fn send(&self, msg: &Outbound<'_>) {
+        if let Some(f) = encode_frame(self.shared.conn.serializer, msg) {
+            self.shared.conn.push(f);
+        }
+    }
+
+    fn reply(&self, join_ref: &Ref, ref_: &Ref, topic: &str, status: &str, response: &Payload) {
+        self.send(&Outbound::Reply {
+            join_ref,
+            ref_,
+            topic,
+            status,
+            response,
+        });
+    }
+
+    fn control(&self, join_ref: &Ref, topic: &str, event: &str, payload: &Payload) {
+        self.send(&Outbound::Control {
+            join_ref,
+            topic,
+            event,
+            payload,
+        });
+    }
+
+    /// Handles one message from the client.
+    pub async fn handle(&mut self, msg: Message) {
+        match (msg.topic.as_str(), msg.event.as_str()) {
+            ("phoenix", "heartbeat") => {
+                self.reply(&Value::Null, &msg.ref_, "phoenix", "ok", &empty())
+            }
+            (_, "phx_join") => self.join(msg).await,
+            (_, "phx_leave") => self.leave(msg).await,
+            _ => self.event(msg).await,
+        }
+    }
+
+    async fn join(&mut self, msg: Message) {
+        let Message {
+            join_ref,
+            ref_,
+            topic,
+            payload,
+            ..
+        } = msg;
+        // A join of a joined topic replaces the old join; its phx_close follows the new reply.
+        let replaced = match self.channels.remove(&topic) {
+            Some(old) => Some(self.end(&topic, old, StopReason::DuplicateJoin).await),
+            None => None,
+        };
+        let close_replaced = |s: &Self| {
+            if let Some(old_ref) = &replaced {
+                s.control(old_ref, &topic, "phx_close", &empty());
+            }
+        };
+        let Some(mut channel) = self.def.router.route(&topic) else {
+            self.reply(&Value::Null, &ref_, &topic, "error", &reason("unmatched topic"));
+            return close_replaced(self);
+        };
+        let max = self.shared.endpoint.config().limits.max_channels;
+        if self.channels.len() >= max {
+            log::info!("socket {}: refused join of {topic}: {max} channels joined", self.conn().id);
+            self.reply(&join_ref, &ref_, &topic, "error", &reason("too many channels joined"));
+            return close_replaced(self);
+        }
+
+        let ps = self.shared.endpoint.pubsub().clone();
+        let id: ChannelId = ps.next_id();
+        let conn = self.shared.conn.clone();
+        // Subscribe before join runs, so that nothing published after the join's reads is
+        // missed; hold those broadcasts until the reply is written.
+        conn.hold(id);
+        ps.subscribe(
+            &topic,
+            id,
+            Arc::new(FastlaneSubscriber {
+                conn: conn.clone(),
+                channel: id,
+                intercepts: channel.intercepts(),
+            }),
+        );
+        let mut ctx = ChannelContext {
+            socket: self.shared.clone(),
+            topic: topic.clone(),
+            join_ref: join_ref.clone(),
+            id,
+            current_ref: ref_.clone(),
+            tracked: Vec::new(),
+            subscriptions: Vec::new(),
+            timers: Vec::new(),
+        };
+        let result = guarded(&topic, "join", channel.join(&topic, payload, &mut ctx)).await;
+        let (status, response) = match result {
+            Ok(Ok(r)) => ("ok", r),
+            Ok(Err(r)) => ("error", r),
+            Err(_) => ("error", reason("join crashed")),
+        };
+        let reply = encode_frame(
+            conn.serializer,
+            &Outbound::Reply {
+                join_ref: &join_ref,
+                ref_: &ref_,
+                topic: &topic,
+                status,
+                response: &response,
+            },
+        );
+        let ok = status == "ok";
+        if ok {
+            conn.release(reply, true);
+            self.channels.insert(topic.clone(), Joined { channel, ctx });
+        } else {
+            ps.unsubscribe(&topic, id);
+            ctx.cleanup();
+            conn.release(reply, false);
+        }
+        close_replaced(self);
+    }
+
+    async fn leave(&mut self, msg: Message) {
+        let current = self.channels.get(&msg.topic).map(|j| j.ctx.join_ref.clone());
+        match current {
+            // Not joined: answer ok, echoing the join_ref sent.
+            None => self.reply(&msg.join_ref, &msg.ref_, &msg.topic, "ok", &empty()),
+            Some(j) if msg.join_ref.is_null() || msg.join_ref == j => {
+                self.reply(&j, &msg.ref_, &msg.topic, "ok", &empty());
+                let joined = self.channels.remove(&msg.topic).expect("joined");
+                self.control(&j, &msg.topic, "phx_close", &empty());
+                self.end(&msg.topic, joined, StopReason::Left).await;
+            }
+            // A stale leave (an older join of this topic): Phoenix drops it.
+            Some(_) => {}
+        }
+    }
+
+    async fn event(&mut self, msg: Message) {
+        let Some(joined) = self.channels.get_mut(&msg.topic) else {
+            return self.reply(
+                &Value::Null,
+                &msg.ref_,
+                &msg.topic,
+                "error",
+                &reason("unmatched topic"),
+            );
+        };
+        if !msg.join_ref.is_null() && msg.join_ref != joined.ctx.join_ref {
+            // Phoenix 1.8.12 drops events carrying the join_ref of an older join.
+            log::debug!("dropped {} on {}: stale join_ref", msg.event, msg.topic);
+            return;
+        }
+        joined.ctx.current_ref = msg.ref_.clone();
+        let fut = joined
+            .channel
+            .handle_in(&msg.event, msg.payload, &mut joined.ctx);
+        let outcome = guarded(&msg.topic, "handle_in", fut).await;
+        let j = joined.ctx.join_ref.clone();
+        let stop = match outcome {
+            Err(why) => Some(StopReason::Crash(why)),
+            Ok(Reply::None) => None,
+            Ok(Reply::Status(status, p)) => {
+                self.reply(&j, &msg.ref_, &msg.topic, &status, &p);
+                None
+            }
+            Ok(Reply::Stop(why, reply)) => {
+                if let Some((status, p)) = reply {
+                    self.reply(&j, &msg.ref_, &msg.topic, &status, &p);
+                }
+                Some(why)
+            }
+        };
+        if let Some(why) = stop {
+            self.stop(&msg.topic, why).await;
+        }
+    }
+
+    /// A channel stops on its own: `phx_close` for a normal stop, `phx_error` for a failure.
+    async fn stop(&mut self, topic: &str, why: StopReason) {
+        let Some(joined) = self.channels.remove(topic) else {
+            return;
+        };
+        let j = joined.ctx.join_ref.clone();
+        if let StopReason::Crash(r) = &why {
+            log::warn!("channel {topic} failed: {r}");
+            self.control(&j, topic, "phx_error", &reason("channel_crash"));
+        } else {
+            self.control(&j, topic, "phx_close", &empty());
+        }
+        self.end(topic, joined, why).await;
+    }
+
+    /// Unsubscribes, leaves presence, cancels timers and runs `terminate` (not after a crash).
+    /// Returns the ended join's join_ref.
+    async fn end(&mut self, topic: &str, mut joined: Joined, why: StopReason) -> Ref {
+        self.shared
+            .endpoint
+            .pubsub()
+            .unsubscribe(topic, joined.ctx.id);
+        joined.ctx.cleanup();
+        if !matches!(why, StopReason::Crash(_)) {
+            let fut = joined.channel.terminate(&why, &mut joined.ctx);
+            let _ = guarded(topic, "terminate", fut).await;
+            // terminate may have tracked or subscribed again.
+            joined.ctx.cleanup();
+        }
+        joined.ctx.join_ref
+    }
+
+    /// Handles mail; `Some` when the socket must end.
+    pub async fn handle_mail(&mut self, mail: Mail) -> Option<End> {
+        match mail {
+            Mail::Disconnect => {
+                return Some(End::Close(1001, "disconnected".into()));
+            }
+            Mail::Shutdown => {
+                return Some(End::Close(1001, "server shutting down".into()));
+            }
+            Mail::Info { channel, info } => {
+                if let Some(topic) = self.topic_of(channel) {
+                    let joined = self.channels.get_mut(&topic).expect("joined");
+                    let fut = joined.channel.handle_info(info, &mut joined.ctx);
+                    let r = guarded(&topic, "handle_info", fut).await;
+                    self.after(&topic, r).await;
+                }
+            }
+            Mail::Out { channel, broadcast } => {
+                if let Some(topic) = self.topic_of(channel) {
+                    let joined = self.channels.get_mut(&topic).expect("joined");
+                    let (ev, p) = (&broadcast.event, &broadcast.payload);
+                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        joined.channel.handle_out(ev, p, &mut joined.ctx)
+                    }))
+                    .map_err(|_| {
+                        log::error!("channel {topic}: handle_out panicked");
+                        "handle_out panicked".to_string()
+                    });
+                    self.after(&topic, r).await;
+                }
+            }
+            Mail::Reply {
+                channel,
+                ref_,
+                status,
+                payload,
+            } => {
+                if let Some(topic) = self.topic_of(channel) {
+                    let j = self.channels[&topic].ctx.join_ref.clone();
+                    self.reply(&j, &ref_, &topic, &status, &payload);
+                }
+            }
+        }
+        None
+    }
+
+    async fn after(&mut self, topic: &str, r: Result<Flow, String>) {
+        match r {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Stop(why)) => self.stop(topic, why).await,
+            Err(why) => self.stop(topic, StopReason::Crash(why)).await,
+        }
+    }
+
+    /// The topic of a channel that is still joined (mail for an ended join is dropped).
+    fn topic_of(&self, channel: ChannelId) -> Option<String> {
+        self.channels
+            .iter()
+            .find(|(_, j)| j.ctx.id == channel)
+            .map(|(t, _)| t.clone())
+    }
+
+    /// Ends every channel (the socket is closing) and drops the socket id subscription.
+    pub async fn terminate(&mut self) {
+        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        for topic in topics {
+            if let Some(joined) = self.channels.remove(&topic) {
+                self.end(&topic, joined, StopReason::Closed).await;
+            }
+        }
+        if let (Some(id), Some(sub)) = (&self.shared.id, self.id_sub.take()) {
+            self.shared.endpoint.pubsub().unsubscribe(id, sub);
+        }
+    }
+}
+
+impl Drop for SocketState {
+    fn drop(&mut self) {
+        // A task dropped mid-way (runtime shutdown) still must not leave subscriptions behind.
+        for (topic, mut joined) in self.channels.drain() {
+            self.shared
+                .endpoint
+                .pubsub()
+                .unsubscribe(&topic, joined.ctx.id);
+            joined.ctx.cleanup();
+        }
+        if let (Some(id), Some(sub)) = (&self.shared.id, self.id_sub.take()) {
+            self.shared.endpoint.pubsub().unsubscribe(id, sub);
+        }
+    }
+}

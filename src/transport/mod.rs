@@ -1,0 +1,155 @@
+//! Transports move frames between the network and a socket. What they share lives here: the
+//! connect steps (origin check, `vsn`, the connect callback), in the order Phoenix runs them.
+
+pub mod frame;
+pub mod websocket;
+
+use crate::config::CheckOrigin;
+use crate::endpoint::{ConnectInfo, Connected, Endpoint, Params, Socket};
+use crate::protocol::Serializer;
+use actix_web::HttpRequest;
+
+/// A socket definition mounted at a path on an endpoint.
+#[derive(Clone)]
+pub struct Mount {
+    pub endpoint: Endpoint,
+    pub socket: Socket,
+}
+
+/// Why a connect was refused, for the log; the client only sees 403.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    Origin(String),
+    Vsn(String),
+    Refused(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Origin(o) => write!(f, "origin {o:?} not allowed"),
+            ConnectError::Vsn(v) => write!(f, "unsupported vsn {v:?}"),
+            ConnectError::Refused(r) => write!(f, "refused by connect: {r}"),
+        }
+    }
+}
+
+/// Runs the connect steps for a request. `auth_token` comes from the transport's own carrier.
+pub(crate) async fn connect(
+    mount: &Mount,
+    req: &HttpRequest,
+    auth_token: Option<String>,
+) -> Result<(Serializer, Connected), ConnectError> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let origin = header("origin");
+    if let (CheckOrigin::Allow(allowed), Some(o)) = (&mount.endpoint.config().check_origin, &origin)
+    {
+        if !origin_allowed(allowed, o) {
+            return Err(ConnectError::Origin(o.clone()));
+        }
+    }
+    let params = Params::parse(req.query_string());
+    let vsn = params.get("vsn");
+    let serializer = Serializer::from_vsn(vsn)
+        .ok_or_else(|| ConnectError::Vsn(vsn.unwrap_or_default().to_owned()))?;
+    let info = ConnectInfo {
+        params,
+        auth_token,
+        peer_addr: req.peer_addr(),
+        origin,
+        user_agent: header("user-agent"),
+    };
+    let connected = (mount.socket.connect)(info)
+        .await
+        .map_err(|r| ConnectError::Refused(r.0))?;
+    Ok((serializer, connected))
+}
+
+/// Phoenix's `check_origin` list matching: each entry `scheme://host:port` with missing parts as
+/// wildcards, and `*.` as "this domain or any subdomain".
+pub(crate) fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    let Some(o) = split_url(origin) else {
+        return false;
+    };
+    let Some(o_host) = o.host.filter(|h| !h.is_empty()) else {
+        return false;
+    };
+    allowed.iter().any(|entry| {
+        let Some(a) = split_url(entry) else {
+            return false;
+        };
+        let scheme_ok = a.scheme.is_none_or(|s| Some(s) == o.scheme);
+        let port_ok = a.port.is_none_or(|p| Some(p) == o.port);
+        let host_ok = match a.host {
+            None => true,
+            Some(h) => match h.strip_prefix("*.") {
+                Some(domain) => {
+                    o_host.eq_ignore_ascii_case(domain)
+                        || o_host
+                            .to_ascii_lowercase()
+                            .ends_with(&format!(".{}", domain.to_ascii_lowercase()))
+                }
+                None => o_host.eq_ignore_ascii_case(h),
+            },
+        };
+        scheme_ok && port_ok && host_ok
+    })
+}
+
+struct UrlParts<'a> {
+    scheme: Option<&'a str>,
+    host: Option<&'a str>,
+    port: Option<u16>,
+}
+
+fn split_url(s: &str) -> Option<UrlParts<'_>> {
+    let (scheme, rest) = match s.split_once("//") {
+        Some((sch, rest)) => (sch.strip_suffix(':').filter(|x| !x.is_empty()), rest),
+        None => (None, s),
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse().ok()?)),
+        None => (authority, None),
+    };
+    let default_port = match scheme {
+        Some("http") | Some("ws") => Some(80),
+        Some("https") | Some("wss") => Some(443),
+        _ => None,
+    };
+    Some(UrlParts {
+        scheme,
+        host: Some(host).filter(|h| !h.is_empty()),
+        port: port.or(default_port),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn origin_lists_match_as_phoenix_does() {
+        let allow = |list: &[&str], o: &str| {
+            origin_allowed(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>(), o)
+        };
+        assert!(allow(&["https://example.com"], "https://example.com"));
+        assert!(!allow(&["https://example.com"], "http://example.com"));
+        assert!(!allow(&["https://example.com"], "https://evil.com"));
+        assert!(allow(&["//example.com"], "http://example.com"));
+        assert!(allow(&["//example.com"], "https://EXAMPLE.com:8443"));
+        assert!(allow(&["//*.example.com"], "https://a.b.example.com"));
+        assert!(allow(&["//*.example.com"], "https://example.com"));
+        assert!(!allow(&["//*.example.com"], "https://badexample.com"));
+        assert!(allow(&["http://localhost:4000"], "http://localhost:4000"));
+        assert!(!allow(&["http://localhost:4000"], "http://localhost:4001"));
+        assert!(allow(&["https://example.com"], "https://example.com:443"));
+        assert!(!allow(&["https://example.com"], "null"));
+        assert!(!allow(&[], "https://example.com"));
+    }
+}
