@@ -94,7 +94,12 @@ pub trait Channel: 'static {
     ) -> Result<Payload, Payload>;
 
     /// A client event. A channel without a clause for the event fails, as in Phoenix.
-    async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext) -> Reply {
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext,
+    ) -> Reply {
         let _ = (payload, ctx);
         Reply::crash(format!("no handle_in for event {event:?}"))
     }
@@ -245,7 +250,11 @@ impl ChannelContext {
 
     /// Delivers `msg` to `handle_info` after `delay`, unless the channel has ended by then.
     /// Returns a handle that cancels it when aborted.
-    pub fn send_after<T: Any + Send>(&mut self, delay: Duration, msg: T) -> tokio::task::AbortHandle {
+    pub fn send_after<T: Any + Send>(
+        &mut self,
+        delay: Duration,
+        msg: T,
+    ) -> tokio::task::AbortHandle {
         let conn = Arc::downgrade(&self.socket.conn);
         let channel = self.id;
         let task = actix_rt::spawn(async move {
@@ -435,8 +444,10 @@ impl Router {
             Some(prefix) => Pattern::Prefix(prefix.to_owned()),
             None => Pattern::Exact(pattern.to_owned()),
         };
-        self.routes
-            .push((pattern, Arc::new(move || Box::new(make()) as Box<dyn Channel>)));
+        self.routes.push((
+            pattern,
+            Arc::new(move || Box::new(make()) as Box<dyn Channel>),
+        ));
         self
     }
 
@@ -459,7 +470,12 @@ mod tests {
     struct Nop;
     #[async_trait(?Send)]
     impl Channel for Nop {
-        async fn join(&mut self, _: &str, _: Payload, _: &mut ChannelContext) -> Result<Payload, Payload> {
+        async fn join(
+            &mut self,
+            _: &str,
+            _: Payload,
+            _: &mut ChannelContext,
+        ) -> Result<Payload, Payload> {
             Ok(Payload::empty())
         }
         fn intercepts(&self) -> &'static [&'static str] {
@@ -469,7 +485,12 @@ mod tests {
     struct Other;
     #[async_trait(?Send)]
     impl Channel for Other {
-        async fn join(&mut self, _: &str, _: Payload, _: &mut ChannelContext) -> Result<Payload, Payload> {
+        async fn join(
+            &mut self,
+            _: &str,
+            _: Payload,
+            _: &mut ChannelContext,
+        ) -> Result<Payload, Payload> {
             Err(Payload::empty())
         }
     }

@@ -248,10 +248,6 @@ impl Connection {
         }
     }
 
-    pub fn is_closing(&self) -> bool {
-        self.lock().closing
-    }
-
     /// Polled by the transport's writer: the next frame, `None` when the stream is over.
     pub fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut s = self.lock();
@@ -286,14 +282,17 @@ impl Connection {
         out
     }
 
-    /// Registers the LongPoll reader's waker; true if frames are ready or the connection ended.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> bool {
-        let mut s = self.lock();
-        if !s.frames.is_empty() || s.closing {
-            return true;
-        }
-        set_waker(&mut s.writer, cx);
-        false
+    /// Waits until frames are queued or the connection is closing (the LongPoll transport's read).
+    pub async fn ready(&self) {
+        std::future::poll_fn(|cx| {
+            let mut s = self.lock();
+            if !s.frames.is_empty() || s.closing {
+                return Poll::Ready(());
+            }
+            set_waker(&mut s.writer, cx);
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -342,7 +341,10 @@ mod tests {
         for _ in 0..3 {
             c.push(Bytes::from_static(b"x"));
         }
-        assert_eq!(poll(&c), Poll::Ready(Some(frame::close(1013, "outbound queue full"))));
+        assert_eq!(
+            poll(&c),
+            Poll::Ready(Some(frame::close(1013, "outbound queue full")))
+        );
         assert_eq!(poll(&c), Poll::Ready(None));
         let w = noop_waker();
         assert!(matches!(

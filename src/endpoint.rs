@@ -74,6 +74,8 @@ type ConnectFn =
 pub struct Socket {
     pub(crate) connect: ConnectFn,
     pub(crate) router: Router,
+    pub(crate) websocket: bool,
+    pub(crate) longpoll: bool,
 }
 
 impl Socket {
@@ -82,7 +84,17 @@ impl Socket {
         Socket {
             connect: Arc::new(|_| Box::pin(async { Ok(Connected::default()) })),
             router,
+            websocket: true,
+            longpoll: true,
         }
+    }
+
+    /// Turns transports on or off (both are on by default). A transport that is off has no
+    /// route: its path answers 404.
+    pub fn transports(mut self, websocket: bool, longpoll: bool) -> Socket {
+        self.websocket = websocket;
+        self.longpoll = longpoll;
+        self
     }
 
     /// Sets the connect callback.

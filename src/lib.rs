@@ -21,8 +21,8 @@ pub mod endpoint;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;
-pub(crate) mod socket;
 pub mod server;
+pub(crate) mod socket;
 pub mod transport;
 
 pub use channel::{Assigns, Channel, ChannelContext, Flow, Info, Reply, Router, StopReason};

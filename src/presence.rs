@@ -261,7 +261,9 @@ mod tests {
 
         let r1 = p.track("room", 1, "u1", json!({"online_at": "t"})).unwrap();
         assert_eq!(r1.len(), 16);
-        let r2 = p.track("room", 2, "u1", json!({"online_at": "t2"})).unwrap();
+        let r2 = p
+            .track("room", 2, "u1", json!({"online_at": "t2"}))
+            .unwrap();
         assert_ne!(r1, r2);
         assert_eq!(
             p.track("room", 2, "u1", json!({})),
@@ -273,7 +275,9 @@ mod tests {
             json!({"joins": {"u1": {"metas": [{"online_at": "t", "phx_ref": r1}]}}, "leaves": {}})
         );
 
-        let r3 = p.update("room", 1, "u1", json!({"online_at": "t", "status": "away"})).unwrap();
+        let r3 = p
+            .update("room", 1, "u1", json!({"online_at": "t", "status": "away"}))
+            .unwrap();
         let d = diffs.0.lock().unwrap()[2].clone();
         assert_eq!(
             d,

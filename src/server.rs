@@ -2,7 +2,7 @@
 //! down gracefully on SIGTERM/SIGINT (sockets closed with 1001 so clients reconnect elsewhere).
 
 use crate::endpoint::{Endpoint, Socket};
-use crate::transport::{websocket, Mount};
+use crate::transport::{longpoll, websocket, Mount};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -17,21 +17,53 @@ pub struct Server {
     workers: Option<usize>,
 }
 
-/// Registers `<path>/websocket` for each mount. Use it to put Fawkes sockets into an actix-web
-/// `App` of your own; [`Server`] does this for you.
-pub fn configure_sockets(cfg: &mut web::ServiceConfig, endpoint: &Endpoint, mounts: &[(String, Socket)]) {
-    for (path, socket) in mounts {
-        let mount = web::Data::new(Mount {
-            endpoint: endpoint.clone(),
-            socket: socket.clone(),
-        });
-        let base = path.trim_end_matches('/');
+/// Socket definitions bound to an endpoint, each with its LongPoll sessions. Build them once
+/// and share them among workers: a LongPoll session must be found whichever worker a request
+/// lands on.
+pub fn mounts(
+    endpoint: &Endpoint,
+    sockets: &[(String, Socket)],
+) -> Vec<(String, web::Data<Mount>)> {
+    sockets
+        .iter()
+        .map(|(path, socket)| {
+            let mount = Mount {
+                endpoint: endpoint.clone(),
+                socket: socket.clone(),
+                sessions: Arc::new(longpoll::Sessions::new(
+                    endpoint.config().secret_key.as_deref(),
+                )),
+            };
+            (path.trim_end_matches('/').to_owned(), web::Data::new(mount))
+        })
+        .collect()
+}
+
+/// Registers `<path>/websocket` and `<path>/longpoll` for each mount. Use it to put Fawkes
+/// sockets into an actix-web `App` of your own; [`Server`] does this for you.
+pub fn configure_sockets(cfg: &mut web::ServiceConfig, mounts: &[(String, web::Data<Mount>)]) {
+    for (base, mount) in mounts {
+        if mount.socket.websocket {
+            cfg.service(
+                web::resource(format!("{base}/websocket"))
+                    .app_data(mount.clone())
+                    .route(web::get().to(websocket::handle))
+                    // Phoenix answers any other method with 400 and an empty body.
+                    .default_service(web::to(HttpResponse::BadRequest)),
+            );
+        }
+        if !mount.socket.longpoll {
+            continue;
+        }
+        let body_limit = web::PayloadConfig::new(mount.endpoint.config().limits.max_longpoll_body);
         cfg.service(
-            web::resource(format!("{base}/websocket"))
-                .app_data(mount)
-                .route(web::get().to(websocket::handle))
-                // Phoenix answers any other method with 400 and an empty body.
-                .default_service(web::to(HttpResponse::BadRequest)),
+            web::resource(format!("{base}/longpoll"))
+                .app_data(mount.clone())
+                .app_data(body_limit)
+                .route(web::get().to(longpoll::get))
+                .route(web::post().to(longpoll::post))
+                .route(web::method(actix_web::http::Method::OPTIONS).to(longpoll::options))
+                .default_service(web::to(longpoll::other)),
         );
     }
 }
@@ -73,11 +105,11 @@ impl Server {
             routes,
             workers,
         } = self;
-        let ep = endpoint.clone();
+        let mounts = self::mounts(&endpoint, &mounts);
         let mut http = HttpServer::new(move || {
-            let (ep, mounts, routes) = (ep.clone(), mounts.clone(), routes.clone());
+            let (mounts, routes) = (mounts.clone(), routes.clone());
             App::new().configure(move |cfg| {
-                configure_sockets(cfg, &ep, &mounts);
+                configure_sockets(cfg, &mounts);
                 for r in &routes {
                     r(cfg);
                 }

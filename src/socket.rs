@@ -154,13 +154,28 @@ impl SocketState {
             }
         };
         let Some(mut channel) = self.def.router.route(&topic) else {
-            self.reply(&Value::Null, &ref_, &topic, "error", &reason("unmatched topic"));
+            self.reply(
+                &Value::Null,
+                &ref_,
+                &topic,
+                "error",
+                &reason("unmatched topic"),
+            );
             return close_replaced(self);
         };
         let max = self.shared.endpoint.config().limits.max_channels;
         if self.channels.len() >= max {
-            log::info!("socket {}: refused join of {topic}: {max} channels joined", self.conn().id);
-            self.reply(&join_ref, &ref_, &topic, "error", &reason("too many channels joined"));
+            log::info!(
+                "socket {}: refused join of {topic}: {max} channels joined",
+                self.conn().id
+            );
+            self.reply(
+                &join_ref,
+                &ref_,
+                &topic,
+                "error",
+                &reason("too many channels joined"),
+            );
             return close_replaced(self);
         }
 
@@ -218,7 +233,10 @@ impl SocketState {
     }
 
     async fn leave(&mut self, msg: Message) {
-        let current = self.channels.get(&msg.topic).map(|j| j.ctx.join_ref.clone());
+        let current = self
+            .channels
+            .get(&msg.topic)
+            .map(|j| j.ctx.join_ref.clone());
         match current {
             // Not joined: answer ok, echoing the join_ref sent.
             None => self.reply(&msg.join_ref, &msg.ref_, &msg.topic, "ok", &empty()),

@@ -12,11 +12,21 @@ pub struct Feed;
 
 #[async_trait(?Send)]
 impl Channel for Feed {
-    async fn join(&mut self, _: &str, _: Payload, _: &mut ChannelContext) -> Result<Payload, Payload> {
+    async fn join(
+        &mut self,
+        _: &str,
+        _: Payload,
+        _: &mut ChannelContext,
+    ) -> Result<Payload, Payload> {
         Ok(Payload::empty())
     }
 
-    async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext) -> Reply {
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext,
+    ) -> Reply {
         match event {
             "new_post" => {
                 // Broadcast first: the sender sees it before its reply, as with Phoenix.
@@ -39,7 +49,12 @@ struct AfterJoin;
 
 #[async_trait(?Send)]
 impl Channel for Room {
-    async fn join(&mut self, _: &str, params: Payload, ctx: &mut ChannelContext) -> Result<Payload, Payload> {
+    async fn join(
+        &mut self,
+        _: &str,
+        params: Payload,
+        ctx: &mut ChannelContext,
+    ) -> Result<Payload, Payload> {
         // Non-object params make the join fail the way a Phoenix join that raises does.
         let params = params
             .json()
@@ -66,7 +81,12 @@ impl Channel for Room {
         Flow::Continue
     }
 
-    async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext) -> Reply {
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext,
+    ) -> Reply {
         match event {
             "new_msg" => {
                 ctx.broadcast("new_msg", payload);
@@ -87,7 +107,12 @@ pub struct Collection;
 
 #[async_trait(?Send)]
 impl Channel for Collection {
-    async fn join(&mut self, _: &str, _: Payload, _: &mut ChannelContext) -> Result<Payload, Payload> {
+    async fn join(
+        &mut self,
+        _: &str,
+        _: Payload,
+        _: &mut ChannelContext,
+    ) -> Result<Payload, Payload> {
         Ok(Payload::Json(json!({ "items": [] })))
     }
 
@@ -101,7 +126,12 @@ pub struct Private;
 
 #[async_trait(?Send)]
 impl Channel for Private {
-    async fn join(&mut self, _: &str, _: Payload, _: &mut ChannelContext) -> Result<Payload, Payload> {
+    async fn join(
+        &mut self,
+        _: &str,
+        _: Payload,
+        _: &mut ChannelContext,
+    ) -> Result<Payload, Payload> {
         Err(Payload::Json(json!({ "reason": "unauthorized" })))
     }
 }

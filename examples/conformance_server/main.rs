@@ -23,6 +23,9 @@ async fn main() -> std::io::Result<()> {
     let server = Server::new(endpoint)
         .socket("/socket", fixture::socket())
         .bind((args.host.as_str(), args.port))?;
-    println!("conformance fixture listening on ws://{}/socket", server.local_addr());
+    println!(
+        "conformance fixture listening on ws://{}/socket",
+        server.local_addr()
+    );
     server.run().await
 }

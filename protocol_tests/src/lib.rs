@@ -31,7 +31,10 @@ pub struct Target {
 impl Target {
     pub fn new(url: &str) -> Target {
         Target {
-            url: url.trim_end_matches('/').trim_end_matches("/websocket").to_owned(),
+            url: url
+                .trim_end_matches('/')
+                .trim_end_matches("/websocket")
+                .to_owned(),
             control: None,
             idle_timeout: None,
         }
@@ -39,14 +42,21 @@ impl Target {
 
     /// `host:port`.
     pub fn host(&self) -> String {
-        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r);
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
         rest.split('/').next().unwrap_or(rest).to_owned()
     }
 
     /// The mount path, `/socket`.
     pub fn path(&self) -> String {
-        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r);
-        rest.find('/').map_or(String::new(), |i| rest[i..].to_owned())
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        rest.find('/')
+            .map_or(String::new(), |i| rest[i..].to_owned())
     }
 }
 

@@ -36,7 +36,11 @@ fn walk(e: &Value, a: &Value, vars: &mut Vars, path: &str) -> Result<(), String>
         },
         (Value::Array(e), Value::Array(a)) => {
             if e.len() != a.len() {
-                return Err(format!("{path}: {} elements, expected {}", a.len(), e.len()));
+                return Err(format!(
+                    "{path}: {} elements, expected {}",
+                    a.len(),
+                    e.len()
+                ));
             }
             for (i, (x, y)) in e.iter().zip(a).enumerate() {
                 walk(x, y, vars, &format!("{path}[{i}]"))?;

@@ -80,8 +80,11 @@ async fn v2_heartbeat(t: Target) -> Result {
     let (url, q) = v2(&t);
     let mut a = Client::connect("A", &url, q).await?;
     a.send(r#"[null,"1","phoenix","heartbeat",{}]"#).await?;
-    a.expect(&format!(r#"[null,"1","phoenix","phx_reply",{OK_EMPTY}]"#), &mut Vars::new())
-        .await?;
+    a.expect(
+        &format!(r#"[null,"1","phoenix","phx_reply",{OK_EMPTY}]"#),
+        &mut Vars::new(),
+    )
+    .await?;
     a.close().await;
     Ok(())
 }
@@ -89,17 +92,32 @@ async fn v2_heartbeat(t: Target) -> Result {
 async fn v2_join_ping_and_broadcast_before_reply(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
-    a.send(r#"["1","1","community:feed","phx_join",{}]"#).await?;
-    a.expect(&format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
-    a.send(r#"["1","2","community:feed","ping",{"x":1,"s":"abc"}]"#).await?;
+    a.send(r#"["1","1","community:feed","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        &format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.send(r#"["1","2","community:feed","ping",{"x":1,"s":"abc"}]"#)
+        .await?;
     a.expect(
         r#"["1","2","community:feed","phx_reply",{"response":{"s":"abc","x":1},"status":"ok"}]"#,
         &mut v,
     )
     .await?;
-    a.send(r#"["1","3","community:feed","new_post",{"body":"hello","n":1}]"#).await?;
-    a.expect(r#"[null,null,"community:feed","new_post",{"body":"hello","n":1}]"#, &mut v).await?;
-    a.expect(&format!(r#"["1","3","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
+    a.send(r#"["1","3","community:feed","new_post",{"body":"hello","n":1}]"#)
+        .await?;
+    a.expect(
+        r#"[null,null,"community:feed","new_post",{"body":"hello","n":1}]"#,
+        &mut v,
+    )
+    .await?;
+    a.expect(
+        &format!(r#"["1","3","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
     a.close().await;
     Ok(())
 }
@@ -108,14 +126,37 @@ async fn v2_broadcast_to_two_sockets(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
     let mut b = open("B", &t, "token=t2&vsn=2.0.0").await?;
-    a.send(r#"["1","1","community:feed","phx_join",{}]"#).await?;
-    b.send(r#"["7","7","community:feed","phx_join",{}]"#).await?;
-    b.expect(&format!(r#"["7","7","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
-    a.expect(&format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
-    a.send(r#"["1","2","community:feed","new_post",{"body":"from A"}]"#).await?;
-    b.expect(r#"[null,null,"community:feed","new_post",{"body":"from A"}]"#, &mut v).await?;
-    a.expect(r#"[null,null,"community:feed","new_post",{"body":"from A"}]"#, &mut v).await?;
-    a.expect(&format!(r#"["1","2","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
+    a.send(r#"["1","1","community:feed","phx_join",{}]"#)
+        .await?;
+    b.send(r#"["7","7","community:feed","phx_join",{}]"#)
+        .await?;
+    b.expect(
+        &format!(r#"["7","7","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.expect(
+        &format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.send(r#"["1","2","community:feed","new_post",{"body":"from A"}]"#)
+        .await?;
+    b.expect(
+        r#"[null,null,"community:feed","new_post",{"body":"from A"}]"#,
+        &mut v,
+    )
+    .await?;
+    a.expect(
+        r#"[null,null,"community:feed","new_post",{"body":"from A"}]"#,
+        &mut v,
+    )
+    .await?;
+    a.expect(
+        &format!(r#"["1","2","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
     b.close().await;
     a.close().await;
     Ok(())
@@ -124,9 +165,11 @@ async fn v2_broadcast_to_two_sockets(t: Target) -> Result {
 async fn v2_join_error_then_push(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
-    a.send(r#"["1","1","private:secret","phx_join",{}]"#).await?;
+    a.send(r#"["1","1","private:secret","phx_join",{}]"#)
+        .await?;
     a.expect(r#"["1","1","private:secret","phx_reply",{"response":{"reason":"unauthorized"},"status":"error"}]"#, &mut v).await?;
-    a.send(r#"["1","2","private:secret","anything",{}]"#).await?;
+    a.send(r#"["1","2","private:secret","anything",{}]"#)
+        .await?;
     a.expect(r#"[null,"2","private:secret","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#, &mut v).await?;
     a.close().await;
     Ok(())
@@ -143,12 +186,19 @@ async fn v2_unmatched_topic_join(t: Target) -> Result {
 async fn v2_push_to_topic_not_joined(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
-    a.send(r#"[null,"1","community:feed","new_post",{"body":"x"}]"#).await?;
+    a.send(r#"[null,"1","community:feed","new_post",{"body":"x"}]"#)
+        .await?;
     a.expect(r#"[null,"1","community:feed","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#, &mut v).await?;
-    a.send(r#"["5","2","community:feed","new_post",{"body":"x"}]"#).await?;
+    a.send(r#"["5","2","community:feed","new_post",{"body":"x"}]"#)
+        .await?;
     a.expect(r#"[null,"2","community:feed","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#, &mut v).await?;
-    a.send(r#"["5","3","community:feed","phx_leave",{}]"#).await?;
-    a.expect(&format!(r#"["5","3","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
+    a.send(r#"["5","3","community:feed","phx_leave",{}]"#)
+        .await?;
+    a.expect(
+        &format!(r#"["5","3","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
     a.close().await;
     Ok(())
 }
@@ -156,15 +206,31 @@ async fn v2_push_to_topic_not_joined(t: Target) -> Result {
 async fn v2_stale_join_ref_is_dropped(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
-    a.send(r#"["1","1","community:feed","phx_join",{}]"#).await?;
-    a.expect(&format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
+    a.send(r#"["1","1","community:feed","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        &format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
     // Phoenix 1.8.12 drops it (1.7.24 still answered).
-    a.send(r#"["99","2","community:feed","ping",{"x":1}]"#).await?;
-    a.send(r#"["1","3","community:feed","ping",{"x":2}]"#).await?;
-    a.expect(r#"["1","3","community:feed","phx_reply",{"response":{"x":2},"status":"ok"}]"#, &mut v).await?;
+    a.send(r#"["99","2","community:feed","ping",{"x":1}]"#)
+        .await?;
+    a.send(r#"["1","3","community:feed","ping",{"x":2}]"#)
+        .await?;
+    a.expect(
+        r#"["1","3","community:feed","phx_reply",{"response":{"x":2},"status":"ok"}]"#,
+        &mut v,
+    )
+    .await?;
     // A null join_ref is the current join.
-    a.send(r#"[null,"4","community:feed","ping",{"x":3}]"#).await?;
-    a.expect(r#"["1","4","community:feed","phx_reply",{"response":{"x":3},"status":"ok"}]"#, &mut v).await?;
+    a.send(r#"[null,"4","community:feed","ping",{"x":3}]"#)
+        .await?;
+    a.expect(
+        r#"["1","4","community:feed","phx_reply",{"response":{"x":3},"status":"ok"}]"#,
+        &mut v,
+    )
+    .await?;
     a.close().await;
     Ok(())
 }
@@ -172,20 +238,43 @@ async fn v2_stale_join_ref_is_dropped(t: Target) -> Result {
 async fn v2_duplicate_join(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
-    a.send(r#"["1","1","community:feed","phx_join",{}]"#).await?;
-    a.expect(&format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
-    a.send(r#"["2","2","community:feed","phx_join",{}]"#).await?;
-    a.expect(&format!(r#"["2","2","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
-    a.expect(r#"["1","1","community:feed","phx_close",{}]"#, &mut v).await?;
-    a.send(r#"["2","3","community:feed","ping",{"after":"dup"}]"#).await?;
-    a.expect(r#"["2","3","community:feed","phx_reply",{"response":{"after":"dup"},"status":"ok"}]"#, &mut v).await?;
+    a.send(r#"["1","1","community:feed","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        &format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.send(r#"["2","2","community:feed","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        &format!(r#"["2","2","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.expect(r#"["1","1","community:feed","phx_close",{}]"#, &mut v)
+        .await?;
+    a.send(r#"["2","3","community:feed","ping",{"after":"dup"}]"#)
+        .await?;
+    a.expect(
+        r#"["2","3","community:feed","phx_reply",{"response":{"after":"dup"},"status":"ok"}]"#,
+        &mut v,
+    )
+    .await?;
     // The old join_ref is stale now: dropped.
-    a.send(r#"["1","4","community:feed","ping",{"old":"ref"}]"#).await?;
+    a.send(r#"["1","4","community:feed","ping",{"old":"ref"}]"#)
+        .await?;
     a.expect_silence(200).await?;
     // A duplicate join with the same join_ref.
-    a.send(r#"["2","5","community:feed","phx_join",{}]"#).await?;
-    a.expect(&format!(r#"["2","5","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
-    a.expect(r#"["2","2","community:feed","phx_close",{}]"#, &mut v).await?;
+    a.send(r#"["2","5","community:feed","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        &format!(r#"["2","5","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.expect(r#"["2","2","community:feed","phx_close",{}]"#, &mut v)
+        .await?;
     a.close().await;
     Ok(())
 }
@@ -193,11 +282,22 @@ async fn v2_duplicate_join(t: Target) -> Result {
 async fn v2_leave(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
-    a.send(r#"["1","1","community:feed","phx_join",{}]"#).await?;
-    a.expect(&format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
-    a.send(r#"["1","2","community:feed","phx_leave",{}]"#).await?;
-    a.expect(&format!(r#"["1","2","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
-    a.expect(r#"["1","1","community:feed","phx_close",{}]"#, &mut v).await?;
+    a.send(r#"["1","1","community:feed","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        &format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.send(r#"["1","2","community:feed","phx_leave",{}]"#)
+        .await?;
+    a.expect(
+        &format!(r#"["1","2","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.expect(r#"["1","1","community:feed","phx_close",{}]"#, &mut v)
+        .await?;
     a.send(r#"["1","3","community:feed","ping",{}]"#).await?;
     a.expect(r#"[null,"3","community:feed","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#, &mut v).await?;
     a.close().await;
@@ -206,8 +306,13 @@ async fn v2_leave(t: Target) -> Result {
 
 async fn v2_collection_join_reply(t: Target) -> Result {
     let mut a = open("A", &t, V2).await?;
-    a.send(r#"["1","1","collection:abc","phx_join",{}]"#).await?;
-    a.expect(r#"["1","1","collection:abc","phx_reply",{"response":{"items":[]},"status":"ok"}]"#, &mut Vars::new()).await?;
+    a.send(r#"["1","1","collection:abc","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        r#"["1","1","collection:abc","phx_reply",{"response":{"items":[]},"status":"ok"}]"#,
+        &mut Vars::new(),
+    )
+    .await?;
     a.close().await;
     Ok(())
 }
@@ -220,35 +325,100 @@ async fn v2_presence(t: Target) -> Result {
     let f = |s: &str| s.replace("TOPIC", &topic);
     let meta = |r: &str| format!(r#"{{"metas":[{{"online_at":"{r}_at","phx_ref":"{r}"}}]}}"#);
 
-    a.send(&f(r#"["1","1","TOPIC","phx_join",{"user_id":"u1"}]"#)).await?;
-    a.expect(&f(&format!(r#"["1","1","TOPIC","phx_reply",{OK_EMPTY}]"#)), &mut v).await?;
-    a.expect(&f(&format!(r#"[null,null,"TOPIC","presence_diff",{{"joins":{{"u1":{}}},"leaves":{{}}}}]"#, meta("$r1"))), &mut v).await?;
-    a.expect(&f(&format!(r#"["1",null,"TOPIC","presence_state",{{"u1":{}}}]"#, meta("$r1"))), &mut v).await?;
+    a.send(&f(r#"["1","1","TOPIC","phx_join",{"user_id":"u1"}]"#))
+        .await?;
+    a.expect(
+        &f(&format!(r#"["1","1","TOPIC","phx_reply",{OK_EMPTY}]"#)),
+        &mut v,
+    )
+    .await?;
+    a.expect(
+        &f(&format!(
+            r#"[null,null,"TOPIC","presence_diff",{{"joins":{{"u1":{}}},"leaves":{{}}}}]"#,
+            meta("$r1")
+        )),
+        &mut v,
+    )
+    .await?;
+    a.expect(
+        &f(&format!(
+            r#"["1",null,"TOPIC","presence_state",{{"u1":{}}}]"#,
+            meta("$r1")
+        )),
+        &mut v,
+    )
+    .await?;
 
-    b.send(&f(r#"["3","3","TOPIC","phx_join",{"user_id":"u2"}]"#)).await?;
-    b.expect(&f(&format!(r#"["3","3","TOPIC","phx_reply",{OK_EMPTY}]"#)), &mut v).await?;
-    let join_u2 = |r: &str| f(&format!(r#"[null,null,"TOPIC","presence_diff",{{"joins":{{"u2":{}}},"leaves":{{}}}}]"#, meta(r)));
+    b.send(&f(r#"["3","3","TOPIC","phx_join",{"user_id":"u2"}]"#))
+        .await?;
+    b.expect(
+        &f(&format!(r#"["3","3","TOPIC","phx_reply",{OK_EMPTY}]"#)),
+        &mut v,
+    )
+    .await?;
+    let join_u2 = |r: &str| {
+        f(&format!(
+            r#"[null,null,"TOPIC","presence_diff",{{"joins":{{"u2":{}}},"leaves":{{}}}}]"#,
+            meta(r)
+        ))
+    };
     b.expect(&join_u2("$r2"), &mut v).await?;
-    b.expect(&f(&format!(r#"["3",null,"TOPIC","presence_state",{{"u1":{},"u2":{}}}]"#, meta("$r1"), meta("$r2"))), &mut v).await?;
+    b.expect(
+        &f(&format!(
+            r#"["3",null,"TOPIC","presence_state",{{"u1":{},"u2":{}}}]"#,
+            meta("$r1"),
+            meta("$r2")
+        )),
+        &mut v,
+    )
+    .await?;
     a.expect(&join_u2("$r2"), &mut v).await?;
 
-    b.send(&f(r#"["3","4","TOPIC","typing",{"who":"u2"}]"#)).await?;
-    a.expect(&f(r#"[null,null,"TOPIC","typing",{"who":"u2"}]"#), &mut v).await?;
-    b.send(&f(r#"["3","5","TOPIC","new_msg",{"body":"hi"}]"#)).await?;
-    a.expect(&f(r#"[null,null,"TOPIC","new_msg",{"body":"hi"}]"#), &mut v).await?;
+    b.send(&f(r#"["3","4","TOPIC","typing",{"who":"u2"}]"#))
+        .await?;
+    a.expect(&f(r#"[null,null,"TOPIC","typing",{"who":"u2"}]"#), &mut v)
+        .await?;
+    b.send(&f(r#"["3","5","TOPIC","new_msg",{"body":"hi"}]"#))
+        .await?;
+    a.expect(&f(r#"[null,null,"TOPIC","new_msg",{"body":"hi"}]"#), &mut v)
+        .await?;
     // typing went to everyone but B: B's next frame is new_msg.
-    b.expect(&f(r#"[null,null,"TOPIC","new_msg",{"body":"hi"}]"#), &mut v).await?;
+    b.expect(&f(r#"[null,null,"TOPIC","new_msg",{"body":"hi"}]"#), &mut v)
+        .await?;
 
     b.send(&f(r#"["3","6","TOPIC","phx_leave",{}]"#)).await?;
-    b.expect(&f(&format!(r#"["3","6","TOPIC","phx_reply",{OK_EMPTY}]"#)), &mut v).await?;
-    b.expect(&f(r#"["3","3","TOPIC","phx_close",{}]"#), &mut v).await?;
-    let leave_u2 = |r: &str| f(&format!(r#"[null,null,"TOPIC","presence_diff",{{"joins":{{}},"leaves":{{"u2":{}}}}}]"#, meta(r)));
+    b.expect(
+        &f(&format!(r#"["3","6","TOPIC","phx_reply",{OK_EMPTY}]"#)),
+        &mut v,
+    )
+    .await?;
+    b.expect(&f(r#"["3","3","TOPIC","phx_close",{}]"#), &mut v)
+        .await?;
+    let leave_u2 = |r: &str| {
+        f(&format!(
+            r#"[null,null,"TOPIC","presence_diff",{{"joins":{{}},"leaves":{{"u2":{}}}}}]"#,
+            meta(r)
+        ))
+    };
     a.expect(&leave_u2("$r2"), &mut v).await?;
 
-    b.send(&f(r#"["8","8","TOPIC","phx_join",{"user_id":"u2"}]"#)).await?;
-    b.expect(&f(&format!(r#"["8","8","TOPIC","phx_reply",{OK_EMPTY}]"#)), &mut v).await?;
+    b.send(&f(r#"["8","8","TOPIC","phx_join",{"user_id":"u2"}]"#))
+        .await?;
+    b.expect(
+        &f(&format!(r#"["8","8","TOPIC","phx_reply",{OK_EMPTY}]"#)),
+        &mut v,
+    )
+    .await?;
     b.expect(&join_u2("$r3"), &mut v).await?;
-    b.expect(&f(&format!(r#"["8",null,"TOPIC","presence_state",{{"u1":{},"u2":{}}}]"#, meta("$r1"), meta("$r3"))), &mut v).await?;
+    b.expect(
+        &f(&format!(
+            r#"["8",null,"TOPIC","presence_state",{{"u1":{},"u2":{}}}]"#,
+            meta("$r1"),
+            meta("$r3")
+        )),
+        &mut v,
+    )
+    .await?;
     a.expect(&join_u2("$r3"), &mut v).await?;
     if v["$r3"] == v["$r2"] {
         return Err("a rejoin must get a new phx_ref".into());
@@ -262,32 +432,65 @@ async fn v2_presence(t: Target) -> Result {
 async fn v2_binary(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
-    a.send(r#"["1","1","community:feed","phx_join",{}]"#).await?;
-    a.expect(&format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
-    a.send_binary(unhex("0001010e043132636f6d6d756e6974793a6665656470696e67010203ff")).await?;
-    a.expect_binary(&unhex("0101010e023132636f6d6d756e6974793a666565646f6b010203ff")).await?;
-    a.send_binary(unhex("0001010e083133636f6d6d756e6974793a666565646e65775f706f737462696e21")).await?;
-    a.expect_binary(&unhex("020e08636f6d6d756e6974793a666565646e65775f706f737462696e21")).await?;
-    a.expect(&format!(r#"["1","3","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
+    a.send(r#"["1","1","community:feed","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        &format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.send_binary(unhex(
+        "0001010e043132636f6d6d756e6974793a6665656470696e67010203ff",
+    ))
+    .await?;
+    a.expect_binary(&unhex(
+        "0101010e023132636f6d6d756e6974793a666565646f6b010203ff",
+    ))
+    .await?;
+    a.send_binary(unhex(
+        "0001010e083133636f6d6d756e6974793a666565646e65775f706f737462696e21",
+    ))
+    .await?;
+    a.expect_binary(&unhex(
+        "020e08636f6d6d756e6974793a666565646e65775f706f737462696e21",
+    ))
+    .await?;
+    a.expect(
+        &format!(r#"["1","3","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
     a.close().await;
     Ok(())
 }
 
 async fn v2_disconnect_by_socket_id(t: Target) -> Result {
     let Some(control) = t.control.clone() else {
-        return Err(format!("{NOT_RUN}needs server-side access to broadcast \"disconnect\""));
+        return Err(format!(
+            "{NOT_RUN}needs server-side access to broadcast \"disconnect\""
+        ));
     };
     let token = unique("t9-");
     let mut a = open("A", &t, &format!("token={token}&vsn=2.0.0")).await?;
     let mut other = open("B", &t, V2).await?;
-    a.send(r#"["1","1","community:feed","phx_join",{}]"#).await?;
-    a.expect(&format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#), &mut Vars::new()).await?;
+    a.send(r#"["1","1","community:feed","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        &format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut Vars::new(),
+    )
+    .await?;
     control.disconnect(&format!("users_socket:{token}"));
     // 1001 (Phoenix 1.8.8+), so phoenix.js reconnects.
     a.expect_close(1001).await?;
     // Only that socket.
     other.send(r#"[null,"1","phoenix","heartbeat",{}]"#).await?;
-    other.expect(&format!(r#"[null,"1","phoenix","phx_reply",{OK_EMPTY}]"#), &mut Vars::new()).await?;
+    other
+        .expect(
+            &format!(r#"[null,"1","phoenix","phx_reply",{OK_EMPTY}]"#),
+            &mut Vars::new(),
+        )
+        .await?;
     other.close().await;
     Ok(())
 }
@@ -296,7 +499,11 @@ async fn v2_numeric_ref_unknown_phoenix_event_and_ws_ping(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
     a.send(r#"[null,1,"phoenix","heartbeat",{}]"#).await?;
-    a.expect(&format!(r#"[null,1,"phoenix","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
+    a.expect(
+        &format!(r#"[null,1,"phoenix","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
     a.send(r#"[null,"2","phoenix","other",{}]"#).await?;
     a.expect(r#"[null,"2","phoenix","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#, &mut v).await?;
     a.ping(b"hi").await?;
@@ -307,11 +514,16 @@ async fn v2_numeric_ref_unknown_phoenix_event_and_ws_ping(t: Target) -> Result {
 
 async fn v2_join_crash(t: Target) -> Result {
     let mut a = open("A", &t, V2).await?;
-    a.send(r#"["1","1","channel:x","phx_join","notamap"]"#).await?;
+    a.send(r#"["1","1","channel:x","phx_join","notamap"]"#)
+        .await?;
     a.expect(r#"["1","1","channel:x","phx_reply",{"response":{"reason":"join crashed"},"status":"error"}]"#, &mut Vars::new()).await?;
     // The socket lives on.
     a.send(r#"[null,"2","phoenix","heartbeat",{}]"#).await?;
-    a.expect(&format!(r#"[null,"2","phoenix","phx_reply",{OK_EMPTY}]"#), &mut Vars::new()).await?;
+    a.expect(
+        &format!(r#"[null,"2","phoenix","phx_reply",{OK_EMPTY}]"#),
+        &mut Vars::new(),
+    )
+    .await?;
     a.close().await;
     Ok(())
 }
@@ -319,19 +531,44 @@ async fn v2_join_crash(t: Target) -> Result {
 async fn v2_channel_crash(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
-    a.send(r#"["1","1","community:feed","phx_join",{}]"#).await?;
-    a.expect(&format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
-    a.send(r#"["5","5","collection:abc","phx_join",{}]"#).await?;
-    a.expect(r#"["5","5","collection:abc","phx_reply",{"response":{"items":[]},"status":"ok"}]"#, &mut v).await?;
-    a.send(r#"["5","6","collection:abc","whatever",{}]"#).await?;
-    a.expect(r#"["5","5","collection:abc","phx_error",{"reason":"channel_crash"}]"#, &mut v).await?;
-    a.send(r#"["5","7","collection:abc","whatever",{}]"#).await?;
+    a.send(r#"["1","1","community:feed","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        &format!(r#"["1","1","community:feed","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.send(r#"["5","5","collection:abc","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        r#"["5","5","collection:abc","phx_reply",{"response":{"items":[]},"status":"ok"}]"#,
+        &mut v,
+    )
+    .await?;
+    a.send(r#"["5","6","collection:abc","whatever",{}]"#)
+        .await?;
+    a.expect(
+        r#"["5","5","collection:abc","phx_error",{"reason":"channel_crash"}]"#,
+        &mut v,
+    )
+    .await?;
+    a.send(r#"["5","7","collection:abc","whatever",{}]"#)
+        .await?;
     a.expect(r#"[null,"7","collection:abc","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#, &mut v).await?;
     // The socket and its other channel live on.
     a.send(r#"[null,"8","phoenix","heartbeat",{}]"#).await?;
-    a.expect(&format!(r#"[null,"8","phoenix","phx_reply",{OK_EMPTY}]"#), &mut v).await?;
-    a.send(r#"["1","9","community:feed","ping",{"still":"here"}]"#).await?;
-    a.expect(r#"["1","9","community:feed","phx_reply",{"response":{"still":"here"},"status":"ok"}]"#, &mut v).await?;
+    a.expect(
+        &format!(r#"[null,"8","phoenix","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.send(r#"["1","9","community:feed","ping",{"still":"here"}]"#)
+        .await?;
+    a.expect(
+        r#"["1","9","community:feed","phx_reply",{"response":{"still":"here"},"status":"ok"}]"#,
+        &mut v,
+    )
+    .await?;
     a.close().await;
     Ok(())
 }
@@ -343,19 +580,65 @@ async fn v2_crash_with_presence(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
     let mut b = open("B", &t, "token=t2&vsn=2.0.0").await?;
-    a.send(&f(r#"["1","1","TOPIC","phx_join",{"user_id":"ua"}]"#)).await?;
-    a.expect(&f(&format!(r#"["1","1","TOPIC","phx_reply",{OK_EMPTY}]"#)), &mut v).await?;
-    a.expect(&f(&format!(r#"[null,null,"TOPIC","presence_diff",{{"joins":{{"ua":{}}},"leaves":{{}}}}]"#, meta("$ra"))), &mut v).await?;
-    a.expect(&f(&format!(r#"["1",null,"TOPIC","presence_state",{{"ua":{}}}]"#, meta("$ra"))), &mut v).await?;
-    b.send(&f(r#"["2","2","TOPIC","phx_join",{"user_id":"ub"}]"#)).await?;
-    b.expect(&f(&format!(r#"["2","2","TOPIC","phx_reply",{OK_EMPTY}]"#)), &mut v).await?;
-    let join_ub = f(&format!(r#"[null,null,"TOPIC","presence_diff",{{"joins":{{"ub":{}}},"leaves":{{}}}}]"#, meta("$rb")));
+    a.send(&f(r#"["1","1","TOPIC","phx_join",{"user_id":"ua"}]"#))
+        .await?;
+    a.expect(
+        &f(&format!(r#"["1","1","TOPIC","phx_reply",{OK_EMPTY}]"#)),
+        &mut v,
+    )
+    .await?;
+    a.expect(
+        &f(&format!(
+            r#"[null,null,"TOPIC","presence_diff",{{"joins":{{"ua":{}}},"leaves":{{}}}}]"#,
+            meta("$ra")
+        )),
+        &mut v,
+    )
+    .await?;
+    a.expect(
+        &f(&format!(
+            r#"["1",null,"TOPIC","presence_state",{{"ua":{}}}]"#,
+            meta("$ra")
+        )),
+        &mut v,
+    )
+    .await?;
+    b.send(&f(r#"["2","2","TOPIC","phx_join",{"user_id":"ub"}]"#))
+        .await?;
+    b.expect(
+        &f(&format!(r#"["2","2","TOPIC","phx_reply",{OK_EMPTY}]"#)),
+        &mut v,
+    )
+    .await?;
+    let join_ub = f(&format!(
+        r#"[null,null,"TOPIC","presence_diff",{{"joins":{{"ub":{}}},"leaves":{{}}}}]"#,
+        meta("$rb")
+    ));
     a.expect(&join_ub, &mut v).await?;
     b.expect(&join_ub, &mut v).await?;
-    b.expect(&f(&format!(r#"["2",null,"TOPIC","presence_state",{{"ua":{},"ub":{}}}]"#, meta("$ra"), meta("$rb"))), &mut v).await?;
+    b.expect(
+        &f(&format!(
+            r#"["2",null,"TOPIC","presence_state",{{"ua":{},"ub":{}}}]"#,
+            meta("$ra"),
+            meta("$rb")
+        )),
+        &mut v,
+    )
+    .await?;
     b.send(&f(r#"["2","3","TOPIC","boom",{}]"#)).await?;
-    b.expect(&f(r#"["2","2","TOPIC","phx_error",{"reason":"channel_crash"}]"#), &mut v).await?;
-    a.expect(&f(&format!(r#"[null,null,"TOPIC","presence_diff",{{"joins":{{}},"leaves":{{"ub":{}}}}}]"#, meta("$rb"))), &mut v).await?;
+    b.expect(
+        &f(r#"["2","2","TOPIC","phx_error",{"reason":"channel_crash"}]"#),
+        &mut v,
+    )
+    .await?;
+    a.expect(
+        &f(&format!(
+            r#"[null,null,"TOPIC","presence_diff",{{"joins":{{}},"leaves":{{"ub":{}}}}}]"#,
+            meta("$rb")
+        )),
+        &mut v,
+    )
+    .await?;
     a.close().await;
     b.close().await;
     Ok(())
@@ -372,7 +655,8 @@ async fn v2_malformed_frames_close(t: Target) -> Result {
     a.send("not json").await?;
     a.expect_close(1011).await?;
     let mut a2 = open("A2", &t, V2).await?;
-    a2.send(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}"#).await?;
+    a2.send(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}"#)
+        .await?;
     a2.expect_close(1011).await?;
     let mut a3 = open("A3", &t, V2).await?;
     a3.send_binary(vec![0x01, 0x00]).await?;
@@ -385,28 +669,64 @@ async fn v1_session(t: Target) -> Result {
     let mut v = Vars::new();
     let mut a = open("A", &t, "token=t1&vsn=1.0.0").await?;
     let steps: &[(&str, &[&str])] = &[
-        (r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}"#,
-         &[r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"1","topic":"phoenix"}"#]),
-        (r#"{"topic":"community:feed","event":"phx_join","payload":{},"ref":"2","join_ref":"2"}"#,
-         &[r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"2","topic":"community:feed"}"#]),
-        (r#"{"topic":"community:feed","event":"ping","payload":{"x":1},"ref":"3","join_ref":"2"}"#,
-         &[r#"{"event":"phx_reply","payload":{"response":{"x":1},"status":"ok"},"ref":"3","topic":"community:feed"}"#]),
-        (r#"{"topic":"community:feed","event":"new_post","payload":{"body":"v1"},"ref":"4","join_ref":"2"}"#,
-         &[r#"{"event":"new_post","payload":{"body":"v1"},"ref":null,"topic":"community:feed"}"#,
-           r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"4","topic":"community:feed"}"#]),
-        (r#"{"topic":"private:x","event":"phx_join","payload":{},"ref":"5","join_ref":"5"}"#,
-         &[r#"{"event":"phx_reply","payload":{"response":{"reason":"unauthorized"},"status":"error"},"ref":"5","topic":"private:x"}"#]),
-        (r#"{"topic":"nope:1","event":"phx_join","payload":{},"ref":"6"}"#,
-         &[r#"{"event":"phx_reply","payload":{"response":{"reason":"unmatched topic"},"status":"error"},"ref":"6","topic":"nope:1"}"#]),
-        (r#"{"topic":"collection:1","event":"ping","payload":{},"ref":"7"}"#,
-         &[r#"{"event":"phx_reply","payload":{"response":{"reason":"unmatched topic"},"status":"error"},"ref":"7","topic":"collection:1"}"#]),
-        (r#"{"topic":"TOPIC","event":"phx_join","payload":{"user_id":"v1user"},"ref":"8"}"#,
-         &[r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"8","topic":"TOPIC"}"#,
-           r#"{"event":"presence_diff","payload":{"joins":{"v1user":{"metas":[{"online_at":"$t","phx_ref":"$r"}]}},"leaves":{}},"ref":null,"topic":"TOPIC"}"#,
-           r#"{"event":"presence_state","payload":{"v1user":{"metas":[{"online_at":"$t","phx_ref":"$r"}]}},"ref":null,"topic":"TOPIC"}"#]),
-        (r#"{"topic":"community:feed","event":"phx_leave","payload":{},"ref":"9","join_ref":"2"}"#,
-         &[r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"9","topic":"community:feed"}"#,
-           r#"{"event":"phx_close","payload":{},"ref":"2","topic":"community:feed"}"#]),
+        (
+            r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}"#,
+            &[
+                r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"1","topic":"phoenix"}"#,
+            ],
+        ),
+        (
+            r#"{"topic":"community:feed","event":"phx_join","payload":{},"ref":"2","join_ref":"2"}"#,
+            &[
+                r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"2","topic":"community:feed"}"#,
+            ],
+        ),
+        (
+            r#"{"topic":"community:feed","event":"ping","payload":{"x":1},"ref":"3","join_ref":"2"}"#,
+            &[
+                r#"{"event":"phx_reply","payload":{"response":{"x":1},"status":"ok"},"ref":"3","topic":"community:feed"}"#,
+            ],
+        ),
+        (
+            r#"{"topic":"community:feed","event":"new_post","payload":{"body":"v1"},"ref":"4","join_ref":"2"}"#,
+            &[
+                r#"{"event":"new_post","payload":{"body":"v1"},"ref":null,"topic":"community:feed"}"#,
+                r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"4","topic":"community:feed"}"#,
+            ],
+        ),
+        (
+            r#"{"topic":"private:x","event":"phx_join","payload":{},"ref":"5","join_ref":"5"}"#,
+            &[
+                r#"{"event":"phx_reply","payload":{"response":{"reason":"unauthorized"},"status":"error"},"ref":"5","topic":"private:x"}"#,
+            ],
+        ),
+        (
+            r#"{"topic":"nope:1","event":"phx_join","payload":{},"ref":"6"}"#,
+            &[
+                r#"{"event":"phx_reply","payload":{"response":{"reason":"unmatched topic"},"status":"error"},"ref":"6","topic":"nope:1"}"#,
+            ],
+        ),
+        (
+            r#"{"topic":"collection:1","event":"ping","payload":{},"ref":"7"}"#,
+            &[
+                r#"{"event":"phx_reply","payload":{"response":{"reason":"unmatched topic"},"status":"error"},"ref":"7","topic":"collection:1"}"#,
+            ],
+        ),
+        (
+            r#"{"topic":"TOPIC","event":"phx_join","payload":{"user_id":"v1user"},"ref":"8"}"#,
+            &[
+                r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"8","topic":"TOPIC"}"#,
+                r#"{"event":"presence_diff","payload":{"joins":{"v1user":{"metas":[{"online_at":"$t","phx_ref":"$r"}]}},"leaves":{}},"ref":null,"topic":"TOPIC"}"#,
+                r#"{"event":"presence_state","payload":{"v1user":{"metas":[{"online_at":"$t","phx_ref":"$r"}]}},"ref":null,"topic":"TOPIC"}"#,
+            ],
+        ),
+        (
+            r#"{"topic":"community:feed","event":"phx_leave","payload":{},"ref":"9","join_ref":"2"}"#,
+            &[
+                r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"9","topic":"community:feed"}"#,
+                r#"{"event":"phx_close","payload":{},"ref":"2","topic":"community:feed"}"#,
+            ],
+        ),
     ];
     for (send, expect) in steps {
         a.send(&f(send)).await?;
@@ -421,7 +741,8 @@ async fn v1_session(t: Target) -> Result {
 
 async fn no_vsn_means_v1(t: Target) -> Result {
     let mut a = open("A", &t, "token=t1").await?;
-    a.send(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}"#).await?;
+    a.send(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}"#)
+        .await?;
     a.expect(r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"1","topic":"phoenix"}"#, &mut Vars::new()).await?;
     a.close().await;
     Ok(())
@@ -436,7 +757,10 @@ fn upgrade_request(t: &Target, query: &str, extra: &str) -> String {
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 async fn http_upgrade_accepted(t: Target) -> Result {
@@ -448,7 +772,11 @@ async fn http_upgrade_accepted(t: Target) -> Result {
     if accept != Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") {
         return Err(format!("sec-websocket-accept {accept:?}"));
     }
-    if header(&headers, "upgrade").map(str::to_lowercase).as_deref() != Some("websocket") {
+    if header(&headers, "upgrade")
+        .map(str::to_lowercase)
+        .as_deref()
+        != Some("websocket")
+    {
         return Err(format!("upgrade header: {headers:?}"));
     }
     Ok(())
@@ -457,7 +785,10 @@ async fn http_upgrade_accepted(t: Target) -> Result {
 async fn expect_403(t: &Target, query: &str) -> Result {
     let (status, _, body) = http(&t.host(), &upgrade_request(t, query, "")).await?;
     if status != 403 || !body.is_empty() {
-        return Err(format!("expected 403 with an empty body, got {status} {:?}", String::from_utf8_lossy(&body)));
+        return Err(format!(
+            "expected 403 with an empty body, got {status} {:?}",
+            String::from_utf8_lossy(&body)
+        ));
     }
     Ok(())
 }
@@ -486,7 +817,10 @@ async fn http_plain_get(t: Target) -> Result {
 }
 
 async fn http_unknown_path(t: Target) -> Result {
-    let req = format!("GET /nothing HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", t.host());
+    let req = format!(
+        "GET /nothing HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        t.host()
+    );
     let (status, _, _) = http(&t.host(), &req).await?;
     if status != 404 {
         return Err(format!("expected 404, got {status}"));
@@ -499,11 +833,17 @@ async fn idle_socket_is_closed(t: Target) -> Result {
         return Err(format!("{NOT_RUN}takes the server's whole idle timeout (pass --idle-timeout-secs 60 to run it)"));
     };
     let mut a = open("A", &t, V2).await?;
-    a.send(r#"["1","1","collection:idle","phx_join",{}]"#).await?;
-    a.expect(r#"["1","1","collection:idle","phx_reply",{"response":{"items":[]},"status":"ok"}]"#, &mut Vars::new()).await?;
+    a.send(r#"["1","1","collection:idle","phx_join",{}]"#)
+        .await?;
+    a.expect(
+        r#"["1","1","collection:idle","phx_reply",{"response":{"items":[]},"status":"ok"}]"#,
+        &mut Vars::new(),
+    )
+    .await?;
     let started = std::time::Instant::now();
     // Not before the timeout...
-    a.expect_silence((idle.as_millis() as u64).saturating_sub(300)).await?;
+    a.expect_silence((idle.as_millis() as u64).saturating_sub(300))
+        .await?;
     // ...and then with 1002, as Phoenix on Bandit.
     a.expect_close_within(1002, Duration::from_secs(3)).await?;
     let took = started.elapsed();
@@ -524,24 +864,44 @@ async fn swift_phoenix_client_session(t: Target) -> Result {
     // Swift puts vsn first.
     let mut s = open("Swift", &t, "vsn=2.0.0&token=abc").await?;
     let steps: &[(&str, &[&str])] = &[
-        (r#"["4","4","community:feed","phx_join",{}]"#,
-         &[r#"["4","4","community:feed","phx_reply",{"response":{},"status":"ok"}]"#]),
+        (
+            r#"["4","4","community:feed","phx_join",{}]"#,
+            &[r#"["4","4","community:feed","phx_reply",{"response":{},"status":"ok"}]"#],
+        ),
         // The push queued while joining got ref 5 and is sent with ref 6.
-        (r#"["4","6","community:feed","ping",{"x":1}]"#,
-         &[r#"["4","6","community:feed","phx_reply",{"response":{"x":1},"status":"ok"}]"#]),
-        (r#"[null,"7","phoenix","heartbeat",{}]"#,
-         &[r#"[null,"7","phoenix","phx_reply",{"response":{},"status":"ok"}]"#]),
+        (
+            r#"["4","6","community:feed","ping",{"x":1}]"#,
+            &[r#"["4","6","community:feed","phx_reply",{"response":{"x":1},"status":"ok"}]"#],
+        ),
+        (
+            r#"[null,"7","phoenix","heartbeat",{}]"#,
+            &[r#"[null,"7","phoenix","phx_reply",{"response":{},"status":"ok"}]"#],
+        ),
         // channel("collection:abc") takes refs 8 and 9, its join 10.
-        (r#"["10","10","collection:abc","phx_join",{}]"#,
-         &[r#"["10","10","collection:abc","phx_reply",{"response":{"items":[]},"status":"ok"}]"#]),
-        (r#"["10","11","collection:abc","whatever",{}]"#,
-         &[r#"["10","10","collection:abc","phx_error",{"reason":"channel_crash"}]"#]),
+        (
+            r#"["10","10","collection:abc","phx_join",{}]"#,
+            &[
+                r#"["10","10","collection:abc","phx_reply",{"response":{"items":[]},"status":"ok"}]"#,
+            ],
+        ),
+        (
+            r#"["10","11","collection:abc","whatever",{}]"#,
+            &[r#"["10","10","collection:abc","phx_error",{"reason":"channel_crash"}]"#],
+        ),
         // Rejoin after the 1 s backoff, with a fresh ref as join_ref.
-        (r#"["12","12","collection:abc","phx_join",{}]"#,
-         &[r#"["12","12","collection:abc","phx_reply",{"response":{"items":[]},"status":"ok"}]"#]),
-        (r#"["12","13","collection:abc","phx_leave",{}]"#,
-         &[r#"["12","13","collection:abc","phx_reply",{"response":{},"status":"ok"}]"#,
-           r#"["12","12","collection:abc","phx_close",{}]"#]),
+        (
+            r#"["12","12","collection:abc","phx_join",{}]"#,
+            &[
+                r#"["12","12","collection:abc","phx_reply",{"response":{"items":[]},"status":"ok"}]"#,
+            ],
+        ),
+        (
+            r#"["12","13","collection:abc","phx_leave",{}]"#,
+            &[
+                r#"["12","13","collection:abc","phx_reply",{"response":{},"status":"ok"}]"#,
+                r#"["12","12","collection:abc","phx_close",{}]"#,
+            ],
+        ),
     ];
     for (i, (send, expect)) in steps.iter().enumerate() {
         if i == 5 {

@@ -96,6 +96,49 @@ pub(super) fn encode(msg: &Outbound<'_>, out: &mut BytesMut) -> Result<(), Encod
     }
 }
 
+/// Rewrites a server binary frame as the V2 JSON message phoenix.js can read where it cannot
+/// receive binary (its LongPoll transport JSON-parses every message): the same message with the
+/// payload as `{"binary": "<standard base64>"}`. An empty join_ref or ref becomes null.
+pub fn to_json_text(frame: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let (&kind, rest) = frame.split_first()?;
+    let n = match kind {
+        PUSH => 3,
+        REPLY => 4,
+        BROADCAST => 2,
+        _ => return None,
+    };
+    let lens: Vec<usize> = rest.get(..n)?.iter().map(|&l| l as usize).collect();
+    let mut body = &rest[n..];
+    let mut fields = Vec::with_capacity(n);
+    for len in lens {
+        let (f, tail) = (body.get(..len)?, &body[len..]);
+        fields.push(std::str::from_utf8(f).ok()?);
+        body = tail;
+    }
+    let b64 =
+        serde_json::json!({ "binary": base64::engine::general_purpose::STANDARD.encode(body) });
+    let r = |s: &str| {
+        if s.is_empty() {
+            Value::Null
+        } else {
+            Value::String(s.into())
+        }
+    };
+    let msg = match kind {
+        PUSH => serde_json::json!([r(fields[0]), null, fields[1], fields[2], b64]),
+        REPLY => serde_json::json!([
+            r(fields[0]),
+            r(fields[1]),
+            fields[2],
+            "phx_reply",
+            { "response": b64, "status": fields[3] }
+        ]),
+        _ => serde_json::json!([null, null, fields[0], fields[1], b64]),
+    };
+    Some(msg.to_string())
+}
+
 /// A ref as binary frames carry it: strings as they are, null as the empty string.
 fn ref_text(r: &Ref) -> std::borrow::Cow<'_, str> {
     match r {
@@ -169,7 +212,10 @@ mod tests {
         assert_eq!((m.join_ref, m.ref_), (json!("1"), json!("2")));
         assert_eq!(m.topic, "community:feed");
         assert_eq!(m.event, "ping");
-        assert_eq!(m.payload, Payload::Binary(Bytes::from_static(&[1, 2, 3, 255])));
+        assert_eq!(
+            m.payload,
+            Payload::Binary(Bytes::from_static(&[1, 2, 3, 255]))
+        );
     }
 
     #[test]
@@ -263,6 +309,28 @@ mod tests {
             }),
             expected
         );
+    }
+
+    #[test]
+    fn rewrites_binary_frames_as_json_for_longpoll() {
+        let reply = hex("0101010e023132636f6d6d756e6974793a666565646f6b010203ff");
+        assert_eq!(
+            to_json_text(&reply).unwrap(),
+            r#"["1","2","community:feed","phx_reply",{"response":{"binary":"AQID/w=="},"status":"ok"}]"#
+        );
+        let bcast = hex("020e08636f6d6d756e6974793a666565646e65775f706f737462696e21");
+        assert_eq!(
+            to_json_text(&bcast).unwrap(),
+            r#"[null,null,"community:feed","new_post",{"binary":"YmluIQ=="}]"#
+        );
+        let mut push = vec![0x00, 3, 3, 10];
+        push.extend_from_slice(b"123topsome-event\x01\x01");
+        assert_eq!(
+            to_json_text(&push).unwrap(),
+            r#"["123",null,"top","some-event",{"binary":"AQE="}]"#
+        );
+        assert_eq!(to_json_text(&[0x01, 5]), None);
+        assert_eq!(to_json_text(&[0x07]), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! A client frame decodes into a [`Message`]; everything the server sends is an [`Outbound`],
 //! encoded by the [`Serializer`] the client negotiated with `vsn`.
 
-mod binary;
+pub mod binary;
 mod v1;
 mod v2;
 
@@ -211,7 +211,9 @@ mod tests {
         assert_eq!(Serializer::from_vsn(Some("1.0.7")), Some(Serializer::V1));
         assert_eq!(Serializer::from_vsn(Some("2.0.0")), Some(Serializer::V2));
         assert_eq!(Serializer::from_vsn(Some("2.0.3")), Some(Serializer::V2));
-        for bad in ["2.1.0", "3.0.0", "2.0", "2", "", "x.y.z", "2.0.0-rc", "1.1.0", "2.0.-1"] {
+        for bad in [
+            "2.1.0", "3.0.0", "2.0", "2", "", "x.y.z", "2.0.0-rc", "1.1.0", "2.0.-1",
+        ] {
             assert_eq!(Serializer::from_vsn(Some(bad)), None, "{bad}");
         }
     }

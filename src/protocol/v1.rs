@@ -19,8 +19,8 @@ struct V1Message {
 
 pub(super) fn decode(data: &[u8]) -> Result<Message, DecodeError> {
     // `Option<Value>` alone would accept a missing `ref`; check presence separately.
-    let raw: serde_json::Map<String, Value> = serde_json::from_slice(data)
-        .map_err(|e| DecodeError(format!("invalid V1 frame: {e}")))?;
+    let raw: serde_json::Map<String, Value> =
+        serde_json::from_slice(data).map_err(|e| DecodeError(format!("invalid V1 frame: {e}")))?;
     if !raw.contains_key("ref") {
         return Err(DecodeError("invalid V1 frame: missing field `ref`".into()));
     }
@@ -81,8 +81,8 @@ mod tests {
     fn decodes_with_and_without_join_ref() {
         let m = decode(br#"{"topic":"community:feed","event":"phx_join","payload":{},"ref":"2","join_ref":"2"}"#).unwrap();
         assert_eq!((m.join_ref, m.ref_), (json!("2"), json!("2")));
-        let m = decode(br#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}"#)
-            .unwrap();
+        let m =
+            decode(br#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}"#).unwrap();
         assert_eq!((m.join_ref, m.ref_), (Value::Null, json!("1")));
         assert_eq!(m.topic, "phoenix");
         let m = decode(br#"{"topic":"t","event":"e","payload":{},"ref":null}"#).unwrap();

@@ -88,8 +88,14 @@ pub fn parse(frame: &[u8]) -> Option<(Opcode, usize)> {
     let (&b0, rest) = frame.split_first()?;
     let &b1 = rest.first()?;
     let (len, at) = match b1 & 0x7f {
-        126 => (u16::from_be_bytes(frame.get(2..4)?.try_into().ok()?) as usize, 4),
-        127 => (u64::from_be_bytes(frame.get(2..10)?.try_into().ok()?) as usize, 10),
+        126 => (
+            u16::from_be_bytes(frame.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(frame.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
         n => (n as usize, 2),
     };
     if b1 & 0x80 != 0 || frame.len() != at + len {

@@ -2,6 +2,7 @@
 //! connect steps (origin check, `vsn`, the connect callback), in the order Phoenix runs them.
 
 pub mod frame;
+pub mod longpoll;
 pub mod websocket;
 
 use crate::config::CheckOrigin;
@@ -14,6 +15,7 @@ use actix_web::HttpRequest;
 pub struct Mount {
     pub endpoint: Endpoint,
     pub socket: Socket,
+    pub sessions: std::sync::Arc<longpoll::Sessions>,
 }
 
 /// Why a connect was refused, for the log; the client only sees 403.

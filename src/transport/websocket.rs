@@ -136,7 +136,11 @@ enum Exit {
     Gone(Option<Option<CloseReason>>),
 }
 
-async fn run(mut state: SocketState, mut stream: actix_ws::AggregatedMessageStream, endpoint: Endpoint) {
+async fn run(
+    mut state: SocketState,
+    mut stream: actix_ws::AggregatedMessageStream,
+    endpoint: Endpoint,
+) {
     let conn = state.conn().clone();
     let limits = endpoint.config().limits.clone();
     let mut rate = RateLimit::new(limits.max_messages_per_second);

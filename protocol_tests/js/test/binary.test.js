@@ -29,10 +29,23 @@ if(IS_WEBSOCKET){
 } else {
   // phoenix.js 1.8.16 cannot receive binary over LongPoll: it forces its default decoder,
   // which JSON-parses every polled message string (socket.js constructor, serializer.js
-  // decode), so a binary reply or broadcast can never reach it as an ArrayBuffer. What a
-  // LongPoll client can do is send binary, so this checks that direction: a LongPoll client's
-  // binary typing (broadcast_from, nothing comes back to the sender) reaches a WebSocket peer
-  // intact, and the LongPoll session keeps working afterwards.
+  // decode), so no encoding can hand it an ArrayBuffer. Fawkes therefore sends a binary reply or
+  // broadcast to a LongPoll client as the same V2 JSON message with the payload
+  // {binary: "<base64>"}; the client sends binary as base64 ndjson lines on its own.
+  test("binary ping and new_post come back to a LongPoll client as {binary: base64}", async t => {
+    const socket = await connectSocket(t)
+    const channel = socket.channel("community:feed")
+    await joinOk(channel)
+    assert.deepStrictEqual(await pushOk(channel, "ping", bufferOf([1, 2, 3, 255])), {binary: "AQID/w=="})
+    const bytes = Buffer.from(`bin-${uniqueId()}`)
+    const expected = {binary: bytes.toString("base64")}
+    const broadcast = nextEvent(channel, "new_post", {match: p => p && p.binary === expected.binary})
+    assert.deepStrictEqual(await pushOk(channel, "new_post", bufferOf([...bytes])), {})
+    assert.deepStrictEqual(await broadcast, expected)
+  })
+
+  // A LongPoll client's binary typing (broadcast_from, nothing comes back to the sender)
+  // reaches a WebSocket peer intact, and the LongPoll session keeps working afterwards.
   test("binary push from a LongPoll client reaches a WebSocket peer as an ArrayBuffer", async t => {
     const topic = `channel:bin-${uniqueId()}`
     const lp = await connectSocket(t, {transport: "longpoll"})

@@ -1,0 +1,70 @@
+//! The official phoenix.js client (npm `phoenix`, in Node) against the fixture started in-process:
+//! runs `protocol_tests/js` with `npm test`.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+fn npm(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    let out = Command::new("npm")
+        .args(args)
+        .current_dir(&dir)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("npm must be installed (Node 20+) to run the phoenix.js tests");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn run_script(script: &str, envs: &[(&str, String)]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    if !dir.join("node_modules/phoenix").exists() {
+        let (ok, out) = npm(&["ci", "--no-audit", "--no-fund"], &[]);
+        assert!(ok, "npm ci failed:\n{out}");
+    }
+    let (ok, out) = npm(&["run", script], envs);
+    // Show node's own report either way.
+    println!("{out}");
+    assert!(ok, "phoenix.js `npm run {script}` failed");
+    assert!(
+        out.contains("# fail 0") && !out.contains("# pass 0"),
+        "no clean node test summary:\n{out}"
+    );
+}
+
+fn run_suite(transport: &str) {
+    let _one_at_a_time = support::serial();
+    let server = support::shared();
+    run_script(
+        "test",
+        &[
+            ("FAWKES_URL", server.url()),
+            ("FAWKES_TRANSPORT", transport.to_owned()),
+        ],
+    );
+}
+
+#[test]
+fn phoenix_js_over_websocket() {
+    run_suite("websocket");
+}
+
+#[test]
+fn phoenix_js_over_longpoll() {
+    run_suite("longpoll");
+}
+
+#[test]
+fn phoenix_js_falls_back_to_longpoll_when_websocket_is_refused() {
+    let server = support::start_with(
+        fawkes::Config::default(),
+        support::fixture::socket().transports(false, true),
+    );
+    run_script("test:fallback", &[("FAWKES_WS_REFUSED_URL", server.url())]);
+}
