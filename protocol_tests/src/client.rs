@@ -203,7 +203,8 @@ pub async fn http(addr: &str, request: &str) -> Result<(u16, Vec<(String, String
         }
         Ok::<_, String>(())
     };
-    tokio::time::timeout(WAIT, read)
+    // Long enough for a LongPoll window (10 s).
+    tokio::time::timeout(Duration::from_secs(15), read)
         .await
         .map_err(|_| "HTTP response timed out".to_string())??;
     let end = find(&buf, b"\r\n\r\n").ok_or("no HTTP header end")?;
@@ -223,4 +224,37 @@ pub async fn http(addr: &str, request: &str) -> Result<(u16, Vec<(String, String
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One LongPoll request; the JSON body parsed (`Value::Null` when empty).
+pub async fn longpoll(
+    t: &crate::Target,
+    method: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, Vec<(String, String)>, serde_json::Value)> {
+    let mut req = format!(
+        "{method} {}/longpoll?{query} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        t.path(),
+        t.host(),
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    let (status, headers, body) = http(&t.host(), &req).await?;
+    let json = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            format!(
+                "longpoll body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&body)
+            )
+        })?
+    };
+    Ok((status, headers, json))
 }

@@ -51,6 +51,12 @@ scenarios!(
     http_unknown_path,
     idle_socket_is_closed,
     swift_phoenix_client_session,
+    lp_session,
+    lp_empty_poll_waits_then_204,
+    lp_invalid_session_token,
+    lp_refused_connect_and_vsn,
+    lp_options_and_other_methods,
+    lp_v1,
 );
 
 const V2: &str = "token=t1&vsn=2.0.0";
@@ -937,4 +943,245 @@ fn swift_parses(text: &str) -> Result {
     } else {
         Err(format!("Swift would drop {text}"))
     }
+}
+
+/// A LongPoll session of the suite: its session token and query.
+struct Lp {
+    t: Target,
+    vsn: &'static str,
+    token: String,
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+const NDJSON: (&str, &str) = ("content-type", "application/x-ndjson");
+
+impl Lp {
+    /// `GET` without a session: `{"messages":[],"status":410,"token":…}`.
+    async fn open(t: &Target, vsn: &'static str) -> Result<Lp> {
+        let (status, headers, body) =
+            crate::client::longpoll(t, "GET", &format!("token=t1&vsn={vsn}"), &[], "").await?;
+        lp_headers(status, &headers)?;
+        let token = body["token"]
+            .as_str()
+            .ok_or(format!("no token in {body}"))?
+            .to_owned();
+        if body != serde_json::json!({"messages": [], "status": 410, "token": token}) {
+            return Err(format!("session start: {body}"));
+        }
+        Ok(Lp {
+            t: t.clone(),
+            vsn,
+            token,
+        })
+    }
+
+    fn query(&self) -> String {
+        format!("token={}&vsn={}", self.token, self.vsn)
+    }
+
+    async fn post(&self, content_type: (&str, &str), body: &str) -> Result {
+        let (status, headers, resp) =
+            crate::client::longpoll(&self.t, "POST", &self.query(), &[content_type], body).await?;
+        lp_headers(status, &headers)?;
+        if resp != serde_json::json!({"status": 200}) {
+            return Err(format!("POST {body}: {resp}"));
+        }
+        Ok(())
+    }
+
+    /// `GET`: status 200 with exactly these messages (each matched as a frame) and our token.
+    async fn poll(&self, expected: &[String], vars: &mut Vars) -> Result {
+        let (status, headers, body) =
+            crate::client::longpoll(&self.t, "GET", &self.query(), &[], "").await?;
+        lp_headers(status, &headers)?;
+        let keys: Vec<&String> = body
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        if keys != ["messages", "status", "token"]
+            || body["status"] != 200
+            || body["token"] != self.token.as_str()
+        {
+            return Err(format!("poll: {body}"));
+        }
+        let msgs = body["messages"].as_array().ok_or("messages")?;
+        if msgs.len() != expected.len() {
+            return Err(format!(
+                "poll: {} messages, expected {}: {body}",
+                msgs.len(),
+                expected.len()
+            ));
+        }
+        for (m, e) in msgs.iter().zip(expected) {
+            let m = m.as_str().ok_or(format!("message {m} is not a string"))?;
+            crate::matcher::matches(e, m, vars)
+                .map_err(|err| format!("poll: expected {e}\n   got {m}\n   ({err})"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Every LongPoll answer is HTTP 200, JSON, and open to any origin.
+fn lp_headers(status: u16, headers: &[(String, String)]) -> Result {
+    let ok = status == 200
+        && header(headers, "access-control-allow-origin") == Some("*")
+        && header(headers, "content-type").is_some_and(|c| c.starts_with("application/json"));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("longpoll answer {status} {headers:?}"))
+    }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+async fn lp_session(t: Target) -> Result {
+    let mut v = Vars::new();
+    let lp = Lp::open(&t, "2.0.0").await?;
+    lp.post(JSON, r#"["1","1","community:feed","phx_join",{}]"#)
+        .await?;
+    lp.poll(
+        &s(&[r#"["1","1","community:feed","phx_reply",{"response":{},"status":"ok"}]"#]),
+        &mut v,
+    )
+    .await?;
+    lp.post(NDJSON, "[\"1\",\"2\",\"community:feed\",\"ping\",{\"x\":1}]\n[\"1\",\"3\",\"community:feed\",\"new_post\",{\"body\":\"lp\"}]").await?;
+    lp.poll(
+        &s(&[
+            r#"["1","2","community:feed","phx_reply",{"response":{"x":1},"status":"ok"}]"#,
+            r#"[null,null,"community:feed","new_post",{"body":"lp"}]"#,
+            r#"["1","3","community:feed","phx_reply",{"response":{},"status":"ok"}]"#,
+        ]),
+        &mut v,
+    )
+    .await?;
+    for body in [
+        r#"[null,"4","phoenix","heartbeat",{}]"#,
+        r#"["5","5","private:x","phx_join",{}]"#,
+        r#"["6","6","nope:1","phx_join",{}]"#,
+        r#"[null,"7","collection:z","ping",{}]"#,
+        r#"["8","8","collection:z","phx_join",{}]"#,
+    ] {
+        lp.post(JSON, body).await?;
+    }
+    lp.poll(&s(&[
+        r#"[null,"4","phoenix","phx_reply",{"response":{},"status":"ok"}]"#,
+        r#"["5","5","private:x","phx_reply",{"response":{"reason":"unauthorized"},"status":"error"}]"#,
+        r#"[null,"6","nope:1","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#,
+        r#"[null,"7","collection:z","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#,
+        r#"["8","8","collection:z","phx_reply",{"response":{"items":[]},"status":"ok"}]"#,
+    ]), &mut v).await?;
+    let topic = unique("channel:lobby");
+    lp.post(
+        JSON,
+        &format!(r#"["9","9","{topic}","phx_join",{{"user_id":"lpuser"}}]"#),
+    )
+    .await?;
+    let meta = r#"{"metas":[{"online_at":"$t","phx_ref":"$r"}]}"#;
+    lp.poll(&[
+        format!(r#"["9","9","{topic}","phx_reply",{{"response":{{}},"status":"ok"}}]"#),
+        format!(r#"[null,null,"{topic}","presence_diff",{{"joins":{{"lpuser":{meta}}},"leaves":{{}}}}]"#),
+        format!(r#"["9",null,"{topic}","presence_state",{{"lpuser":{meta}}}]"#),
+    ], &mut v).await?;
+    lp.post(JSON, r#"["1","10","community:feed","phx_leave",{}]"#)
+        .await?;
+    lp.poll(
+        &s(&[
+            r#"["1","10","community:feed","phx_reply",{"response":{},"status":"ok"}]"#,
+            r#"["1","1","community:feed","phx_close",{}]"#,
+        ]),
+        &mut v,
+    )
+    .await
+}
+
+async fn lp_empty_poll_waits_then_204(t: Target) -> Result {
+    let lp = Lp::open(&t, "2.0.0").await?;
+    let started = std::time::Instant::now();
+    let (status, _, body) = crate::client::longpoll(&t, "GET", &lp.query(), &[], "").await?;
+    let took = started.elapsed();
+    if status != 200
+        || body != serde_json::json!({"messages": [], "status": 204, "token": lp.token})
+    {
+        return Err(format!("expected 204 poll, got {status} {body}"));
+    }
+    if took < Duration::from_secs(9) || took > Duration::from_secs(12) {
+        return Err(format!(
+            "the poll window should be about 10 s, took {took:?}"
+        ));
+    }
+    Ok(())
+}
+
+async fn lp_invalid_session_token(t: Target) -> Result {
+    let (_, _, body) = crate::client::longpoll(
+        &t,
+        "POST",
+        "token=garbage&vsn=2.0.0",
+        &[JSON],
+        r#"[null,"1","phoenix","heartbeat",{}]"#,
+    )
+    .await?;
+    if body != serde_json::json!({"status": 410}) {
+        return Err(format!("POST with a bad token: {body}"));
+    }
+    // A GET without a valid session starts a new one.
+    Lp::open(&t, "2.0.0").await.map(|_| ())
+}
+
+async fn lp_refused_connect_and_vsn(t: Target) -> Result {
+    for q in ["token=bad&vsn=2.0.0", "token=t1&vsn=3.0.0"] {
+        let (status, headers, body) = crate::client::longpoll(&t, "GET", q, &[], "").await?;
+        lp_headers(status, &headers)?;
+        if body != serde_json::json!({"status": 403}) {
+            return Err(format!("GET ?{q}: {body}"));
+        }
+    }
+    Ok(())
+}
+
+async fn lp_options_and_other_methods(t: Target) -> Result {
+    let (status, headers, _) = crate::client::longpoll(
+        &t,
+        "OPTIONS",
+        "token=t1&vsn=2.0.0",
+        &[("access-control-request-headers", "x-phoenix-longpoll-token")],
+        "",
+    )
+    .await?;
+    let want = [
+        ("access-control-allow-origin", "*"),
+        ("access-control-allow-methods", "get, post, options"),
+        ("access-control-max-age", "3600"),
+        ("access-control-allow-headers", "x-phoenix-longpoll-token"),
+    ];
+    if status != 200 || want.iter().any(|(k, v)| header(&headers, k) != Some(v)) {
+        return Err(format!("OPTIONS: {status} {headers:?}"));
+    }
+    let (status, headers, body) =
+        crate::client::longpoll(&t, "DELETE", "token=t1&vsn=2.0.0", &[], "").await?;
+    if status != 400
+        || !body.is_null()
+        || header(&headers, "access-control-allow-origin") != Some("*")
+    {
+        return Err(format!("DELETE: {status} {headers:?} {body}"));
+    }
+    Ok(())
+}
+
+async fn lp_v1(t: Target) -> Result {
+    let lp = Lp::open(&t, "1.0.0").await?;
+    lp.post(
+        JSON,
+        r#"{"topic":"community:feed","event":"phx_join","payload":{},"ref":"1","join_ref":"1"}"#,
+    )
+    .await?;
+    lp.post(JSON, r#"{"topic":"community:feed","event":"new_post","payload":{"v":1},"ref":"2","join_ref":"1"}"#).await?;
+    lp.poll(&s(&[
+        r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"1","topic":"community:feed"}"#,
+        r#"{"event":"new_post","payload":{"v":1},"ref":null,"topic":"community:feed"}"#,
+        r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"2","topic":"community:feed"}"#,
+    ]), &mut Vars::new()).await
 }

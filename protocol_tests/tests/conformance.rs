@@ -73,4 +73,10 @@ conformance!(
     http_unknown_path,
     idle_socket_is_closed,
     swift_phoenix_client_session,
+    lp_session,
+    lp_empty_poll_waits_then_204,
+    lp_invalid_session_token,
+    lp_refused_connect_and_vsn,
+    lp_options_and_other_methods,
+    lp_v1,
 );

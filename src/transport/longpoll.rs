@@ -106,11 +106,12 @@ impl Sessions {
         data[1..17].try_into().ok()
     }
 
-    fn find(&self, req: &HttpRequest) -> Option<(SessionId, Arc<Session>)> {
+    /// The live session a request's token names, and the token.
+    fn find(&self, req: &HttpRequest) -> Option<(String, Arc<Session>)> {
         let token = session_token(req)?;
         let id = self.verify(&token)?;
         let s = self.map.get(&id)?.clone();
-        Some((id, s))
+        Some((token, s))
     }
 
     pub fn len(&self) -> usize {
@@ -150,7 +151,7 @@ fn respond(body: Value) -> HttpResponse {
 /// `GET <mount>/longpoll`.
 pub async fn get(req: HttpRequest, mount: web::Data<Mount>) -> HttpResponse {
     let sessions = &mount.sessions;
-    let Some((id, session)) = sessions.find(&req) else {
+    let Some((token, session)) = sessions.find(&req) else {
         return open(&req, &mount).await;
     };
     let window = mount.endpoint.config().longpoll_window;
@@ -159,7 +160,6 @@ pub async fn get(req: HttpRequest, mount: web::Data<Mount>) -> HttpResponse {
         .await
         .is_ok();
     *session.last_poll.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-    let token = sessions.sign(&id);
     if !ready {
         return respond(json!({"messages": [], "status": 204, "token": token}));
     }
@@ -167,7 +167,7 @@ pub async fn get(req: HttpRequest, mount: web::Data<Mount>) -> HttpResponse {
         .conn
         .drain()
         .iter()
-        .filter_map(|f| as_message(f))
+        .filter_map(as_message)
         .collect();
     if messages.is_empty() {
         // Nothing but the end of the session: a new one, as for any dead session.
