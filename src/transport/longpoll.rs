@@ -163,12 +163,7 @@ pub async fn get(req: HttpRequest, mount: web::Data<Mount>) -> HttpResponse {
     if !ready {
         return respond(json!({"messages": [], "status": 204, "token": token}));
     }
-    let messages: Vec<String> = session
-        .conn
-        .drain()
-        .iter()
-        .filter_map(as_message)
-        .collect();
+    let messages: Vec<String> = session.conn.drain().iter().filter_map(as_message).collect();
     if messages.is_empty() {
         // Nothing but the end of the session: a new one, as for any dead session.
         return open(&req, &mount).await;
