@@ -13,7 +13,10 @@
 //! - [`endpoint`]: config, PubSub, Presence and live connections of one server; socket definitions.
 //! - [`config`]: limits and their defaults.
 //! - [`server`]: actix-web wiring, descriptor limit, graceful shutdown.
+//! - [`store`]: Diesel over SQLite or PostgreSQL, pool, embedded migrations.
+//! - [`apps`]: what `fawkes serve` serves: accounts and the community feed (REST + channels).
 
+pub mod apps;
 pub mod channel;
 pub mod config;
 pub mod connection;
@@ -23,6 +26,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod server;
 pub(crate) mod socket;
+pub mod store;
 pub mod transport;
 
 pub use channel::{Assigns, Channel, ChannelContext, Flow, Info, Reply, Router, StopReason};

@@ -1,7 +1,10 @@
 //! The `fawkes` command.
 
 use clap::{Args, Parser, Subcommand};
-use fawkes::{CheckOrigin, Config, Endpoint, Limits, Router, Server, Socket};
+use fawkes::apps::{self, accounts, AppLimits, AppState};
+use fawkes::store::{Store, DEFAULT_DATABASE_URL};
+use fawkes::{CheckOrigin, Config, Endpoint, Limits, Server};
+use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -13,12 +16,63 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the sockets (mounted at /socket and /community).
+    /// Serve the REST API and the sockets (mounted at /socket and /community).
     Serve(ServeArgs),
+    /// Apply pending database migrations, then exit.
+    Migrate(DbArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Args, Clone)]
+struct DbArgs {
+    /// A SQLite file path (created if missing) or a postgres:// URL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    database_url: String,
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create a user; prints its first API token, alone on the last line.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Make the user a community member at once.
+        #[arg(long)]
+        community_member: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create a token for a user; prints it alone on the last line.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a token; a running server closes its sockets within a second.
+    Revoke {
+        token: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Args)]
 struct ServeArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Longest post or comment, in characters.
+    #[arg(long, env = "FAWKES_MAX_POST_LENGTH", default_value_t = AppLimits::default().max_post_length)]
+    max_post_length: usize,
     #[arg(long, env = "FAWKES_HOST", default_value = "127.0.0.1")]
     host: String,
     #[arg(long, env = "FAWKES_PORT", default_value_t = 4000)]
@@ -71,26 +125,81 @@ impl ServeArgs {
     }
 }
 
-fn main() -> std::io::Result<()> {
+fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().command {
-        Command::Serve(args) => actix_web::rt::System::new().block_on(serve(args)),
+    let result = match Cli::parse().command {
+        Command::Serve(args) => actix_web::rt::System::new()
+            .block_on(serve(args))
+            .map_err(|e| e.to_string()),
+        Command::Migrate(db) => {
+            open(&db).map(|_| println!("database {} is up to date", db.database_url))
+        }
+        Command::Users(UsersCommand::Create {
+            name,
+            community_member,
+            db,
+        }) => open(&db).and_then(|store| {
+            let mut c = store.conn().map_err(|e| e.to_string())?;
+            let (user, token) = accounts::create_user(&mut c, &name, community_member)
+                .map_err(|e| e.to_string())?;
+            println!("created user {} (id {})", user.name, user.id);
+            println!("{token}");
+            Ok(())
+        }),
+        Command::Tokens(TokensCommand::Create { user, db }) => open(&db).and_then(|store| {
+            let mut c = store.conn().map_err(|e| e.to_string())?;
+            let token = accounts::create_token(&mut c, &user).map_err(|e| e.to_string())?;
+            println!("created a token for {user}");
+            println!("{token}");
+            Ok(())
+        }),
+        Command::Tokens(TokensCommand::Revoke { token, db }) => open(&db).and_then(|store| {
+            let mut c = store.conn().map_err(|e| e.to_string())?;
+            if accounts::revoke_token(&mut c, &token).map_err(|e| e.to_string())? {
+                println!("revoked");
+                Ok(())
+            } else {
+                Err("no such live token".into())
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fawkes: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
+fn open(db: &DbArgs) -> Result<Store, String> {
+    Store::open(&db.database_url).map_err(|e| format!("{}: {e}", db.database_url))
+}
+
 async fn serve(args: ServeArgs) -> std::io::Result<()> {
+    let store = open(&args.db).map_err(std::io::Error::other)?;
     let endpoint = Endpoint::new(args.config());
-    let socket = Socket::new(Router::new());
+    let state = actix_web::web::Data::new(AppState {
+        store,
+        endpoint: endpoint.clone(),
+        limits: AppLimits {
+            max_post_length: args.max_post_length,
+        },
+    });
+    accounts::watch_revocations(state.clone());
+    let socket = apps::socket(state.clone());
     let mut server = Server::new(endpoint)
         .socket("/socket", socket.clone())
-        .socket("/community", socket);
+        .socket("/community", socket)
+        .routes(move |cfg| apps::routes(cfg, state.clone()));
     if let Some(n) = args.workers {
         server = server.workers(n);
     }
     let running = server.bind((args.host.as_str(), args.port))?;
     println!(
-        "fawkes listening on http://{addr} (sockets at ws://{addr}/socket and ws://{addr}/community)",
-        addr = running.local_addr()
+        "fawkes listening on http://{addr} (database {db}; sockets at ws://{addr}/socket and ws://{addr}/community)",
+        addr = running.local_addr(),
+        db = args.db.database_url,
     );
     running.run().await
 }

@@ -77,3 +77,121 @@ pub fn serial() -> MutexGuard<'static, ()> {
     static M: Mutex<()> = Mutex::new(());
     M.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A fresh database for one test: a SQLite file, or a new PostgreSQL database on the server
+/// named by `FAWKES_TEST_POSTGRES_URL` (`.ci/run` starts one and sets it).
+pub fn fresh_database(backend: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "fawkes_test_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    match backend {
+        "sqlite" => {
+            let dir = std::env::temp_dir().join("fawkes-tests");
+            std::fs::create_dir_all(&dir).unwrap();
+            dir.join(format!("{name}.db"))
+                .to_string_lossy()
+                .into_owned()
+        }
+        "postgres" => {
+            use diesel::{Connection, RunQueryDsl};
+            let admin = std::env::var("FAWKES_TEST_POSTGRES_URL").expect(
+                "FAWKES_TEST_POSTGRES_URL must name a PostgreSQL server for the PostgreSQL half of the store tests \
+                 (bash .ci/run starts one and sets it)",
+            );
+            let mut c = diesel::PgConnection::establish(&admin).expect("connect to PostgreSQL");
+            diesel::sql_query(format!("DROP DATABASE IF EXISTS {name}"))
+                .execute(&mut c)
+                .unwrap();
+            diesel::sql_query(format!("CREATE DATABASE {name}"))
+                .execute(&mut c)
+                .unwrap();
+            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+            format!("{base}/{name}")
+        }
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+/// `fawkes serve`'s apps (REST + sockets at /socket and /community) on a fresh database.
+pub struct App {
+    pub server: Running,
+    pub state: actix_web::web::Data<fawkes::apps::AppState>,
+}
+
+pub fn start_app(backend: &str) -> App {
+    let url = fresh_database(backend);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let store = fawkes::store::Store::open(&url).expect("open store");
+            let endpoint = Endpoint::new(Config::default());
+            let state = actix_web::web::Data::new(fawkes::apps::AppState {
+                store,
+                endpoint: endpoint.clone(),
+                limits: fawkes::apps::AppLimits::default(),
+            });
+            fawkes::apps::accounts::watch_revocations(state.clone());
+            let socket = fawkes::apps::socket(state.clone());
+            let routes_state = state.clone();
+            let server = Server::new(endpoint.clone())
+                .socket("/socket", socket.clone())
+                .socket("/community", socket)
+                .routes(move |cfg| fawkes::apps::routes(cfg, routes_state.clone()))
+                .workers(2)
+                .bind("127.0.0.1:0")
+                .expect("bind");
+            tx.send(App {
+                server: Running {
+                    addr: server.local_addr(),
+                    endpoint,
+                    stop: server.handle(),
+                },
+                state,
+            })
+            .unwrap_or_else(|_| panic!("test gone"));
+            server.run().await.expect("server");
+        })
+    });
+    rx.recv().expect("app started")
+}
+
+impl App {
+    /// Creates a user directly in the store; returns its id and token.
+    pub fn user(&self, name: &str, member: bool) -> (i64, String) {
+        let mut c = self.state.store.conn().unwrap();
+        let (u, t) = fawkes::apps::accounts::create_user(&mut c, name, member).unwrap();
+        (u.id, t)
+    }
+
+    /// A REST call; the JSON body parsed (`Null` when empty).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let host = self.server.addr.to_string();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let (status, _, raw) = protocol_tests::client::http(&host, &req).await.unwrap();
+        let json = if raw.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&raw)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {raw:?}"))
+        };
+        (status, json)
+    }
+}

@@ -1,0 +1,248 @@
+//! Users and API tokens. Tokens are random and shown once; only their SHA-256 (hex) is stored.
+//! `GET /api/me`, `POST|DELETE /api/community/join`.
+
+use crate::apps::api::{authenticate, ApiError, ApiResult};
+use crate::apps::AppState;
+use crate::store::schema::{api_tokens, users};
+use crate::store::{now_ms, DbConnection, StoreError};
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
+use diesel::prelude::*;
+use rand::RngCore;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub community_member: bool,
+}
+
+impl User {
+    pub fn json(&self) -> serde_json::Value {
+        json!({"id": self.id, "name": self.name, "community_member": self.community_member})
+    }
+}
+
+/// The socket id of every socket opened with one token: revoking it disconnects them.
+pub fn token_socket_id(token_id: i64) -> String {
+    format!("api_token:{token_id}")
+}
+
+pub fn hash_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn new_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// Names: 1 to 32 letters, digits, `_`, `-` or `.`, so `@name` mentions can find them.
+fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.chars().count())
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+type UserRow = (i64, String, i32);
+
+fn to_user((id, name, member): UserRow) -> User {
+    User {
+        id,
+        name,
+        community_member: member != 0,
+    }
+}
+
+const USER_COLUMNS: (users::id, users::name, users::community_member) =
+    (users::id, users::name, users::community_member);
+
+/// Creates a user and a first token. Names are unique whatever their case.
+pub fn create_user(
+    c: &mut DbConnection,
+    name: &str,
+    community_member: bool,
+) -> Result<(User, String), StoreError> {
+    if !valid_name(name) {
+        return Err(ApiError::invalid("name", "must be 1-32 letters, digits, _, - or .").into());
+    }
+    c.transaction(|c| {
+        let taken = users::table
+            .filter(users::name_key.eq(name.to_lowercase()))
+            .count()
+            .get_result::<i64>(c)?;
+        if taken > 0 {
+            return Err(ApiError::invalid("name", "has already been taken").into());
+        }
+        let id = diesel::insert_into(users::table)
+            .values((
+                users::name.eq(name),
+                users::name_key.eq(name.to_lowercase()),
+                users::community_member.eq(community_member as i32),
+                users::inserted_at.eq(now_ms()),
+            ))
+            .returning(users::id)
+            .get_result::<i64>(c)?;
+        let token = insert_token(c, id)?;
+        Ok((
+            User {
+                id,
+                name: name.to_owned(),
+                community_member,
+            },
+            token,
+        ))
+    })
+}
+
+fn insert_token(c: &mut DbConnection, user_id: i64) -> Result<String, StoreError> {
+    let token = new_token();
+    diesel::insert_into(api_tokens::table)
+        .values((
+            api_tokens::user_id.eq(user_id),
+            api_tokens::token_hash.eq(hash_token(&token)),
+            api_tokens::inserted_at.eq(now_ms()),
+        ))
+        .execute(c)?;
+    Ok(token)
+}
+
+/// A new token for an existing user (by name, any case).
+pub fn create_token(c: &mut DbConnection, name: &str) -> Result<String, StoreError> {
+    let user = user_by_name(c, name)?.ok_or(ApiError::NotFound)?;
+    insert_token(c, user.id)
+}
+
+/// Revokes a token; false if it was unknown or already revoked.
+pub fn revoke_token(c: &mut DbConnection, token: &str) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        api_tokens::table
+            .filter(api_tokens::token_hash.eq(hash_token(token)))
+            .filter(api_tokens::revoked_at.is_null()),
+    )
+    .set(api_tokens::revoked_at.eq(now_ms()))
+    .execute(c)?;
+    Ok(n > 0)
+}
+
+pub fn user_by_name(c: &mut DbConnection, name: &str) -> Result<Option<User>, StoreError> {
+    Ok(users::table
+        .filter(users::name_key.eq(name.to_lowercase()))
+        .select(USER_COLUMNS)
+        .first::<UserRow>(c)
+        .optional()?
+        .map(to_user))
+}
+
+pub fn user_by_id(c: &mut DbConnection, id: i64) -> Result<Option<User>, StoreError> {
+    Ok(users::table
+        .find(id)
+        .select(USER_COLUMNS)
+        .first::<UserRow>(c)
+        .optional()?
+        .map(to_user))
+}
+
+/// The user of a live (not revoked) token, and the token's id.
+pub fn user_by_token(c: &mut DbConnection, token: &str) -> Result<Option<(User, i64)>, StoreError> {
+    Ok(api_tokens::table
+        .inner_join(users::table)
+        .filter(api_tokens::token_hash.eq(hash_token(token)))
+        .filter(api_tokens::revoked_at.is_null())
+        .select((USER_COLUMNS, api_tokens::id))
+        .first::<(UserRow, i64)>(c)
+        .optional()?
+        .map(|(u, t)| (to_user(u), t)))
+}
+
+/// Tokens revoked after `since` (ms), with the latest revocation time seen.
+pub fn revoked_since(c: &mut DbConnection, since: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+    Ok(api_tokens::table
+        .filter(api_tokens::revoked_at.gt(since))
+        .select((api_tokens::id, api_tokens::revoked_at.assume_not_null()))
+        .load::<(i64, i64)>(c)?)
+}
+
+pub fn set_community_member(
+    c: &mut DbConnection,
+    user_id: i64,
+    member: bool,
+) -> Result<(), StoreError> {
+    diesel::update(users::table.find(user_id))
+        .set(users::community_member.eq(member as i32))
+        .execute(c)?;
+    Ok(())
+}
+
+/// Closes the live sockets of revoked tokens, including tokens revoked by another process (the
+/// CLI): it watches the table, since that is what both share.
+pub fn watch_revocations(state: web::Data<AppState>) {
+    actix_rt::spawn(async move {
+        let mut since = now_ms();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let from = since;
+            match state.store.run(move |c| revoked_since(c, from)).await {
+                Ok(revoked) => {
+                    for (token_id, at) in revoked {
+                        since = since.max(at);
+                        log::info!("token {token_id} revoked: closing its sockets");
+                        state.endpoint.disconnect(&token_socket_id(token_id));
+                    }
+                }
+                Err(e) => log::warn!("watching revoked tokens: {e}"),
+            }
+        }
+    });
+}
+
+/// `GET /api/me`
+pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
+    let user = authenticate(&state.store, &req).await?;
+    Ok(HttpResponse::Ok().json(user.json()))
+}
+
+/// `POST /api/community/join` and `DELETE /api/community/join`.
+pub async fn join_community(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
+    let member = req.method() == actix_web::http::Method::POST;
+    let user = authenticate(&state.store, &req).await?;
+    state
+        .store
+        .run(move |c| set_community_member(c, user.id, member))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_hash_is_sha256_hex() {
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(new_token().len(), 43);
+        assert_ne!(new_token(), new_token());
+    }
+
+    #[test]
+    fn names_are_mentionable() {
+        assert!(valid_name("alice"));
+        assert!(valid_name("Bob_1.x-y"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("has space"));
+        assert!(!valid_name("@at"));
+        assert!(!valid_name(&"a".repeat(33)));
+    }
+}

@@ -1,0 +1,167 @@
+//! What every REST route shares: JSON errors with Phoenix-style bodies, bearer-token
+//! authentication, and request-body parsing.
+
+use crate::apps::accounts::{self, User};
+use crate::store::{Store, StoreError};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use serde_json::{json, Map, Value};
+use std::fmt;
+
+/// An API failure and its status: 400 malformed JSON, 401 no valid token, 403 not allowed,
+/// 404 unknown id, 422 invalid input (`{"errors": {"field": ["message"]}}`), 500.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    BadRequest(String),
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Invalid(Vec<(String, String)>),
+    Internal,
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid(vec![(field.to_owned(), message.into())])
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::BadRequest(why) => f.write_str(why),
+            ApiError::Invalid(fields) => {
+                let all: Vec<String> = fields.iter().map(|(k, m)| format!("{k} {m}")).collect();
+                f.write_str(&all.join(", "))
+            }
+            other => f.write_str(
+                other
+                    .status_code()
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_lowercase()
+                    .as_str(),
+            ),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let errors = match self {
+            ApiError::Invalid(fields) => {
+                let mut m = Map::new();
+                for (field, msg) in fields {
+                    let list = m.entry(field.clone()).or_insert_with(|| json!([]));
+                    if let Value::Array(a) = list {
+                        a.push(json!(msg));
+                    }
+                }
+                Value::Object(m)
+            }
+            ApiError::BadRequest(why) => json!({ "detail": why }),
+            other => {
+                json!({ "detail": other.status_code().canonical_reason().unwrap_or("Error") })
+            }
+        };
+        HttpResponse::build(self.status_code()).json(json!({ "errors": errors }))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::App(e) => e,
+            StoreError::Db(diesel::result::Error::NotFound) => ApiError::NotFound,
+            other => {
+                log::error!("{other}");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+pub type ApiResult<T = HttpResponse> = Result<T, ApiError>;
+
+/// The user of the request's `Authorization: Bearer <token>`, or 401.
+pub async fn authenticate(store: &Store, req: &HttpRequest) -> ApiResult<User> {
+    let token = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned())
+        .ok_or(ApiError::Unauthorized)?;
+    let found = store
+        .run(move |c| Ok(accounts::user_by_token(c, &token)?))
+        .await?;
+    found.map(|(user, _)| user).ok_or(ApiError::Unauthorized)
+}
+
+/// A JSON object body: 400 if it is not JSON, 422 if it is JSON but not an object.
+pub fn object_body(body: &[u8]) -> ApiResult<Map<String, Value>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
+        Err(e) => Err(ApiError::BadRequest(format!("malformed JSON: {e}"))),
+    }
+}
+
+/// A required string field, at most `max` characters.
+pub fn text_field(m: &Map<String, Value>, field: &str, max: usize) -> ApiResult<String> {
+    match m.get(field) {
+        None | Some(Value::Null) => Err(ApiError::invalid(field, "can't be blank")),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(ApiError::invalid(field, "can't be blank"))
+        }
+        Some(Value::String(s)) if s.chars().count() > max => Err(ApiError::invalid(
+            field,
+            format!("should be at most {max} character(s)"),
+        )),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ApiError::invalid(field, "is invalid")),
+    }
+}
+
+/// A path id: anything that is not a positive integer names nothing (404).
+pub fn path_id(raw: &str) -> ApiResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|&id| id > 0)
+        .ok_or(ApiError::NotFound)
+}
+
+/// `before` and `limit` query parameters of a paged list.
+pub fn paging(req: &HttpRequest, default_limit: i64) -> ApiResult<(Option<i64>, i64)> {
+    let params = crate::endpoint::Params::parse(req.query_string());
+    let before = match params.get("before") {
+        None | Some("") => None,
+        Some(b) => Some(
+            b.parse::<i64>()
+                .map_err(|_| ApiError::invalid("before", "is invalid"))?,
+        ),
+    };
+    let limit = match params.get("limit") {
+        None | Some("") => default_limit,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| ApiError::invalid("limit", "must be between 1 and 100"))?,
+    };
+    Ok((before, limit))
+}

@@ -1,0 +1,113 @@
+//! The apps served by `fawkes serve`, written on the protocol engine like any Phoenix app:
+//! each with its REST handlers, channels and queries together.
+//!
+//! - [`accounts`]: users, API tokens, community membership, `/api/me`.
+//! - [`feed`]: the community feed and `community:feed`.
+//! - [`api`]: what every REST route shares (errors, auth, body parsing).
+
+pub mod accounts;
+pub mod api;
+pub mod feed;
+
+use crate::endpoint::{Connected, Endpoint, Refused, Socket};
+use crate::store::Store;
+use crate::{Assigns, ChannelContext, Router};
+use accounts::User;
+use actix_web::web;
+
+/// Limits of the apps' own input.
+#[derive(Debug, Clone)]
+pub struct AppLimits {
+    /// Longest post or comment body, in characters.
+    pub max_post_length: usize,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        AppLimits {
+            max_post_length: 10_000,
+        }
+    }
+}
+
+/// What the apps' handlers and channels share.
+pub struct AppState {
+    pub store: Store,
+    pub endpoint: Endpoint,
+    pub limits: AppLimits,
+}
+
+/// The user a socket connected as; anonymous sockets have none.
+#[derive(Debug, Clone)]
+pub struct SocketUser(pub User);
+
+pub fn current_user(ctx: &ChannelContext) -> Option<User> {
+    ctx.assigns().get::<SocketUser>().map(|u| u.0.clone())
+}
+
+/// The apps' socket: `?token=` (or phoenix.js's `authToken`) names an API token; an unknown or
+/// revoked one is refused, none at all gives an anonymous socket. A socket's id is its token's,
+/// so revoking the token closes it.
+pub fn socket(state: web::Data<AppState>) -> Socket {
+    let router = Router::new().channel(feed::TOPIC, {
+        let state = state.clone();
+        move || feed::FeedChannel {
+            state: state.clone(),
+        }
+    });
+    Socket::new(router).on_connect(move |info| {
+        let state = state.clone();
+        async move {
+            let token = info
+                .params
+                .get("token")
+                .map(str::to_owned)
+                .or(info.auth_token)
+                .filter(|t| !t.is_empty());
+            let Some(token) = token else {
+                return Ok(Connected::default());
+            };
+            let found = state
+                .store
+                .run(move |c| accounts::user_by_token(c, &token))
+                .await
+                .map_err(|e| Refused(format!("token lookup failed: {e}")))?;
+            let (user, token_id) =
+                found.ok_or_else(|| Refused("unknown or revoked token".into()))?;
+            Ok(Connected {
+                assigns: Assigns::new().with(SocketUser(user)),
+                id: Some(accounts::token_socket_id(token_id)),
+            })
+        }
+    })
+}
+
+/// The REST API.
+pub fn routes(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
+    use actix_web::web::{delete, get, patch, post, resource};
+    cfg.app_data(state)
+        .service(resource("/api/me").route(get().to(accounts::me)))
+        .service(
+            resource("/api/community/join")
+                .route(post().to(accounts::join_community))
+                .route(delete().to(accounts::join_community)),
+        )
+        .service(
+            resource("/api/community/posts")
+                .route(get().to(feed::list))
+                .route(post().to(feed::create)),
+        )
+        .service(
+            resource("/api/community/posts/{id}")
+                .route(get().to(feed::show))
+                .route(patch().to(feed::update))
+                .route(delete().to(feed::delete)),
+        )
+        .service(resource("/api/community/posts/{id}/like").route(post().to(feed::like)))
+        .service(
+            resource("/api/community/posts/{id}/comments")
+                .route(get().to(feed::list_comments))
+                .route(post().to(feed::create_comment)),
+        )
+        .service(resource("/api/community/comments/{id}").route(delete().to(feed::delete_comment)));
+}

@@ -1,0 +1,184 @@
+//! The database: one Diesel connection type over SQLite (embedded, the default) and PostgreSQL,
+//! an r2d2 pool, and migrations embedded in the binary, one set per backend.
+//!
+//! Diesel calls block, so [`Store::run`] runs them on actix's blocking thread pool, never on a
+//! worker thread. SQLite runs in WAL mode with `synchronous=FULL`: a commit is on disk when it
+//! returns, so a `201 Created` survives a crash.
+
+pub mod schema;
+
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::fmt;
+use std::time::Duration;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// The default database: a SQLite file in the working directory, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "fawkes.db";
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+pub type Conn = PooledConnection<ConnectionManager<DbConnection>>;
+
+/// A store error: a database failure, or the app's own "not found"/"forbidden" decided inside a
+/// transaction (which rolls it back).
+#[derive(Debug)]
+pub enum StoreError {
+    Db(diesel::result::Error),
+    Pool(String),
+    /// A failure the app raised on purpose to roll back; carries its own meaning.
+    App(crate::apps::api::ApiError),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Db(e) => write!(f, "database: {e}"),
+            StoreError::Pool(e) => write!(f, "database pool: {e}"),
+            StoreError::App(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+impl From<crate::apps::api::ApiError> for StoreError {
+    fn from(e: crate::apps::api::ApiError) -> Self {
+        StoreError::App(e)
+    }
+}
+
+/// A pool of connections to one database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<ConnectionManager<DbConnection>>,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// SQLite settings every pooled connection needs.
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
+        if let DbConnection::Sqlite(c) = conn {
+            diesel::sql_query(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+            )
+            .execute(c)
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Opens (creating a SQLite file if needed) and migrates. `postgres://` or `postgresql://`
+    /// selects PostgreSQL; anything else is a SQLite path (`sqlite://` prefix optional).
+    pub fn open(url: &str) -> Result<Store, StoreError> {
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            let path = url.strip_prefix("sqlite://").unwrap_or(url);
+            (Backend::Sqlite, path.to_owned())
+        };
+        let manager = ConnectionManager::<DbConnection>::new(url);
+        let mut builder = Pool::builder().connection_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            // SQLite takes one writer at a time; a few connections serve reads beside it.
+            builder = builder
+                .max_size(4)
+                .connection_customizer(Box::new(SqlitePragmas));
+        } else {
+            builder = builder.max_size(16);
+        }
+        let pool = builder
+            .build(manager)
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let store = Store { pool, backend };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations; returns how many ran.
+    pub fn migrate(&self) -> Result<usize, StoreError> {
+        let mut conn = self.conn()?;
+        let ran = match &mut *conn {
+            DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+            DbConnection::Postgres(c) => c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.len()),
+        }
+        .map_err(|e| StoreError::Pool(format!("migrations: {e}")))?;
+        if ran > 0 {
+            log::info!("ran {ran} database migration(s)");
+        }
+        Ok(ran)
+    }
+
+    /// A pooled connection, for blocking code (the CLI, or inside [`Store::run`]).
+    pub fn conn(&self) -> Result<Conn, StoreError> {
+        self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    /// Runs blocking database work off the async executor.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        actix_web::web::block(move || {
+            let mut conn = store.conn()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Pool(format!("blocking pool: {e}")))?
+    }
+}
+
+/// Milliseconds since the UNIX epoch: how times are stored.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A stored time as ISO-8601 UTC with milliseconds, how the API shows times.
+pub fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_render_as_iso_8601_utc_with_milliseconds() {
+        assert_eq!(iso(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso(1_795_412_442_104), "2026-11-23T05:40:42.104Z");
+    }
+}

@@ -1,0 +1,58 @@
+//! The tables, shared by both backends (only types both support: BigInt, Integer, Text).
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        name -> Text,
+        /// The name lower-cased: names are unique regardless of case.
+        name_key -> Text,
+        community_member -> Integer,
+        inserted_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    api_tokens (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        /// SHA-256 of the token, hex. The token itself is never stored.
+        token_hash -> Text,
+        inserted_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    posts (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        body -> Text,
+        inserted_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    post_likes (post_id, user_id) {
+        post_id -> BigInt,
+        user_id -> BigInt,
+        inserted_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    comments (id) {
+        id -> BigInt,
+        post_id -> BigInt,
+        user_id -> BigInt,
+        body -> Text,
+        inserted_at -> BigInt,
+    }
+}
+
+diesel::joinable!(api_tokens -> users (user_id));
+diesel::joinable!(posts -> users (user_id));
+diesel::joinable!(comments -> users (user_id));
+diesel::joinable!(comments -> posts (post_id));
+diesel::joinable!(post_likes -> posts (post_id));
+diesel::allow_tables_to_appear_in_same_query!(users, api_tokens, posts, post_likes, comments);
