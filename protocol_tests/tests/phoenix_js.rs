@@ -68,3 +68,27 @@ fn phoenix_js_falls_back_to_longpoll_when_websocket_is_refused() {
     );
     run_script("test:fallback", &[("FAWKES_WS_REFUSED_URL", server.url())]);
 }
+
+fn run_app_suite(backend: &str) {
+    let app = support::start_app(backend);
+    let (_, member) = app.user("member", true);
+    let (_, other) = app.user("other", true);
+    run_script(
+        "test:apps",
+        &[
+            ("FAWKES_APP_URL", format!("http://{}", app.server.addr)),
+            ("FAWKES_MEMBER_TOKEN", member),
+            ("FAWKES_OTHER_TOKEN", other),
+        ],
+    );
+}
+
+#[test]
+fn phoenix_js_apps_on_sqlite() {
+    run_app_suite("sqlite");
+}
+
+#[test]
+fn phoenix_js_apps_on_postgres() {
+    run_app_suite("postgres");
+}
