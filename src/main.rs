@@ -1,6 +1,7 @@
 //! The `fawkes` command.
 
 use clap::{Args, Parser, Subcommand};
+use fawkes::apps::collections::CollectionsConfig;
 use fawkes::apps::{self, accounts, AppLimits, AppState};
 use fawkes::store::{Store, DEFAULT_DATABASE_URL};
 use fawkes::{CheckOrigin, Config, Endpoint, Limits, Server};
@@ -73,6 +74,15 @@ struct ServeArgs {
     /// Longest post or comment, in characters.
     #[arg(long, env = "FAWKES_MAX_POST_LENGTH", default_value_t = AppLimits::default().max_post_length)]
     max_post_length: usize,
+    /// Changes kept per collection for `since` replay.
+    #[arg(long, env = "FAWKES_COLLECTION_LOG_SIZE", default_value_t = CollectionsConfig::default().log_size)]
+    collection_log_size: i64,
+    /// Largest collection a `collection:<name>` join answers in full.
+    #[arg(long, env = "FAWKES_COLLECTION_JOIN_LIMIT", default_value_t = CollectionsConfig::default().join_limit)]
+    collection_join_limit: i64,
+    /// Collections whose reads and joins need a valid token, comma-separated.
+    #[arg(long, env = "FAWKES_PRIVATE_COLLECTIONS", value_delimiter = ',')]
+    private_collections: Vec<String>,
     #[arg(long, env = "FAWKES_HOST", default_value = "127.0.0.1")]
     host: String,
     #[arg(long, env = "FAWKES_PORT", default_value_t = 4000)]
@@ -179,13 +189,18 @@ fn open(db: &DbArgs) -> Result<Store, String> {
 async fn serve(args: ServeArgs) -> std::io::Result<()> {
     let store = open(&args.db).map_err(std::io::Error::other)?;
     let endpoint = Endpoint::new(args.config());
-    let state = actix_web::web::Data::new(AppState {
+    let state = actix_web::web::Data::new(AppState::new(
         store,
-        endpoint: endpoint.clone(),
-        limits: AppLimits {
+        endpoint.clone(),
+        AppLimits {
             max_post_length: args.max_post_length,
         },
-    });
+        CollectionsConfig {
+            log_size: args.collection_log_size.max(1),
+            join_limit: args.collection_join_limit,
+            private: args.private_collections.clone(),
+        },
+    ));
     accounts::watch_revocations(state.clone());
     let socket = apps::socket(state.clone());
     let mut server = Server::new(endpoint)

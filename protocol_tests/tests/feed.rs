@@ -107,6 +107,16 @@ fn events_reach_joined_clients(backend: &str) {
     });
 }
 
+/// method, path, token, body, expected status, expected JSON (`Null`: a malformed-JSON 400).
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    u16,
+    Value,
+);
+
 fn bad_input_writes_and_broadcasts_nothing(backend: &str) {
     let app = support::start_app(backend);
     let (_, alice) = app.user("alice", true);
@@ -128,7 +138,7 @@ fn bad_input_writes_and_broadcasts_nothing(backend: &str) {
         let this = format!("/api/community/posts/{id}");
         let like = format!("{this}/like");
         let comments = format!("{this}/comments");
-        let cases: Vec<(&str, &str, Option<&str>, Option<&str>, u16, Value)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "POST",
                 posts,

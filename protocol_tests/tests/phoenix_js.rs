@@ -70,7 +70,14 @@ fn phoenix_js_falls_back_to_longpoll_when_websocket_is_refused() {
 }
 
 fn run_app_suite(backend: &str) {
-    let app = support::start_app(backend);
+    // A short change log, so the suite can miss more than it holds.
+    let app = support::start_app_with(
+        backend,
+        fawkes::apps::collections::CollectionsConfig {
+            log_size: 5,
+            ..Default::default()
+        },
+    );
     let (_, member) = app.user("member", true);
     let (_, other) = app.user("other", true);
     run_script(

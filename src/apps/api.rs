@@ -107,7 +107,7 @@ pub async fn authenticate(store: &Store, req: &HttpRequest) -> ApiResult<User> {
         .map(|t| t.trim().to_owned())
         .ok_or(ApiError::Unauthorized)?;
     let found = store
-        .run(move |c| Ok(accounts::user_by_token(c, &token)?))
+        .run(move |c| accounts::user_by_token(c, &token))
         .await?;
     found.map(|(user, _)| user).ok_or(ApiError::Unauthorized)
 }

@@ -145,20 +145,18 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
     member(&user)?;
     let post = state
         .store
-        .run(move |c| {
-            c.transaction(|c| {
-                let now = now_ms();
-                let id = diesel::insert_into(posts::table)
-                    .values((
-                        posts::user_id.eq(user.id),
-                        posts::body.eq(&text),
-                        posts::inserted_at.eq(now),
-                        posts::updated_at.eq(now),
-                    ))
-                    .returning(posts::id)
-                    .get_result::<i64>(c)?;
-                load_post(c, id)
-            })
+        .write(move |c| {
+            let now = now_ms();
+            let id = diesel::insert_into(posts::table)
+                .values((
+                    posts::user_id.eq(user.id),
+                    posts::body.eq(&text),
+                    posts::inserted_at.eq(now),
+                    posts::updated_at.eq(now),
+                ))
+                .returning(posts::id)
+                .get_result::<i64>(c)?;
+            load_post(c, id)
         })
         .await?;
     state.endpoint.broadcast(TOPIC, "new_post", post.clone());
@@ -177,16 +175,14 @@ pub async fn update(
     let text = text_field(&object_body(&body)?, "body", state.limits.max_post_length)?;
     let post = state
         .store
-        .run(move |c| {
-            c.transaction(|c| {
-                if post_author(c, id)? != user.id {
-                    return Err(ApiError::Forbidden.into());
-                }
-                diesel::update(posts::table.find(id))
-                    .set((posts::body.eq(&text), posts::updated_at.eq(now_ms())))
-                    .execute(c)?;
-                load_post(c, id)
-            })
+        .write(move |c| {
+            if post_author(c, id)? != user.id {
+                return Err(ApiError::Forbidden.into());
+            }
+            diesel::update(posts::table.find(id))
+                .set((posts::body.eq(&text), posts::updated_at.eq(now_ms())))
+                .execute(c)?;
+            load_post(c, id)
         })
         .await?;
     state
@@ -205,16 +201,14 @@ pub async fn delete(
     let id = path_id(&id)?;
     state
         .store
-        .run(move |c| {
-            c.transaction(|c| {
-                if post_author(c, id)? != user.id {
-                    return Err(ApiError::Forbidden.into());
-                }
-                diesel::delete(post_likes::table.filter(post_likes::post_id.eq(id))).execute(c)?;
-                diesel::delete(comments::table.filter(comments::post_id.eq(id))).execute(c)?;
-                diesel::delete(posts::table.find(id)).execute(c)?;
-                Ok(())
-            })
+        .write(move |c| {
+            if post_author(c, id)? != user.id {
+                return Err(ApiError::Forbidden.into());
+            }
+            diesel::delete(post_likes::table.filter(post_likes::post_id.eq(id))).execute(c)?;
+            diesel::delete(comments::table.filter(comments::post_id.eq(id))).execute(c)?;
+            diesel::delete(posts::table.find(id)).execute(c)?;
+            Ok(())
         })
         .await?;
     state
@@ -234,28 +228,26 @@ pub async fn like(
     member(&user)?;
     let likes = state
         .store
-        .run(move |c| {
-            c.transaction(|c| {
-                post_author(c, id)?;
-                let mine = post_likes::table
-                    .filter(post_likes::post_id.eq(id))
-                    .filter(post_likes::user_id.eq(user.id));
-                if diesel::delete(mine).execute(c)? == 0 {
-                    diesel::insert_into(post_likes::table)
-                        .values((
-                            post_likes::post_id.eq(id),
-                            post_likes::user_id.eq(user.id),
-                            post_likes::inserted_at.eq(now_ms()),
-                        ))
-                        .execute(c)?;
-                }
-                let post = load_post(c, id)?;
-                Ok(json!({
-                    "id": id,
-                    "likes_count": post["likes_count"],
-                    "liked_by_user_ids": post["liked_by_user_ids"],
-                }))
-            })
+        .write(move |c| {
+            post_author(c, id)?;
+            let mine = post_likes::table
+                .filter(post_likes::post_id.eq(id))
+                .filter(post_likes::user_id.eq(user.id));
+            if diesel::delete(mine).execute(c)? == 0 {
+                diesel::insert_into(post_likes::table)
+                    .values((
+                        post_likes::post_id.eq(id),
+                        post_likes::user_id.eq(user.id),
+                        post_likes::inserted_at.eq(now_ms()),
+                    ))
+                    .execute(c)?;
+            }
+            let post = load_post(c, id)?;
+            Ok(json!({
+                "id": id,
+                "likes_count": post["likes_count"],
+                "liked_by_user_ids": post["liked_by_user_ids"],
+            }))
         })
         .await?;
     state
@@ -339,25 +331,23 @@ pub async fn create_comment(
     member(&user)?;
     let (comment, count) = state
         .store
-        .run(move |c| {
-            c.transaction(|c| {
-                post_author(c, post_id)?;
-                let id = diesel::insert_into(comments::table)
-                    .values((
-                        comments::post_id.eq(post_id),
-                        comments::user_id.eq(user.id),
-                        comments::body.eq(&text),
-                        comments::inserted_at.eq(now_ms()),
-                    ))
-                    .returning(comments::id)
-                    .get_result::<i64>(c)?;
-                let row = comments::table
-                    .inner_join(users::table)
-                    .filter(comments::id.eq(id))
-                    .select(COMMENT_COLUMNS)
-                    .first::<CommentRow>(c)?;
-                Ok((render_comment(row), comments_count(c, post_id)?))
-            })
+        .write(move |c| {
+            post_author(c, post_id)?;
+            let id = diesel::insert_into(comments::table)
+                .values((
+                    comments::post_id.eq(post_id),
+                    comments::user_id.eq(user.id),
+                    comments::body.eq(&text),
+                    comments::inserted_at.eq(now_ms()),
+                ))
+                .returning(comments::id)
+                .get_result::<i64>(c)?;
+            let row = comments::table
+                .inner_join(users::table)
+                .filter(comments::id.eq(id))
+                .select(COMMENT_COLUMNS)
+                .first::<CommentRow>(c)?;
+            Ok((render_comment(row), comments_count(c, post_id)?))
         })
         .await?;
     state.endpoint.broadcast(
@@ -378,18 +368,16 @@ pub async fn delete_comment(
     let id = path_id(&id)?;
     let (post_id, count) = state
         .store
-        .run(move |c| {
-            c.transaction(|c| {
-                let (post_id, author) = comments::table
-                    .find(id)
-                    .select((comments::post_id, comments::user_id))
-                    .first::<(i64, i64)>(c)?;
-                if author != user.id {
-                    return Err(ApiError::Forbidden.into());
-                }
-                diesel::delete(comments::table.find(id)).execute(c)?;
-                Ok((post_id, comments_count(c, post_id)?))
-            })
+        .write(move |c| {
+            let (post_id, author) = comments::table
+                .find(id)
+                .select((comments::post_id, comments::user_id))
+                .first::<(i64, i64)>(c)?;
+            if author != user.id {
+                return Err(ApiError::Forbidden.into());
+            }
+            diesel::delete(comments::table.find(id)).execute(c)?;
+            Ok((post_id, comments_count(c, post_id)?))
         })
         .await?;
     state.endpoint.broadcast(

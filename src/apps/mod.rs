@@ -3,10 +3,12 @@
 //!
 //! - [`accounts`]: users, API tokens, community membership, `/api/me`.
 //! - [`feed`]: the community feed and `community:feed`.
+//! - [`collections`]: JSON records with gap-free sequence numbers and `collection:<name>`.
 //! - [`api`]: what every REST route shares (errors, auth, body parsing).
 
 pub mod accounts;
 pub mod api;
+pub mod collections;
 pub mod feed;
 
 use crate::endpoint::{Connected, Endpoint, Refused, Socket};
@@ -35,6 +37,26 @@ pub struct AppState {
     pub store: Store,
     pub endpoint: Endpoint,
     pub limits: AppLimits,
+    pub collections: collections::CollectionsConfig,
+    /// One writer per collection at a time, so `change` broadcasts leave in sequence order.
+    pub(crate) collection_locks: dashmap::DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        endpoint: Endpoint,
+        limits: AppLimits,
+        collections: collections::CollectionsConfig,
+    ) -> AppState {
+        AppState {
+            store,
+            endpoint,
+            limits,
+            collections,
+            collection_locks: Default::default(),
+        }
+    }
 }
 
 /// The user a socket connected as; anonymous sockets have none.
@@ -49,12 +71,17 @@ pub fn current_user(ctx: &ChannelContext) -> Option<User> {
 /// revoked one is refused, none at all gives an anonymous socket. A socket's id is its token's,
 /// so revoking the token closes it.
 pub fn socket(state: web::Data<AppState>) -> Socket {
-    let router = Router::new().channel(feed::TOPIC, {
-        let state = state.clone();
-        move || feed::FeedChannel {
-            state: state.clone(),
-        }
-    });
+    let router = Router::new()
+        .channel(feed::TOPIC, {
+            let state = state.clone();
+            move || feed::FeedChannel {
+                state: state.clone(),
+            }
+        })
+        .channel("collection:*", {
+            let state = state.clone();
+            move || collections::CollectionChannel::new(state.clone())
+        });
     Socket::new(router).on_connect(move |info| {
         let state = state.clone();
         async move {
@@ -109,5 +136,16 @@ pub fn routes(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .route(get().to(feed::list_comments))
                 .route(post().to(feed::create_comment)),
         )
-        .service(resource("/api/community/comments/{id}").route(delete().to(feed::delete_comment)));
+        .service(resource("/api/community/comments/{id}").route(delete().to(feed::delete_comment)))
+        .service(
+            resource("/api/collections/{name}/records")
+                .route(get().to(collections::list))
+                .route(post().to(collections::create)),
+        )
+        .service(
+            resource("/api/collections/{name}/records/{id}")
+                .route(get().to(collections::show))
+                .route(patch().to(collections::update))
+                .route(delete().to(collections::delete)),
+        );
 }

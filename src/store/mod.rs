@@ -11,6 +11,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -64,6 +65,10 @@ impl From<crate::apps::api::ApiError> for StoreError {
 pub struct Store {
     pool: Pool<ConnectionManager<DbConnection>>,
     backend: Backend,
+    /// SQLite: one writing transaction at a time in this process. A transaction that reads
+    /// before it writes cannot then be refused its write because another one committed
+    /// in between (SQLite's BUSY_SNAPSHOT); PostgreSQL locks rows instead.
+    write_lock: Option<Arc<Mutex<()>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,12 +84,17 @@ struct SqlitePragmas;
 impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
         if let DbConnection::Sqlite(c) = conn {
-            diesel::sql_query(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-            )
-            .execute(c)
-            .map_err(diesel::r2d2::Error::QueryError)?;
+            // One statement per query: SQLite prepares only the first of a batch.
+            for pragma in [
+                "PRAGMA busy_timeout = 10000",
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA synchronous = FULL",
+                "PRAGMA foreign_keys = ON",
+            ] {
+                diesel::sql_query(pragma)
+                    .execute(c)
+                    .map_err(diesel::r2d2::Error::QueryError)?;
+            }
         }
         Ok(())
     }
@@ -113,7 +123,12 @@ impl Store {
         let pool = builder
             .build(manager)
             .map_err(|e| StoreError::Pool(e.to_string()))?;
-        let store = Store { pool, backend };
+        let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let store = Store {
+            pool,
+            backend,
+            write_lock,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -156,6 +171,38 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Pool(format!("blocking pool: {e}")))?
+    }
+}
+
+impl Store {
+    /// Runs a writing transaction off the async executor: committed when it returns `Ok`,
+    /// rolled back otherwise.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let lock = self.write_lock.clone();
+        self.run(move |c| {
+            let _one_writer = lock
+                .as_ref()
+                .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+            c.transaction(f)
+        })
+        .await
+    }
+
+    /// [`Store::write`] for blocking callers (the CLI, tests).
+    pub fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _one_writer = self
+            .write_lock
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut conn = self.conn()?;
+        (*conn).transaction(f)
     }
 }
 

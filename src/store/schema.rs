@@ -56,3 +56,31 @@ diesel::joinable!(comments -> users (user_id));
 diesel::joinable!(comments -> posts (post_id));
 diesel::joinable!(post_likes -> posts (post_id));
 diesel::allow_tables_to_appear_in_same_query!(users, api_tokens, posts, post_likes, comments);
+
+diesel::table! {
+    collection_records (collection, id) {
+        collection -> Text,
+        id -> Text,
+        /// The client's fields, a JSON object.
+        data -> Text,
+        created -> BigInt,
+        updated -> BigInt,
+    }
+}
+
+diesel::table! {
+    collection_seqs (collection) {
+        collection -> Text,
+        seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    collection_changes (collection, seq) {
+        collection -> Text,
+        seq -> BigInt,
+        action -> Text,
+        /// The record after the change (before it, for a delete), as the API shows it.
+        record -> Text,
+    }
+}

@@ -123,17 +123,28 @@ pub struct App {
 }
 
 pub fn start_app(backend: &str) -> App {
+    start_app_with(
+        backend,
+        fawkes::apps::collections::CollectionsConfig::default(),
+    )
+}
+
+pub fn start_app_with(
+    backend: &str,
+    collections: fawkes::apps::collections::CollectionsConfig,
+) -> App {
     let url = fresh_database(backend);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
             let store = fawkes::store::Store::open(&url).expect("open store");
             let endpoint = Endpoint::new(Config::default());
-            let state = actix_web::web::Data::new(fawkes::apps::AppState {
+            let state = actix_web::web::Data::new(fawkes::apps::AppState::new(
                 store,
-                endpoint: endpoint.clone(),
-                limits: fawkes::apps::AppLimits::default(),
-            });
+                endpoint.clone(),
+                fawkes::apps::AppLimits::default(),
+                collections,
+            ));
             fawkes::apps::accounts::watch_revocations(state.clone());
             let socket = fawkes::apps::socket(state.clone());
             let routes_state = state.clone();

@@ -1,0 +1,622 @@
+//! Generic collections: JSON records under a name, written through a PocketBase-style REST API,
+//! kept live on `collection:<name>`.
+//!
+//! Every write takes the collection's next sequence number in its own transaction, so numbers
+//! are gap-free and strictly increasing however writers race; a bounded log of recent changes
+//! lets a client that reconnects with `{"since": S}` get exactly what it missed. Writes to one
+//! collection are also serialized in this process, so their `change` broadcasts go out in
+//! sequence order.
+
+use crate::apps::api::{authenticate, object_body, ApiError, ApiResult};
+use crate::apps::{current_user, AppState};
+use crate::store::schema::{collection_changes, collection_records, collection_seqs};
+use crate::store::{iso, now_ms, DbConnection, StoreError};
+use crate::{async_trait, Channel, ChannelContext, Flow, Payload, Reply};
+use actix_web::{web, HttpRequest, HttpResponse};
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use rand::Rng;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// Settings of the collections app.
+#[derive(Debug, Clone)]
+pub struct CollectionsConfig {
+    /// Changes kept per collection for `since` replay.
+    pub log_size: i64,
+    /// Largest collection a join answers with in full.
+    pub join_limit: i64,
+    /// Collections whose reads and joins need a valid token too.
+    pub private: Vec<String>,
+}
+
+impl Default for CollectionsConfig {
+    fn default() -> Self {
+        CollectionsConfig {
+            log_size: 10_000,
+            join_limit: 10_000,
+            private: Vec::new(),
+        }
+    }
+}
+
+const MAX_PER_PAGE: i64 = 500;
+/// Keys the server owns: a client's values for them are ignored.
+const SERVER_KEYS: [&str; 4] = ["id", "created", "updated", "seq"];
+
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A write to a collection.
+pub enum Write {
+    Create(Map<String, Value>),
+    Update(String, Map<String, Value>),
+    Delete(String),
+}
+
+/// A record as the API shows it: the client's fields plus `id`, `created`, `updated`.
+fn render(id: &str, data: &str, created: i64, updated: i64) -> Value {
+    let mut m: Map<String, Value> = serde_json::from_str(data).unwrap_or_default();
+    m.insert("id".into(), json!(id));
+    m.insert("created".into(), json!(iso(created)));
+    m.insert("updated".into(), json!(iso(updated)));
+    Value::Object(m)
+}
+
+fn client_fields(mut m: Map<String, Value>) -> Map<String, Value> {
+    for k in SERVER_KEYS {
+        m.remove(k);
+    }
+    m
+}
+
+fn new_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..15)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+type RecordRow = (String, String, i64, i64);
+
+fn find(c: &mut DbConnection, name: &str, id: &str) -> Result<RecordRow, StoreError> {
+    Ok(collection_records::table
+        .filter(collection_records::collection.eq(name))
+        .filter(collection_records::id.eq(id))
+        .select((
+            collection_records::id,
+            collection_records::data,
+            collection_records::created,
+            collection_records::updated,
+        ))
+        .first::<RecordRow>(c)?)
+}
+
+/// Takes the collection's next sequence number. The row lock (PostgreSQL) or the write lock
+/// (SQLite) this takes holds other writers of the collection until the transaction ends.
+fn next_seq(c: &mut DbConnection, name: &str) -> Result<i64, StoreError> {
+    // Upserts are not in Diesel's shared dialect: one statement per backend.
+    match c {
+        DbConnection::Sqlite(c) => diesel::sql_query(
+            "INSERT INTO collection_seqs (collection, seq) VALUES (?, 0) ON CONFLICT (collection) DO NOTHING",
+        )
+        .bind::<Text, _>(name)
+        .execute(c)?,
+        DbConnection::Postgres(c) => diesel::sql_query(
+            "INSERT INTO collection_seqs (collection, seq) VALUES ($1, 0) ON CONFLICT (collection) DO NOTHING",
+        )
+        .bind::<Text, _>(name)
+        .execute(c)?,
+    };
+    Ok(diesel::update(collection_seqs::table.find(name))
+        .set(collection_seqs::seq.eq(collection_seqs::seq + 1))
+        .returning(collection_seqs::seq)
+        .get_result::<i64>(c)?)
+}
+
+/// Applies a write, logs it and trims the log; returns the `change` payload
+/// `{"action", "record", "seq"}`. Run it inside a transaction ([`crate::store::Store::write`]):
+/// the sequence number is taken, used and logged in the same one.
+pub fn apply(
+    c: &mut DbConnection,
+    name: &str,
+    write: Write,
+    log_size: i64,
+) -> Result<Value, StoreError> {
+    {
+        let seq = next_seq(c, name)?;
+        let now = now_ms();
+        let (action, record) = match write {
+            Write::Create(fields) => {
+                let id = new_id();
+                let data = Value::Object(client_fields(fields)).to_string();
+                diesel::insert_into(collection_records::table)
+                    .values((
+                        collection_records::collection.eq(name),
+                        collection_records::id.eq(&id),
+                        collection_records::data.eq(&data),
+                        collection_records::created.eq(now),
+                        collection_records::updated.eq(now),
+                    ))
+                    .execute(c)?;
+                ("create", render(&id, &data, now, now))
+            }
+            Write::Update(id, fields) => {
+                let (_, data, created, _) = find(c, name, &id)?;
+                let mut merged: Map<String, Value> =
+                    serde_json::from_str(&data).unwrap_or_default();
+                merged.extend(client_fields(fields));
+                let data = Value::Object(merged).to_string();
+                diesel::update(
+                    collection_records::table
+                        .filter(collection_records::collection.eq(name))
+                        .filter(collection_records::id.eq(&id)),
+                )
+                .set((
+                    collection_records::data.eq(&data),
+                    collection_records::updated.eq(now),
+                ))
+                .execute(c)?;
+                ("update", render(&id, &data, created, now))
+            }
+            Write::Delete(id) => {
+                let (_, data, created, updated) = find(c, name, &id)?;
+                diesel::delete(
+                    collection_records::table
+                        .filter(collection_records::collection.eq(name))
+                        .filter(collection_records::id.eq(&id)),
+                )
+                .execute(c)?;
+                ("delete", render(&id, &data, created, updated))
+            }
+        };
+        diesel::insert_into(collection_changes::table)
+            .values((
+                collection_changes::collection.eq(name),
+                collection_changes::seq.eq(seq),
+                collection_changes::action.eq(action),
+                collection_changes::record.eq(record.to_string()),
+            ))
+            .execute(c)?;
+        diesel::delete(
+            collection_changes::table
+                .filter(collection_changes::collection.eq(name))
+                .filter(collection_changes::seq.le(seq - log_size)),
+        )
+        .execute(c)?;
+        Ok(json!({"action": action, "record": record, "seq": seq}))
+    }
+}
+
+/// What a join or `reload` answers with.
+pub enum Snapshot {
+    /// `{"items": [...], "seq": S}` (with `"reset": true` when a `since` could not be served).
+    Full {
+        items: Vec<Value>,
+        seq: i64,
+    },
+    /// `{"changes": [...], "seq": S}`: everything after the client's `since`.
+    Changes {
+        changes: Vec<Value>,
+        seq: i64,
+    },
+    TooLarge(i64),
+}
+
+/// Reads the collection in one consistent snapshot: the records (oldest first) or the changes
+/// after `since`, with the sequence number they are current to.
+pub fn snapshot(
+    c: &mut DbConnection,
+    name: &str,
+    since: Option<i64>,
+    limit: i64,
+) -> Result<Snapshot, StoreError> {
+    c.transaction(|c| {
+        if let DbConnection::Postgres(pg) = c {
+            // Both reads must see the same commit.
+            diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(pg)?;
+        }
+        let seq = collection_seqs::table
+            .find(name)
+            .select(collection_seqs::seq)
+            .first::<i64>(c)
+            .optional()?
+            .unwrap_or(0);
+        if let Some(since) = since.filter(|&s| s <= seq) {
+            let changes = collection_changes::table
+                .filter(collection_changes::collection.eq(name))
+                .filter(collection_changes::seq.gt(since))
+                .order(collection_changes::seq)
+                .select((collection_changes::seq, collection_changes::action, collection_changes::record))
+                .load::<(i64, String, String)>(c)?;
+            // Served only if the log still holds every change after `since`.
+            if changes.len() as i64 == seq - since {
+                let changes = changes
+                    .into_iter()
+                    .map(|(s, action, record)| {
+                        json!({"action": action, "record": serde_json::from_str::<Value>(&record).unwrap_or_default(), "seq": s})
+                    })
+                    .collect();
+                return Ok(Snapshot::Changes { changes, seq });
+            }
+        }
+        let total = collection_records::table
+            .filter(collection_records::collection.eq(name))
+            .count()
+            .get_result::<i64>(c)?;
+        if total > limit {
+            return Ok(Snapshot::TooLarge(total));
+        }
+        let items = collection_records::table
+            .filter(collection_records::collection.eq(name))
+            .order((collection_records::created, collection_records::id))
+            .select((
+                collection_records::id,
+                collection_records::data,
+                collection_records::created,
+                collection_records::updated,
+            ))
+            .load::<RecordRow>(c)?
+            .iter()
+            .map(|(id, data, cr, up)| render(id, data, *cr, *up))
+            .collect();
+        Ok(Snapshot::Full { items, seq })
+    })
+}
+
+impl AppState {
+    fn collection_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.collection_locks
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Writes, then broadcasts the change: one writer per collection at a time in this
+    /// process, so broadcasts leave in sequence order.
+    pub async fn write_collection(&self, name: &str, write: Write) -> Result<Value, ApiError> {
+        let lock = self.collection_lock(name);
+        let _order = lock.lock().await;
+        let (n, log) = (name.to_owned(), self.collections.log_size);
+        let change = self.store.write(move |c| apply(c, &n, write, log)).await?;
+        self.endpoint
+            .broadcast(&format!("collection:{name}"), "change", change.clone());
+        Ok(change)
+    }
+}
+
+fn checked_name(name: &str) -> ApiResult<&str> {
+    if valid_name(name) {
+        Ok(name)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+/// Reads are open unless the collection is configured private.
+async fn may_read(state: &AppState, req: &HttpRequest, name: &str) -> ApiResult<()> {
+    if state.collections.private.iter().any(|p| p == name) {
+        authenticate(&state.store, req).await?;
+    }
+    Ok(())
+}
+
+/// `GET /api/collections/:name/records?page=&perPage=&sort=`
+pub async fn list(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> ApiResult {
+    let name = checked_name(&path)?.to_owned();
+    may_read(&state, &req, &name).await?;
+    let params = crate::endpoint::Params::parse(req.query_string());
+    let int = |key: &str, default: i64| -> ApiResult<i64> {
+        match params.get(key) {
+            None | Some("") => Ok(default),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| ApiError::invalid(key, "must be a positive integer")),
+        }
+    };
+    let page = int("page", 1)?;
+    let per_page = int("perPage", 30)?.min(MAX_PER_PAGE);
+    let sort = params.get("sort").unwrap_or("created").to_owned();
+    let (desc, field) = match sort.strip_prefix('-') {
+        Some(f) => (true, f.to_owned()),
+        None => (false, sort.trim_start_matches('+').to_owned()),
+    };
+    if field.is_empty()
+        || !field
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(ApiError::invalid(
+            "sort",
+            "must be a field name, optionally after -",
+        ));
+    }
+    let (total, items) = state
+        .store
+        .run(move |c| {
+            let rows = collection_records::table
+                .filter(collection_records::collection.eq(&name))
+                .order((collection_records::created, collection_records::id))
+                .select((
+                    collection_records::id,
+                    collection_records::data,
+                    collection_records::created,
+                    collection_records::updated,
+                ))
+                .load::<RecordRow>(c)?;
+            let mut items: Vec<Value> = rows
+                .iter()
+                .map(|(id, data, cr, up)| render(id, data, *cr, *up))
+                .collect();
+            // Sorted here, the same way for every field and both backends; a stable sort keeps
+            // creation order among equals.
+            items.sort_by(|a, b| {
+                let o = compare(&a[&field], &b[&field]);
+                if desc {
+                    o.reverse()
+                } else {
+                    o
+                }
+            });
+            let total = items.len() as i64;
+            let start = ((page - 1) * per_page).min(total) as usize;
+            let end = (start + per_page as usize).min(items.len());
+            Ok((total, items[start..end].to_vec()))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "page": page,
+        "perPage": per_page,
+        "totalItems": total,
+        "totalPages": (total + per_page - 1) / per_page,
+        "items": items,
+    })))
+}
+
+/// Orders JSON values: missing/null first, then booleans, numbers, strings, and others by text.
+fn compare(a: &Value, b: &Value) -> std::cmp::Ordering {
+    fn rank(v: &Value) -> u8 {
+        match v {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Number(_) => 2,
+            Value::String(_) => 3,
+            _ => 4,
+        }
+    }
+    match (a, b) {
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(std::cmp::Ordering::Equal),
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        _ => rank(a)
+            .cmp(&rank(b))
+            .then_with(|| a.to_string().cmp(&b.to_string())),
+    }
+}
+
+/// `GET /api/collections/:name/records/:id`
+pub async fn show(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> ApiResult {
+    let (name, id) = path.into_inner();
+    checked_name(&name)?;
+    may_read(&state, &req, &name).await?;
+    let (id, data, cr, up) = state.store.run(move |c| find(c, &name, &id)).await?;
+    Ok(HttpResponse::Ok().json(render(&id, &data, cr, up)))
+}
+
+/// `POST /api/collections/:name/records`
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> ApiResult {
+    let name = checked_name(&path)?.to_owned();
+    authenticate(&state.store, &req).await?;
+    let fields = object_body(&body)?;
+    let change = state.write_collection(&name, Write::Create(fields)).await?;
+    Ok(HttpResponse::Created().json(&change["record"]))
+}
+
+/// `PATCH /api/collections/:name/records/:id`: merges top-level fields.
+pub async fn update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> ApiResult {
+    let (name, id) = path.into_inner();
+    checked_name(&name)?;
+    authenticate(&state.store, &req).await?;
+    let fields = object_body(&body)?;
+    let change = state
+        .write_collection(&name, Write::Update(id, fields))
+        .await?;
+    Ok(HttpResponse::Ok().json(&change["record"]))
+}
+
+/// `DELETE /api/collections/:name/records/:id`
+pub async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> ApiResult {
+    let (name, id) = path.into_inner();
+    checked_name(&name)?;
+    authenticate(&state.store, &req).await?;
+    state.write_collection(&name, Write::Delete(id)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `collection:<name>`: the join reply is the collection (or what a `since` missed); every
+/// committed write follows as `change`, with no gap and no overlap.
+pub struct CollectionChannel {
+    pub state: web::Data<AppState>,
+    name: String,
+    /// The sequence number the client is current to: older changes are not sent again.
+    seq: i64,
+}
+
+impl CollectionChannel {
+    pub fn new(state: web::Data<AppState>) -> CollectionChannel {
+        CollectionChannel {
+            state,
+            name: String::new(),
+            seq: 0,
+        }
+    }
+
+    async fn read(&self, since: Option<i64>) -> Result<Snapshot, Payload> {
+        let (name, limit) = (self.name.clone(), self.state.collections.join_limit);
+        self.state
+            .store
+            .run(move |c| snapshot(c, &name, since, limit))
+            .await
+            .map_err(|e| {
+                log::error!("collection {}: {e}", self.name);
+                reason("could not read the collection")
+            })
+    }
+
+    fn answer(&mut self, snap: Snapshot, reset: bool) -> Result<Payload, Payload> {
+        match snap {
+            Snapshot::Full { items, seq } => {
+                self.seq = self.seq.max(seq);
+                let mut v = json!({"items": items, "seq": seq});
+                if reset {
+                    v["reset"] = json!(true);
+                }
+                Ok(Payload::Json(v))
+            }
+            Snapshot::Changes { changes, seq } => {
+                self.seq = self.seq.max(seq);
+                Ok(Payload::Json(json!({"changes": changes, "seq": seq})))
+            }
+            Snapshot::TooLarge(n) => Err(reason(&format!(
+                "collection has {n} records, over the join limit of {}: page through the REST API instead",
+                self.state.collections.join_limit
+            ))),
+        }
+    }
+}
+
+fn reason(r: &str) -> Payload {
+    Payload::Json(json!({ "reason": r }))
+}
+
+#[async_trait(?Send)]
+impl Channel for CollectionChannel {
+    async fn join(
+        &mut self,
+        topic: &str,
+        params: Payload,
+        ctx: &mut ChannelContext,
+    ) -> Result<Payload, Payload> {
+        let name = topic.strip_prefix("collection:").unwrap_or_default();
+        if !valid_name(name) {
+            return Err(reason("invalid collection name"));
+        }
+        self.name = name.to_owned();
+        let private = self.state.collections.private.iter().any(|p| p == name);
+        if private && current_user(ctx).is_none() {
+            return Err(reason("unauthorized"));
+        }
+        let since = match params.json().and_then(|p| p.get("since")) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_i64()
+                    .filter(|s| *s >= 0)
+                    .ok_or_else(|| reason("since must be a non-negative integer"))?,
+            ),
+        };
+        let snap = self.read(since).await?;
+        // A `since` that could not be served gets everything, marked as a reset.
+        let reset = since.is_some() && matches!(snap, Snapshot::Full { .. });
+        self.answer(snap, reset)
+    }
+
+    fn intercepts(&self) -> &'static [&'static str] {
+        &["change"]
+    }
+
+    fn handle_out(&mut self, event: &str, payload: &Payload, ctx: &mut ChannelContext) -> Flow {
+        // Changes the join reply (or a reload) already covered are not sent again.
+        let seq = payload
+            .json()
+            .and_then(|p| p["seq"].as_i64())
+            .unwrap_or(i64::MAX);
+        if event != "change" || seq > self.seq {
+            self.seq = self.seq.max(seq.min(i64::MAX - 1));
+            ctx.push(event, payload.clone());
+        }
+        Flow::Continue
+    }
+
+    async fn handle_in(&mut self, event: &str, _: Payload, _: &mut ChannelContext) -> Reply {
+        if event != "reload" {
+            return Reply::error(reason(&format!("unknown event {event:?}")));
+        }
+        match self.read(None).await.and_then(|s| self.answer(s, false)) {
+            Ok(p) => Reply::ok(p),
+            Err(p) => Reply::error(p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ids() {
+        assert!(valid_name("orders"));
+        assert!(valid_name("menu_items_2"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("Orders"));
+        assert!(!valid_name("a-b"));
+        assert!(!valid_name(&"a".repeat(65)));
+        let id = new_id();
+        assert_eq!(id.len(), 15);
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    }
+
+    #[test]
+    fn server_keys_are_the_servers() {
+        let m = json!({"id": "x", "created": 1, "updated": 2, "seq": 3, "name": "tea"});
+        let Value::Object(m) = m else { unreachable!() };
+        assert_eq!(Value::Object(client_fields(m)), json!({"name": "tea"}));
+        let r = render("abc", r#"{"name":"tea"}"#, 0, 1);
+        assert_eq!(
+            r,
+            json!({"id": "abc", "name": "tea", "created": "1970-01-01T00:00:00.000Z", "updated": "1970-01-01T00:00:00.001Z"})
+        );
+    }
+
+    #[test]
+    fn json_ordering_for_sort() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare(&json!(2), &json!(10)), Less);
+        assert_eq!(compare(&json!("b"), &json!("a")), Greater);
+        assert_eq!(compare(&Value::Null, &json!(0)), Less);
+        assert_eq!(compare(&json!(1), &json!("1")), Less);
+    }
+}
