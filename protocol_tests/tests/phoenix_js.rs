@@ -80,12 +80,18 @@ fn run_app_suite(backend: &str) {
     );
     let (_, member) = app.user("member", true);
     let (_, other) = app.user("other", true);
+    let mut users = serde_json::Map::new();
+    for name in ["alice", "bob", "carol", "dave"] {
+        let (id, token) = app.user(name, false);
+        users.insert(name.into(), serde_json::json!({"id": id, "token": token}));
+    }
     run_script(
         "test:apps",
         &[
             ("FAWKES_APP_URL", format!("http://{}", app.server.addr)),
             ("FAWKES_MEMBER_TOKEN", member),
             ("FAWKES_OTHER_TOKEN", other),
+            ("FAWKES_USERS", serde_json::Value::Object(users).to_string()),
         ],
     );
 }

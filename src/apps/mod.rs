@@ -3,11 +3,13 @@
 //!
 //! - [`accounts`]: users, API tokens, community membership, `/api/me`.
 //! - [`feed`]: the community feed and `community:feed`.
+//! - [`chat`]: rooms, messages, threads, mentions, presence and voice signaling.
 //! - [`collections`]: JSON records with gap-free sequence numbers and `collection:<name>`.
 //! - [`api`]: what every REST route shares (errors, auth, body parsing).
 
 pub mod accounts;
 pub mod api;
+pub mod chat;
 pub mod collections;
 pub mod feed;
 
@@ -38,6 +40,8 @@ pub struct AppState {
     pub endpoint: Endpoint,
     pub limits: AppLimits,
     pub collections: collections::CollectionsConfig,
+    pub chat: chat::ChatConfig,
+    pub(crate) chat_rate: chat::RateLimiter,
     /// One writer per collection at a time, so `change` broadcasts leave in sequence order.
     pub(crate) collection_locks: dashmap::DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
 }
@@ -54,6 +58,8 @@ impl AppState {
             endpoint,
             limits,
             collections,
+            chat: chat::ChatConfig::default(),
+            chat_rate: Default::default(),
             collection_locks: Default::default(),
         }
     }
@@ -81,6 +87,26 @@ pub fn socket(state: web::Data<AppState>) -> Socket {
         .channel("collection:*", {
             let state = state.clone();
             move || collections::CollectionChannel::new(state.clone())
+        })
+        .channel("channel:*", {
+            let state = state.clone();
+            move || chat::room::RoomChannel::new(state.clone())
+        })
+        .channel("thread:*", {
+            let state = state.clone();
+            move || chat::room::ThreadChannel {
+                state: state.clone(),
+            }
+        })
+        .channel("user:*", {
+            let state = state.clone();
+            move || chat::user::UserChannel {
+                state: state.clone(),
+            }
+        })
+        .channel("voice:*", {
+            let state = state.clone();
+            move || chat::voice::VoiceChannel::new(state.clone())
         });
     Socket::new(router).on_connect(move |info| {
         let state = state.clone();
@@ -137,6 +163,20 @@ pub fn routes(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .route(post().to(feed::create_comment)),
         )
         .service(resource("/api/community/comments/{id}").route(delete().to(feed::delete_comment)))
+        .service(
+            resource("/api/channels")
+                .route(get().to(chat::rest::list))
+                .route(post().to(chat::rest::create)),
+        )
+        .service(
+            resource("/api/channels/{id}/members")
+                .route(get().to(chat::rest::members))
+                .route(post().to(chat::rest::add)),
+        )
+        .service(
+            resource("/api/channels/{id}/members/{user_id}").route(delete().to(chat::rest::remove)),
+        )
+        .service(resource("/api/channels/{id}/messages").route(get().to(chat::rest::messages)))
         .service(
             resource("/api/collections/{name}/records")
                 .route(get().to(collections::list))

@@ -84,3 +84,68 @@ diesel::table! {
         record -> Text,
     }
 }
+
+diesel::table! {
+    rooms (id) {
+        id -> BigInt,
+        name -> Text,
+        private -> Integer,
+        inserted_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    room_members (room_id, user_id) {
+        room_id -> BigInt,
+        user_id -> BigInt,
+        admin -> Integer,
+        /// The newest message id the member has read; 0 for none.
+        last_read_id -> BigInt,
+        inserted_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> BigInt,
+        room_id -> BigInt,
+        user_id -> BigInt,
+        body -> Text,
+        /// Set for a thread reply: the message it answers.
+        parent_id -> Nullable<BigInt>,
+        inserted_at -> BigInt,
+        edited_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    reactions (message_id, user_id, emoji) {
+        message_id -> BigInt,
+        user_id -> BigInt,
+        emoji -> Text,
+        inserted_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    mentions (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        room_id -> BigInt,
+        message_id -> BigInt,
+        read -> Integer,
+        inserted_at -> BigInt,
+    }
+}
+
+diesel::joinable!(messages -> users (user_id));
+diesel::joinable!(room_members -> users (user_id));
+diesel::joinable!(room_members -> rooms (room_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    rooms,
+    room_members,
+    messages,
+    reactions,
+    mentions
+);

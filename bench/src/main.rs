@@ -1,0 +1,158 @@
+//! `bench`: load for any Phoenix Channels server running the conformance fixture.
+//!
+//! ```sh
+//! cargo run --release -p fawkes-bench --bin bench -- conns --n 10000 --batch 500 --hold-secs 30 --server-pid $PID
+//! cargo run --release -p fawkes-bench --bin bench -- fanout --subscribers 1000 --messages 1000 --rate 0
+//! cargo run --release -p fawkes-bench --bin bench -- echo --conns 50 --secs 10
+//! ```
+
+use clap::{Parser, Subcommand};
+use fawkes_bench::conn::Target;
+use fawkes_bench::conns::{self, ConnsArgs};
+use fawkes_bench::echo::{self, EchoArgs};
+use fawkes_bench::fanout::{self, FanoutArgs};
+use fawkes_bench::proc::{raise_nofile_limit, Proc};
+use fawkes_bench::report::Report;
+use fawkes_bench::Bench;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "Load for a Phoenix Channels server running the conformance fixture"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+    /// The socket URL, as given to phoenix.js (`/websocket?token=bench<N>&vsn=2.0.0` is appended).
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:4000/socket")]
+    url: String,
+    /// The topic every connection joins.
+    #[arg(long, global = true, default_value = "community:feed")]
+    topic: String,
+    /// The server's pid, to read its memory and CPU time from /proc.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Connections opened concurrently.
+    #[arg(long, global = true, default_value_t = 500)]
+    batch: usize,
+    /// Seconds all joins may take; past it the run aborts, as it does when a whole batch fails.
+    #[arg(long, global = true, default_value_t = 120)]
+    join_secs: u64,
+    /// Also print the results as one JSON line on stdout (the summary then goes to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Open and hold N idle joined connections: join rate, server memory per connection.
+    Conns(ConnsArgs),
+    /// N subscribers, one publisher of `new_post`: delivery latency, rate, losses, server CPU.
+    Fanout(FanoutArgs),
+    /// C connections in a closed `ping` loop: replies/s, latency, server CPU.
+    Echo(EchoArgs),
+}
+
+impl Mode {
+    fn name(&self) -> &'static str {
+        match self {
+            Mode::Conns(_) => "conns",
+            Mode::Fanout(_) => "fanout",
+            Mode::Echo(_) => "echo",
+        }
+    }
+
+    /// The time the run is configured to take, joins aside.
+    fn duration(&self) -> Duration {
+        match self {
+            Mode::Conns(a) => a.duration(),
+            Mode::Fanout(a) => a.duration(),
+            Mode::Echo(a) => a.duration(),
+        }
+    }
+}
+
+/// Slack past the configured time (joins + run) before the watchdog aborts the process.
+const SLACK: Duration = Duration::from_secs(60);
+
+fn main() {
+    let cli = Cli::parse();
+    let nofile_limit = match raise_nofile_limit() {
+        Ok((old, new)) => {
+            eprintln!("open-files limit raised from {old} to {new} (the hard limit)");
+            Some(new)
+        }
+        Err(e) => {
+            eprintln!("could not raise the open-files limit: {e}");
+            None
+        }
+    };
+    let limit = Duration::from_secs(cli.join_secs) + cli.mode.duration() + SLACK;
+    watchdog(limit, cli.mode.name(), cli.json);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let report = runtime.block_on(run(&cli, nofile_limit));
+    print(&report, cli.json);
+    // Exit without dropping the runtime: thousands of sockets close with the process at once.
+    std::process::exit(if report.failed() { 1 } else { 0 });
+}
+
+async fn run(cli: &Cli, nofile_limit: Option<u64>) -> Report {
+    let mut report = Report::new(cli.mode.name());
+    let target = match Target::resolve(&cli.url, &cli.topic).await {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            report.fail(e);
+            return report;
+        }
+    };
+    let server = match cli.server_pid.map(Proc::pid).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            report.fail(e);
+            return report;
+        }
+    };
+    let bench = Bench {
+        target,
+        server,
+        batch: cli.batch,
+        join_budget: Duration::from_secs(cli.join_secs),
+        nofile_limit,
+    };
+    match &cli.mode {
+        Mode::Conns(args) => conns::run(&bench, args).await,
+        Mode::Fanout(args) => fanout::run(&bench, args).await,
+        Mode::Echo(args) => echo::run(&bench, args).await,
+    }
+}
+
+fn print(report: &Report, json: bool) {
+    if json {
+        eprint!("{}", report.human());
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.human());
+    }
+}
+
+/// Aborts the run, with an error report, if it is still going `limit` after the start: no
+/// server behaviour can keep the bench running forever. A thread, not a task, so that it fires
+/// even if the runtime is wedged.
+fn watchdog(limit: Duration, mode: &'static str, json: bool) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        let mut report = Report::new(mode);
+        report.fail(format!(
+            "aborted: still running after {} s (joins + configured time + 60 s)",
+            limit.as_secs()
+        ));
+        print(&report, json);
+        std::process::exit(2);
+    });
+}

@@ -1,0 +1,363 @@
+//! Slack-style chat: rooms and members over REST; messages, threads, reactions, read receipts,
+//! typing and presence on `channel:<id>`; thread replies on `thread:<id>`; mentions and unread
+//! counts on `user:<id>`; WebRTC signaling on `voice:<id>`.
+//!
+//! - [`rest`] serves the `/api/channels` routes.
+//! - [`room`] serves `channel:<id>` and `thread:<id>`.
+//! - [`user`] serves `user:<id>`.
+//! - [`voice`] serves `voice:<id>`.
+//!
+//! This module holds the queries they share. Everything is written in one transaction and
+//! broadcast after it commits.
+
+pub mod rest;
+pub mod room;
+pub mod user;
+pub mod voice;
+
+use crate::apps::accounts::User;
+use crate::store::schema::{mentions, messages, reactions, room_members, rooms, users};
+use crate::store::{iso, DbConnection, StoreError};
+use diesel::prelude::*;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Chat's own limits.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// Longest message body, in characters.
+    pub max_body: usize,
+    /// Messages one user may send within `rate_window`.
+    pub rate_count: usize,
+    pub rate_window: Duration,
+    /// How long a `typing_start` lasts without another one.
+    pub typing_timeout: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            max_body: 4000,
+            rate_count: 10,
+            rate_window: Duration::from_secs(10),
+            typing_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Per-user message timestamps for the rate limit, shared by all of a user's sockets.
+#[derive(Default)]
+pub struct RateLimiter {
+    sent: dashmap::DashMap<i64, VecDeque<Instant>>,
+}
+
+impl RateLimiter {
+    /// Takes a slot for `user`, or says how many milliseconds until one frees up.
+    pub fn take(&self, user: i64, count: usize, window: Duration) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut q = self.sent.entry(user).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            q.pop_front();
+        }
+        if q.len() >= count {
+            let wait = window - now.duration_since(*q.front().expect("full queue"));
+            return Err(wait.as_millis().max(1) as u64);
+        }
+        q.push_back(now);
+        Ok(())
+    }
+}
+
+pub(crate) struct Room {
+    pub id: i64,
+    pub name: String,
+    pub private: bool,
+}
+
+/// A user's standing in a room.
+pub(crate) struct Access {
+    pub room: Room,
+    /// `Some(admin)` for a member.
+    pub member: Option<bool>,
+    pub last_read_id: i64,
+}
+
+impl Access {
+    pub fn can_read(&self) -> bool {
+        !self.room.private || self.member.is_some()
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.member == Some(true)
+    }
+}
+
+/// The room and the user's membership in it; `None` if there is no such room.
+pub(crate) fn access(
+    c: &mut DbConnection,
+    room_id: i64,
+    user_id: i64,
+) -> Result<Option<Access>, StoreError> {
+    let Some((id, name, private)) = rooms::table
+        .find(room_id)
+        .select((rooms::id, rooms::name, rooms::private))
+        .first::<(i64, String, i32)>(c)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let member = room_members::table
+        .filter(room_members::room_id.eq(room_id))
+        .filter(room_members::user_id.eq(user_id))
+        .select((room_members::admin, room_members::last_read_id))
+        .first::<(i32, i64)>(c)
+        .optional()?;
+    Ok(Some(Access {
+        room: Room {
+            id,
+            name,
+            private: private != 0,
+        },
+        member: member.map(|(admin, _)| admin != 0),
+        last_read_id: member.map_or(0, |(_, r)| r),
+    }))
+}
+
+/// Messages the member has not read: newer than their read position, and not their own.
+pub(crate) fn unread_count(
+    c: &mut DbConnection,
+    room_id: i64,
+    user_id: i64,
+) -> Result<i64, StoreError> {
+    let last = room_members::table
+        .filter(room_members::room_id.eq(room_id))
+        .filter(room_members::user_id.eq(user_id))
+        .select(room_members::last_read_id)
+        .first::<i64>(c)
+        .optional()?;
+    let Some(last) = last else { return Ok(0) };
+    Ok(messages::table
+        .filter(messages::room_id.eq(room_id))
+        .filter(messages::id.gt(last))
+        .filter(messages::user_id.ne(user_id))
+        .count()
+        .get_result(c)?)
+}
+
+pub(crate) fn room_json(room: &Room, unread: i64) -> Value {
+    json!({"id": room.id, "name": room.name, "private": room.private, "unread_count": unread})
+}
+
+pub(crate) fn member_ids(c: &mut DbConnection, room_id: i64) -> Result<Vec<i64>, StoreError> {
+    Ok(room_members::table
+        .filter(room_members::room_id.eq(room_id))
+        .select(room_members::user_id)
+        .order(room_members::user_id)
+        .load(c)?)
+}
+
+type MessageRow = (i64, i64, i64, String, Option<i64>, i64, Option<i64>, String);
+
+const MESSAGE_COLUMNS: (
+    messages::id,
+    messages::room_id,
+    messages::user_id,
+    messages::body,
+    messages::parent_id,
+    messages::inserted_at,
+    messages::edited_at,
+    users::name,
+) = (
+    messages::id,
+    messages::room_id,
+    messages::user_id,
+    messages::body,
+    messages::parent_id,
+    messages::inserted_at,
+    messages::edited_at,
+    users::name,
+);
+
+/// `[{emoji, count, user_ids}]` for each message, emojis in the order first used.
+fn reactions_of(c: &mut DbConnection, ids: &[i64]) -> Result<HashMap<i64, Vec<Value>>, StoreError> {
+    let rows = reactions::table
+        .filter(reactions::message_id.eq_any(ids))
+        .order((reactions::inserted_at, reactions::user_id))
+        .select((reactions::message_id, reactions::emoji, reactions::user_id))
+        .load::<(i64, String, i64)>(c)?;
+    let mut grouped: HashMap<i64, Vec<(String, Vec<i64>)>> = HashMap::new();
+    for (msg, emoji, user) in rows {
+        let list = grouped.entry(msg).or_default();
+        match list.iter_mut().find(|(e, _)| *e == emoji) {
+            Some((_, users)) => users.push(user),
+            None => list.push((emoji, vec![user])),
+        }
+    }
+    Ok(grouped
+        .into_iter()
+        .map(|(msg, list)| {
+            let v = list
+                .into_iter()
+                .map(|(emoji, users)| json!({"emoji": emoji, "count": users.len(), "user_ids": users}))
+                .collect();
+            (msg, v)
+        })
+        .collect())
+}
+
+pub(crate) fn reactions_json(c: &mut DbConnection, id: i64) -> Result<Value, StoreError> {
+    Ok(Value::Array(
+        reactions_of(c, &[id])?.remove(&id).unwrap_or_default(),
+    ))
+}
+
+fn render(c: &mut DbConnection, rows: Vec<MessageRow>) -> Result<Vec<Value>, StoreError> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let mut reacts = reactions_of(c, &ids)?;
+    let replies: HashMap<i64, i64> = messages::table
+        .filter(messages::parent_id.eq_any(&ids))
+        .group_by(messages::parent_id)
+        .select((
+            messages::parent_id.assume_not_null(),
+            diesel::dsl::count_star(),
+        ))
+        .load::<(i64, i64)>(c)?
+        .into_iter()
+        .collect();
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, room_id, user_id, body, parent_id, inserted, edited, author)| {
+                json!({
+                    "id": id,
+                    "room_id": room_id,
+                    "user_id": user_id,
+                    "author_name": author,
+                    "body": body,
+                    "parent_id": parent_id,
+                    "reply_count": replies.get(&id).copied().unwrap_or(0),
+                    "reactions": reacts.remove(&id).unwrap_or_default(),
+                    "inserted_at": iso(inserted),
+                    "edited_at": edited.map(iso),
+                })
+            },
+        )
+        .collect())
+}
+
+pub(crate) fn message(c: &mut DbConnection, id: i64) -> Result<Option<Value>, StoreError> {
+    let row = messages::table
+        .inner_join(users::table)
+        .filter(messages::id.eq(id))
+        .select(MESSAGE_COLUMNS)
+        .first::<MessageRow>(c)
+        .optional()?;
+    Ok(match row {
+        Some(r) => Some(render(c, vec![r])?.remove(0)),
+        None => None,
+    })
+}
+
+/// A room's top-level messages before `before` (all if `None`), the newest `limit`, oldest first.
+pub(crate) fn history(
+    c: &mut DbConnection,
+    room_id: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Value>, StoreError> {
+    let mut q = messages::table
+        .inner_join(users::table)
+        .filter(messages::room_id.eq(room_id))
+        .filter(messages::parent_id.is_null())
+        .order(messages::id.desc())
+        .limit(limit)
+        .select(MESSAGE_COLUMNS)
+        .into_boxed();
+    if let Some(b) = before {
+        q = q.filter(messages::id.lt(b));
+    }
+    let mut rows = q.load::<MessageRow>(c)?;
+    rows.reverse();
+    render(c, rows)
+}
+
+/// A thread: the parent, then its replies oldest first.
+pub(crate) fn thread(c: &mut DbConnection, parent: i64) -> Result<Vec<Value>, StoreError> {
+    let rows = messages::table
+        .inner_join(users::table)
+        .filter(messages::id.eq(parent).or(messages::parent_id.eq(parent)))
+        .order(messages::id)
+        .select(MESSAGE_COLUMNS)
+        .load::<MessageRow>(c)?;
+    render(c, rows)
+}
+
+/// Who a body mentions: `@name` users who may read the room, `@everyone` (every member) and
+/// `@here` (the members in `present`). Never the author.
+pub(crate) fn mentioned(
+    c: &mut DbConnection,
+    body: &str,
+    access: &Access,
+    author: &User,
+    present: &[i64],
+) -> Result<Vec<i64>, StoreError> {
+    let mut out: Vec<i64> = Vec::new();
+    let words = body
+        .split(|ch: char| !(ch.is_alphanumeric() || matches!(ch, '@' | '_' | '-' | '.')))
+        .filter_map(|w| w.strip_prefix('@'))
+        .map(|w| w.trim_end_matches('.'));
+    for word in words {
+        match word {
+            "everyone" => out.extend(member_ids(c, access.room.id)?),
+            "here" => {
+                let members = member_ids(c, access.room.id)?;
+                out.extend(present.iter().filter(|p| members.contains(p)));
+            }
+            name => {
+                if let Some(u) = crate::apps::accounts::user_by_name(c, name)? {
+                    let member = room_members::table
+                        .filter(room_members::room_id.eq(access.room.id))
+                        .filter(room_members::user_id.eq(u.id))
+                        .count()
+                        .get_result::<i64>(c)?
+                        > 0;
+                    if member || !access.room.private {
+                        out.push(u.id);
+                    }
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out.retain(|&u| u != author.id);
+    Ok(out)
+}
+
+/// Unread mentions of a user.
+pub(crate) fn mention_count(c: &mut DbConnection, user_id: i64) -> Result<i64, StoreError> {
+    Ok(mentions::table
+        .filter(mentions::user_id.eq(user_id))
+        .filter(mentions::read.eq(0))
+        .count()
+        .get_result(c)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_counts_per_user_within_the_window() {
+        let r = RateLimiter::default();
+        let w = Duration::from_millis(200);
+        assert!(r.take(1, 2, w).is_ok());
+        assert!(r.take(1, 2, w).is_ok());
+        let wait = r.take(1, 2, w).unwrap_err();
+        assert!((1..=200).contains(&wait), "{wait}");
+        assert!(r.take(2, 2, w).is_ok(), "another user has their own budget");
+        std::thread::sleep(w);
+        assert!(r.take(1, 2, w).is_ok());
+    }
+}

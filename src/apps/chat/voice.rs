@@ -1,0 +1,127 @@
+//! `voice:<id>`: WebRTC signaling for a room's voice call. Audio never passes through here.
+//!
+//! Each member's channel also listens on its own `voice:<id>:user:<user id>` topic, so an
+//! offer, answer or ICE candidate reaches only the sockets of the user it is addressed to.
+
+use super::rest::readable;
+use super::room::topic_id;
+use crate::apps::accounts::User;
+use crate::apps::{current_user, AppState};
+use crate::{async_trait, Channel, ChannelContext, Flow, Info, Payload, Reply, StopReason};
+use actix_web::web;
+use serde_json::{json, Value};
+
+pub struct VoiceChannel {
+    state: web::Data<AppState>,
+    user: Option<User>,
+    room_id: i64,
+}
+
+struct AfterJoin;
+
+const SIGNALS: [&str; 3] = ["sdp_offer", "sdp_answer", "ice_candidate"];
+
+impl VoiceChannel {
+    pub fn new(state: web::Data<AppState>) -> VoiceChannel {
+        VoiceChannel {
+            state,
+            user: None,
+            room_id: 0,
+        }
+    }
+
+    fn me(&self) -> i64 {
+        self.user.as_ref().map_or(0, |u| u.id)
+    }
+
+    fn inbox(&self, user: i64) -> String {
+        format!("voice:{}:user:{user}", self.room_id)
+    }
+}
+
+fn reason(r: &str) -> Payload {
+    Payload::Json(json!({ "reason": r }))
+}
+
+#[async_trait(?Send)]
+impl Channel for VoiceChannel {
+    async fn join(
+        &mut self,
+        topic: &str,
+        _: Payload,
+        ctx: &mut ChannelContext,
+    ) -> Result<Payload, Payload> {
+        let user = current_user(ctx).ok_or_else(|| reason("unauthorized"))?;
+        let room_id = topic_id(topic, "voice:").ok_or_else(|| reason("unauthorized"))?;
+        let u = user.clone();
+        self.state
+            .store
+            .run(move |c| readable(c, room_id, &u).map(|_| ()))
+            .await
+            .map_err(|_| reason("unauthorized"))?;
+        self.user = Some(user);
+        self.room_id = room_id;
+        ctx.subscribe(&self.inbox(self.me()));
+        ctx.send_self(AfterJoin);
+        Ok(Payload::empty())
+    }
+
+    async fn handle_info(&mut self, info: Info, ctx: &mut ChannelContext) -> Flow {
+        match info {
+            // A signal addressed to this user.
+            Info::Broadcast(b) => ctx.push(&b.event, b.payload.clone()),
+            Info::Message(m) if m.is::<AfterJoin>() => {
+                let key = self.me().to_string();
+                if let Err(e) = ctx.track(&key, json!({"muted": false, "deafened": false})) {
+                    return Flow::Stop(StopReason::Crash(e.to_string()));
+                }
+                ctx.push("presence_state", ctx.presence_list());
+                ctx.broadcast_from("peer_joined", json!({"user_id": self.me()}));
+            }
+            Info::Message(_) => {}
+        }
+        Flow::Continue
+    }
+
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext,
+    ) -> Reply {
+        let Payload::Json(Value::Object(mut p)) = payload else {
+            return Reply::error(reason("payload must be a JSON object"));
+        };
+        if SIGNALS.contains(&event) {
+            let Some(to) = p.get("to").and_then(Value::as_i64) else {
+                return Reply::error(reason("to must be a user id"));
+            };
+            let present = ctx.presence_list().get(to.to_string()).is_some();
+            if !present {
+                return Reply::error(reason("that user is not in the voice room"));
+            }
+            p.insert("from".into(), json!(self.me()));
+            ctx.endpoint()
+                .broadcast(&self.inbox(to), event, Value::Object(p));
+            return Reply::ok(Payload::empty());
+        }
+        if event == "set_mute" {
+            let flag = |k: &str| p.get(k).and_then(Value::as_bool);
+            let (Some(muted), Some(deafened)) = (flag("muted"), flag("deafened")) else {
+                return Reply::error(reason("muted and deafened must be true or false"));
+            };
+            let key = self.me().to_string();
+            return match ctx.update_presence(&key, json!({"muted": muted, "deafened": deafened})) {
+                Ok(_) => Reply::ok(Payload::empty()),
+                Err(e) => Reply::error(reason(&e.to_string())),
+            };
+        }
+        Reply::error(reason(&format!("unknown event {event:?}")))
+    }
+
+    async fn terminate(&mut self, _: &StopReason, ctx: &mut ChannelContext) {
+        if self.user.is_some() {
+            ctx.broadcast_from("peer_left", json!({"user_id": self.me()}));
+        }
+    }
+}
