@@ -1,6 +1,7 @@
 //! The `fawkes` command.
 
 use clap::{Args, Parser, Subcommand};
+use fawkes::apps::chat::ChatConfig;
 use fawkes::apps::collections::CollectionsConfig;
 use fawkes::apps::{self, accounts, AppLimits, AppState};
 use fawkes::store::{Store, DEFAULT_DATABASE_URL};
@@ -74,6 +75,15 @@ struct ServeArgs {
     /// Longest post or comment, in characters.
     #[arg(long, env = "FAWKES_MAX_POST_LENGTH", default_value_t = AppLimits::default().max_post_length)]
     max_post_length: usize,
+    /// Longest chat message, in characters.
+    #[arg(long, env = "FAWKES_CHAT_MAX_BODY", default_value_t = ChatConfig::default().max_body)]
+    chat_max_body: usize,
+    /// Chat messages one user may send per rate window.
+    #[arg(long, env = "FAWKES_CHAT_RATE_COUNT", default_value_t = ChatConfig::default().rate_count)]
+    chat_rate_count: usize,
+    /// The chat rate window, in seconds.
+    #[arg(long, env = "FAWKES_CHAT_RATE_WINDOW", default_value_t = ChatConfig::default().rate_window.as_secs())]
+    chat_rate_window: u64,
     /// Changes kept per collection for `since` replay.
     #[arg(long, env = "FAWKES_COLLECTION_LOG_SIZE", default_value_t = CollectionsConfig::default().log_size)]
     collection_log_size: i64,
@@ -189,7 +199,7 @@ fn open(db: &DbArgs) -> Result<Store, String> {
 async fn serve(args: ServeArgs) -> std::io::Result<()> {
     let store = open(&args.db).map_err(std::io::Error::other)?;
     let endpoint = Endpoint::new(args.config());
-    let state = actix_web::web::Data::new(AppState::new(
+    let mut state = AppState::new(
         store,
         endpoint.clone(),
         AppLimits {
@@ -200,7 +210,14 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
             join_limit: args.collection_join_limit,
             private: args.private_collections.clone(),
         },
-    ));
+    );
+    state.chat = ChatConfig {
+        max_body: args.chat_max_body,
+        rate_count: args.chat_rate_count.max(1),
+        rate_window: Duration::from_secs(args.chat_rate_window.max(1)),
+        ..ChatConfig::default()
+    };
+    let state = actix_web::web::Data::new(state);
     accounts::watch_revocations(state.clone());
     let socket = apps::socket(state.clone());
     let mut server = Server::new(endpoint)

@@ -115,6 +115,8 @@ impl Server {
                 }
             })
         })
+        // Frames are small and latency matters; queued frames are already written together.
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(endpoint.config().shutdown_timeout.as_secs().max(1));
         if let Some(n) = workers {
