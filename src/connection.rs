@@ -10,7 +10,7 @@ use crate::channel::Info;
 use crate::protocol::{Payload, Ref, Serializer};
 use crate::pubsub::{Broadcast, SubId};
 use crate::transport::frame;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -79,6 +79,9 @@ struct State {
     holding: Option<ChannelId>,
     held: Vec<Bytes>,
 }
+
+/// Most bytes the writer takes in one go when several frames are queued.
+const WRITE_BATCH: usize = 64 * 1024;
 
 impl Connection {
     pub fn new(id: u64, serializer: Serializer, max_queue: usize) -> Connection {
@@ -251,6 +254,18 @@ impl Connection {
     /// Polled by the transport's writer: the next frame, `None` when the stream is over.
     pub fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut s = self.lock();
+        if s.frames.len() > 1 {
+            // Several frames queued: hand them over as one chunk, for one write.
+            let mut out = BytesMut::new();
+            while let Some(f) = s.frames.front() {
+                if !out.is_empty() && out.len() + f.len() > WRITE_BATCH {
+                    break;
+                }
+                out.extend_from_slice(f);
+                s.frames.pop_front();
+            }
+            return Poll::Ready(Some(out.freeze()));
+        }
         if let Some(f) = s.frames.pop_front() {
             return Poll::Ready(Some(f));
         }
@@ -322,6 +337,18 @@ mod tests {
         assert_eq!(poll(&c), Poll::Ready(Some(Bytes::from_static(b"a"))));
         assert_eq!(poll(&c), Poll::Ready(Some(frame::close(1001, ""))));
         assert_eq!(poll(&c), Poll::Ready(None));
+    }
+
+    #[test]
+    fn queued_frames_go_out_as_one_chunk() {
+        let c = Connection::new(1, Serializer::V2, 8);
+        c.push(Bytes::from_static(b"ab"));
+        assert_eq!(poll(&c), Poll::Ready(Some(Bytes::from_static(b"ab"))));
+        c.push(Bytes::from_static(b"ab"));
+        c.push(Bytes::from_static(b"cd"));
+        c.push(Bytes::from_static(b"e"));
+        assert_eq!(poll(&c), Poll::Ready(Some(Bytes::from_static(b"abcde"))));
+        assert!(poll(&c).is_pending());
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Topic subscriptions and fan-out.
 //!
-//! The registry is sharded by topic (dashmap), so no global lock sits on the hot path. A local
-//! broadcast runs on the publisher's thread: it encodes the message once per serializer, lazily,
-//! and hands the same bytes to every subscriber (Phoenix calls this fastlane). Running it there
-//! also keeps Phoenix's ordering: a broadcast made while handling a push is queued before that
-//! push's reply.
+//! The registry is sharded by topic (dashmap), so no global lock sits on the hot path, and each
+//! topic's subscribers are grouped by the server worker thread their connection lives on. A
+//! broadcast is encoded once per serializer, lazily, and the same bytes go to every subscriber
+//! (Phoenix calls this fastlane). The publisher's thread delivers to its own worker's group at
+//! once, which keeps Phoenix's ordering (a broadcast made while handling a push is queued before
+//! that push's reply), and hands the broadcast to each other worker's inbox once: that worker
+//! then fills its own connections' queues, so waking them and sharing the bytes stay on one core.
 //!
 //! Traffic to other nodes goes through an [`Adapter`], owned by the [`PubSubActor`], so a slow or
 //! remote adapter never blocks a publisher.
@@ -14,9 +16,10 @@ use crate::transport::frame;
 use actix::prelude::*;
 use bytes::Bytes;
 use dashmap::DashMap;
-use std::cell::OnceCell;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
+use tokio::sync::mpsc;
 
 /// Identifies one subscription.
 pub type SubId = u64;
@@ -29,20 +32,24 @@ pub struct Broadcast {
     pub payload: Payload,
 }
 
-/// One delivery of a broadcast, with its lazily encoded frames.
+/// One delivery of a broadcast, with its lazily encoded frames (shared by every worker).
 pub struct Dispatch<'a> {
     pub broadcast: &'a Arc<Broadcast>,
-    frames: [OnceCell<Option<Bytes>>; 2],
+    frames: &'a Frames,
     counters: &'a Counters,
 }
+
+/// A broadcast's frames, one per serializer, encoded on first use.
+#[derive(Default)]
+struct Frames([OnceLock<Option<Bytes>>; 2]);
 
 impl Dispatch<'_> {
     /// The complete WebSocket frame for a serializer, built on first use and shared after.
     /// `None` if this serializer cannot carry the payload (binary on V1).
     pub fn frame(&self, serializer: Serializer) -> Option<Bytes> {
         let slot = match serializer {
-            Serializer::V1 => &self.frames[0],
-            Serializer::V2 => &self.frames[1],
+            Serializer::V1 => &self.frames.0[0],
+            Serializer::V2 => &self.frames.0[1],
         };
         slot.get_or_init(|| {
             self.counters.encodes.fetch_add(1, Ordering::Relaxed);
@@ -72,7 +79,9 @@ pub(crate) fn encode_frame(serializer: Serializer, msg: &Outbound<'_>) -> Option
     }
 }
 
-/// Something that receives broadcasts. Called on the publisher's thread: keep it short.
+/// Something that receives broadcasts. Called on the thread of the worker it was subscribed on
+/// (or the publisher's, outside workers), with the topic's registry entry held: keep it short,
+/// and never subscribe or unsubscribe from it.
 pub trait Subscriber: Send + Sync {
     fn deliver(&self, dispatch: &Dispatch<'_>);
 }
@@ -97,11 +106,65 @@ struct Entry {
     sub: Arc<dyn Subscriber>,
 }
 
+/// A topic's subscribers, by the worker that owns them, and those outside any worker (tests,
+/// tools), which the publisher's thread serves.
+#[derive(Default)]
+struct Groups {
+    workers: Vec<Vec<Entry>>,
+    outside: Vec<Entry>,
+}
+
+impl Groups {
+    fn group(&mut self, worker: Option<usize>) -> &mut Vec<Entry> {
+        match worker {
+            None => &mut self.outside,
+            Some(i) => {
+                if self.workers.len() <= i {
+                    self.workers.resize_with(i + 1, Vec::new);
+                }
+                &mut self.workers[i]
+            }
+        }
+    }
+
+    fn get(&self, worker: Option<usize>) -> &[Entry] {
+        match worker {
+            None => &self.outside,
+            Some(i) => self.workers.get(i).map_or(&[], Vec::as_slice),
+        }
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Vec<Entry>> {
+        self.workers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.outside))
+    }
+
+    fn len(&self) -> usize {
+        self.workers.iter().map(Vec::len).sum::<usize>() + self.outside.len()
+    }
+}
+
+/// Work for another worker: deliver a broadcast to its group of a topic.
+struct Job {
+    broadcast: Arc<Broadcast>,
+    frames: Arc<Frames>,
+    from: Option<SubId>,
+}
+
 struct Inner {
-    topics: DashMap<Box<str>, Vec<Entry>>,
+    id: u64,
+    topics: DashMap<Box<str>, Groups>,
     next_id: AtomicU64,
     counters: Counters,
-    remote: std::sync::OnceLock<Addr<PubSubActor>>,
+    /// Each worker's inbox, by worker index.
+    workers: RwLock<Vec<mpsc::UnboundedSender<Job>>>,
+    remote: OnceLock<Addr<PubSubActor>>,
+}
+
+thread_local! {
+    /// Which PubSub's worker this thread is, and its index there.
+    static WORKER: Cell<Option<(u64, usize)>> = const { Cell::new(None) };
 }
 
 /// A handle to the PubSub system; cheap to clone.
@@ -118,14 +181,51 @@ impl Default for PubSub {
 
 impl PubSub {
     pub fn new() -> PubSub {
+        static IDS: AtomicU64 = AtomicU64::new(1);
         PubSub {
             inner: Arc::new(Inner {
+                id: IDS.fetch_add(1, Ordering::Relaxed),
                 topics: DashMap::new(),
                 next_id: AtomicU64::new(1),
                 counters: Counters::default(),
-                remote: std::sync::OnceLock::new(),
+                workers: RwLock::new(Vec::new()),
+                remote: OnceLock::new(),
             }),
         }
+    }
+
+    /// Makes the calling thread one of this PubSub's workers: broadcasts to subscribers made on
+    /// it are delivered by its own inbox task. Call once per server worker thread, inside its
+    /// runtime (the server does this as each worker starts).
+    pub fn register_worker(&self) {
+        if self.worker().is_some() {
+            return;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let index = {
+            let mut w = self
+                .inner
+                .workers
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            w.push(tx);
+            w.len() - 1
+        };
+        WORKER.with(|c| c.set(Some((self.inner.id, index))));
+        let ps = self.clone();
+        actix_rt::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                ps.deliver_groups(&[Some(index)], &job.broadcast, &job.frames, job.from);
+            }
+        });
+    }
+
+    /// This thread's worker index, if it is one of this PubSub's workers.
+    fn worker(&self) -> Option<usize> {
+        WORKER
+            .with(Cell::get)
+            .filter(|(id, _)| *id == self.inner.id)
+            .map(|(_, i)| i)
     }
 
     /// A fresh subscription id (ids are never reused).
@@ -133,30 +233,36 @@ impl PubSub {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Subscribes under an id from [`PubSub::next_id`].
+    /// Subscribes under an id from [`PubSub::next_id`]. The subscriber belongs to the calling
+    /// thread's worker, which will deliver to it.
     pub fn subscribe(&self, topic: &str, id: SubId, sub: Arc<dyn Subscriber>) {
+        let worker = self.worker();
         self.inner
             .topics
             .entry(topic.into())
             .or_default()
+            .group(worker)
             .push(Entry { id, sub });
     }
 
     pub fn unsubscribe(&self, topic: &str, id: SubId) {
         // Remove the topic itself once empty, so topics do not accumulate.
-        self.inner.topics.remove_if_mut(topic, |_, subs| {
-            if let Some(i) = subs.iter().position(|e| e.id == id) {
-                subs.swap_remove(i);
+        self.inner.topics.remove_if_mut(topic, |_, groups| {
+            for subs in groups.all_mut() {
+                if let Some(i) = subs.iter().position(|e| e.id == id) {
+                    subs.swap_remove(i);
+                    if subs.capacity() > 16 && subs.len() < subs.capacity() / 4 {
+                        subs.shrink_to_fit();
+                    }
+                    break;
+                }
             }
-            if subs.capacity() > 16 && subs.len() < subs.capacity() / 4 {
-                subs.shrink_to_fit();
-            }
-            subs.is_empty()
+            groups.len() == 0
         });
     }
 
     pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.inner.topics.get(topic).map_or(0, |s| s.len())
+        self.inner.topics.get(topic).map_or(0, |g| g.len())
     }
 
     /// Broadcasts to every subscriber of the topic, on this node and, through the adapter, others.
@@ -187,20 +293,65 @@ impl PubSub {
     }
 
     fn dispatch(&self, from: Option<SubId>, b: &Arc<Broadcast>) {
+        self.inner
+            .counters
+            .broadcasts
+            .fetch_add(1, Ordering::Relaxed);
+        let me = self.worker();
+        let frames = Arc::new(Frames::default());
+        // Other workers with subscribers get the broadcast in their inbox.
+        let others: Vec<usize> = {
+            let Some(groups) = self.inner.topics.get(b.topic.as_str()) else {
+                return;
+            };
+            (0..groups.workers.len())
+                .filter(|&i| Some(i) != me && !groups.workers[i].is_empty())
+                .collect()
+        };
+        if !others.is_empty() {
+            let workers = self.inner.workers.read().unwrap_or_else(|e| e.into_inner());
+            for i in others {
+                let job = Job {
+                    broadcast: b.clone(),
+                    frames: frames.clone(),
+                    from,
+                };
+                if workers[i].send(job).is_err() {
+                    log::warn!(
+                        "worker {i} is gone; broadcast on {} not delivered there",
+                        b.topic
+                    );
+                }
+            }
+        }
+        // This thread serves its own worker's group, and the subscribers outside any worker.
+        let mine: &[Option<usize>] = if me.is_some() { &[me, None] } else { &[None] };
+        self.deliver_groups(mine, b, &frames, from);
+    }
+
+    /// Delivers to groups of a topic's subscribers, on the thread that owns them.
+    fn deliver_groups(
+        &self,
+        which: &[Option<usize>],
+        b: &Arc<Broadcast>,
+        frames: &Frames,
+        from: Option<SubId>,
+    ) {
         let c = &self.inner.counters;
-        c.broadcasts.fetch_add(1, Ordering::Relaxed);
-        let Some(subs) = self.inner.topics.get(b.topic.as_str()) else {
+        let Some(groups) = self.inner.topics.get(b.topic.as_str()) else {
             return;
         };
         let d = Dispatch {
             broadcast: b,
-            frames: Default::default(),
+            frames,
             counters: c,
         };
         let mut n = 0;
-        for e in subs.iter().filter(|e| Some(e.id) != from) {
-            e.sub.deliver(&d);
-            n += 1;
+        for &group in which {
+            for e in groups.get(group).iter().filter(|e| Some(e.id) != from) {
+                e.sub.deliver(&d);
+                n += 1;
+            }
         }
         c.deliveries.fetch_add(n, Ordering::Relaxed);
     }

@@ -106,7 +106,10 @@ impl Server {
             workers,
         } = self;
         let mounts = self::mounts(&endpoint, &mounts);
+        let ep = endpoint.clone();
         let mut http = HttpServer::new(move || {
+            // Runs on each worker thread as it starts: give it its broadcast inbox.
+            ep.pubsub().register_worker();
             let (mounts, routes) = (mounts.clone(), routes.clone());
             App::new().configure(move |cfg| {
                 configure_sockets(cfg, &mounts);

@@ -246,8 +246,9 @@ impl RoomChannel {
             Ok(b) => b,
             Err(r) => return Reply::error(reason(r)),
         };
-        let Some(id) = p.get("id").and_then(Value::as_i64) else {
-            return Reply::error(reason("id must be a message id"));
+        let id = match id_field(&p, "id") {
+            Ok(id) => id,
+            Err(r) => return r,
         };
         self.write(move |c, user, room_id, out| {
             let (author, parent) = own_message(c, id, room_id)?;
@@ -268,8 +269,9 @@ impl RoomChannel {
     }
 
     async fn delete_message(&mut self, p: Map<String, Value>) -> Reply {
-        let Some(id) = p.get("id").and_then(Value::as_i64) else {
-            return Reply::error(reason("id must be a message id"));
+        let id = match id_field(&p, "id") {
+            Ok(id) => id,
+            Err(r) => return r,
         };
         self.write(move |c, user, room_id, out| {
             let (author, parent) = own_message(c, id, room_id)?;
@@ -295,8 +297,9 @@ impl RoomChannel {
             Ok(e) => e,
             Err(r) => return Reply::error(reason(r)),
         };
-        let Some(id) = p.get("message_id").and_then(Value::as_i64) else {
-            return Reply::error(reason("message_id must be a message id"));
+        let id = match id_field(&p, "message_id") {
+            Ok(id) => id,
+            Err(r) => return r,
         };
         self.write(move |c, user, room_id, out| {
             own_message(c, id, room_id)?;
@@ -322,8 +325,9 @@ impl RoomChannel {
     }
 
     async fn mark_read(&mut self, p: Map<String, Value>) -> Reply {
-        let Some(id) = p.get("message_id").and_then(Value::as_i64) else {
-            return Reply::error(reason("message_id must be a message id"));
+        let id = match id_field(&p, "message_id") {
+            Ok(id) => id,
+            Err(r) => return r,
         };
         self.write(move |c, user, room_id, out| {
             own_message(c, id, room_id)?;
@@ -371,6 +375,13 @@ fn own_message(
         .ok_or_else(|| {
             crate::apps::api::ApiError::invalid("message", "not found in this room").into()
         })
+}
+
+/// A required message id field.
+fn id_field(p: &Map<String, Value>, field: &str) -> Result<i64, Reply> {
+    p.get(field)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| Reply::error(reason(format!("{field} must be a message id"))))
 }
 
 /// A required, non-blank string of at most `max` characters.
