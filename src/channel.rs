@@ -398,6 +398,10 @@ impl Subscriber for FastlaneSubscriber {
             self.conn.push_broadcast(self.channel, frame);
         }
     }
+
+    fn connection(&self) -> Option<u64> {
+        Some(self.conn.id)
+    }
 }
 
 /// An extra subscription of a channel: broadcasts go to its `handle_info`.
@@ -412,6 +416,10 @@ impl Subscriber for InfoSubscriber {
             channel: self.channel,
             info: Info::Broadcast(d.broadcast.clone()),
         });
+    }
+
+    fn connection(&self) -> Option<u64> {
+        Some(self.conn.id)
     }
 }
 

@@ -3,10 +3,11 @@
 //! The registry is sharded by topic (dashmap), so no global lock sits on the hot path, and each
 //! topic's subscribers are grouped by the server worker thread their connection lives on. A
 //! broadcast is encoded once per serializer, lazily, and the same bytes go to every subscriber
-//! (Phoenix calls this fastlane). The publisher's thread delivers to its own worker's group at
-//! once, which keeps Phoenix's ordering (a broadcast made while handling a push is queued before
-//! that push's reply), and hands the broadcast to each other worker's inbox once: that worker
-//! then fills its own connections' queues, so waking them and sharing the bytes stay on one core.
+//! (Phoenix calls this fastlane). Each worker's inbox gets the broadcast once and fills its own
+//! connections' queues, all pending broadcasts at a time: waking connections and sharing the
+//! bytes stay on one core, and a connection's frames from several broadcasts go out in one write.
+//! Only the connection whose handler is publishing is served at once, on the publisher's thread,
+//! which keeps Phoenix's ordering: a broadcast made while handling a push precedes its reply.
 //!
 //! Traffic to other nodes goes through an [`Adapter`], owned by the [`PubSubActor`], so a slow or
 //! remote adapter never blocks a publisher.
@@ -84,6 +85,11 @@ pub(crate) fn encode_frame(serializer: Serializer, msg: &Outbound<'_>) -> Option
 /// and never subscribe or unsubscribe from it.
 pub trait Subscriber: Send + Sync {
     fn deliver(&self, dispatch: &Dispatch<'_>);
+
+    /// The client connection this subscriber delivers to, if any (see [`with_origin`]).
+    fn connection(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Carries broadcasts between nodes. `publish` is called by the [`PubSubActor`], off the hot path;
@@ -103,6 +109,9 @@ pub struct Counters {
 
 struct Entry {
     id: SubId,
+    /// The subscriber's connection id, 0 for none: kept here so a scan for the publisher's own
+    /// connection does not have to follow every subscriber's pointer.
+    conn: u64,
     sub: Arc<dyn Subscriber>,
 }
 
@@ -145,11 +154,13 @@ impl Groups {
     }
 }
 
-/// Work for another worker: deliver a broadcast to its group of a topic.
+/// Work for a worker: deliver a broadcast to its group of a topic.
 struct Job {
     broadcast: Arc<Broadcast>,
     frames: Arc<Frames>,
     from: Option<SubId>,
+    /// A connection already served on the publisher's thread.
+    served: u64,
 }
 
 struct Inner {
@@ -165,6 +176,39 @@ struct Inner {
 thread_local! {
     /// Which PubSub's worker this thread is, and its index there.
     static WORKER: Cell<Option<(u64, usize)>> = const { Cell::new(None) };
+    /// The connection whose handler this thread is running, 0 for none.
+    static ORIGIN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` as the handler of connection `conn`: what it broadcasts reaches that connection at
+/// once, ahead of anything `f` then sends it directly (a reply, a push).
+pub(crate) fn with_origin<T>(conn: u64, f: impl FnOnce() -> T) -> T {
+    let before = ORIGIN.with(|o| o.replace(conn));
+    let out = f();
+    ORIGIN.with(|o| o.set(before));
+    out
+}
+
+pin_project_lite::pin_project! {
+    /// A future run as the handler of a connection, poll by poll (see [`with_origin`]).
+    pub(crate) struct Origin<F> {
+        pub conn: u64,
+        #[pin]
+        pub fut: F,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Origin<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let fut = this.fut;
+        with_origin(*this.conn, || fut.poll(cx))
+    }
 }
 
 /// A handle to the PubSub system; cheap to clone.
@@ -215,7 +259,10 @@ impl PubSub {
         let ps = self.clone();
         actix_rt::spawn(async move {
             while let Some(job) = rx.recv().await {
-                ps.deliver_groups(&[Some(index)], &job.broadcast, &job.frames, job.from);
+                let (from, served) = (job.from, job.served);
+                ps.deliver(Some(index), &job.broadcast, &job.frames, |e| {
+                    Some(e.id) != from && (served == 0 || e.conn != served)
+                });
             }
         });
     }
@@ -242,7 +289,11 @@ impl PubSub {
             .entry(topic.into())
             .or_default()
             .group(worker)
-            .push(Entry { id, sub });
+            .push(Entry {
+                id,
+                conn: sub.connection().unwrap_or(0),
+                sub,
+            });
     }
 
     pub fn unsubscribe(&self, topic: &str, id: SubId) {
@@ -298,23 +349,32 @@ impl PubSub {
             .broadcasts
             .fetch_add(1, Ordering::Relaxed);
         let me = self.worker();
+        // The publishing handler's own connection, when it lives on this worker.
+        let origin = if me.is_some() {
+            ORIGIN.with(Cell::get)
+        } else {
+            0
+        };
         let frames = Arc::new(Frames::default());
-        // Other workers with subscribers get the broadcast in their inbox.
-        let others: Vec<usize> = {
+        let busy: Vec<usize> = {
             let Some(groups) = self.inner.topics.get(b.topic.as_str()) else {
                 return;
             };
             (0..groups.workers.len())
-                .filter(|&i| Some(i) != me && !groups.workers[i].is_empty())
+                .filter(|&i| !groups.workers[i].is_empty())
                 .collect()
         };
-        if !others.is_empty() {
+        if origin != 0 {
+            self.deliver(me, b, &frames, |e| e.conn == origin && Some(e.id) != from);
+        }
+        if !busy.is_empty() {
             let workers = self.inner.workers.read().unwrap_or_else(|e| e.into_inner());
-            for i in others {
+            for i in busy {
                 let job = Job {
                     broadcast: b.clone(),
                     frames: frames.clone(),
                     from,
+                    served: if Some(i) == me { origin } else { 0 },
                 };
                 if workers[i].send(job).is_err() {
                     log::warn!(
@@ -324,18 +384,18 @@ impl PubSub {
                 }
             }
         }
-        // This thread serves its own worker's group, and the subscribers outside any worker.
-        let mine: &[Option<usize>] = if me.is_some() { &[me, None] } else { &[None] };
-        self.deliver_groups(mine, b, &frames, from);
+        // Subscribers outside any worker are served here.
+        self.deliver(None, b, &frames, |e| Some(e.id) != from);
     }
 
-    /// Delivers to groups of a topic's subscribers, on the thread that owns them.
-    fn deliver_groups(
+    /// Delivers to the subscribers of one group of a topic that `pick` selects, on the thread
+    /// that owns them.
+    fn deliver(
         &self,
-        which: &[Option<usize>],
+        group: Option<usize>,
         b: &Arc<Broadcast>,
         frames: &Frames,
-        from: Option<SubId>,
+        pick: impl Fn(&Entry) -> bool,
     ) {
         let c = &self.inner.counters;
         let Some(groups) = self.inner.topics.get(b.topic.as_str()) else {
@@ -347,11 +407,9 @@ impl PubSub {
             counters: c,
         };
         let mut n = 0;
-        for &group in which {
-            for e in groups.get(group).iter().filter(|e| Some(e.id) != from) {
-                e.sub.deliver(&d);
-                n += 1;
-            }
+        for e in groups.get(group).iter().filter(|e| pick(e)) {
+            e.sub.deliver(&d);
+            n += 1;
         }
         c.deliveries.fetch_add(n, Ordering::Relaxed);
     }

@@ -8,7 +8,7 @@ use crate::channel::{
 use crate::connection::{ChannelId, Connection, Mail};
 use crate::endpoint::{Connected, Endpoint, Socket};
 use crate::protocol::{Message, Outbound, Payload, Ref};
-use crate::pubsub::{encode_frame, Dispatch, Subscriber};
+use crate::pubsub::{encode_frame, with_origin, Dispatch, Origin, Subscriber};
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -45,10 +45,21 @@ impl Subscriber for IdSubscriber {
             self.0.mail(Mail::Disconnect);
         }
     }
+
+    fn connection(&self) -> Option<u64> {
+        Some(self.0.id)
+    }
 }
 
-/// Runs an app callback, turning a panic into a failure of that channel.
-async fn guarded<T>(topic: &str, what: &str, fut: impl Future<Output = T>) -> Result<T, String> {
+/// Runs an app callback of connection `conn`, turning a panic into a failure of that channel.
+/// What the callback broadcasts reaches its own connection ahead of its reply.
+async fn guarded<T>(
+    conn: u64,
+    topic: &str,
+    what: &str,
+    fut: impl Future<Output = T>,
+) -> Result<T, String> {
+    let fut = Origin { conn, fut };
     AssertUnwindSafe(fut).catch_unwind().await.map_err(|p| {
         let why = p
             .downcast_ref::<&str>()
@@ -204,7 +215,13 @@ impl SocketState {
             subscriptions: Vec::new(),
             timers: Vec::new(),
         };
-        let result = guarded(&topic, "join", channel.join(&topic, payload, &mut ctx)).await;
+        let result = guarded(
+            conn.id,
+            &topic,
+            "join",
+            channel.join(&topic, payload, &mut ctx),
+        )
+        .await;
         let (status, response) = match result {
             Ok(Ok(r)) => ("ok", r),
             Ok(Err(r)) => ("error", r),
@@ -270,7 +287,7 @@ impl SocketState {
         let fut = joined
             .channel
             .handle_in(&msg.event, msg.payload, &mut joined.ctx);
-        let outcome = guarded(&msg.topic, "handle_in", fut).await;
+        let outcome = guarded(self.shared.conn.id, &msg.topic, "handle_in", fut).await;
         let j = joined.ctx.join_ref.clone();
         let stop = match outcome {
             Err(why) => Some(StopReason::Crash(why)),
@@ -316,7 +333,7 @@ impl SocketState {
         joined.ctx.cleanup();
         if !matches!(why, StopReason::Crash(_)) {
             let fut = joined.channel.terminate(&why, &mut joined.ctx);
-            let _ = guarded(topic, "terminate", fut).await;
+            let _ = guarded(self.shared.conn.id, topic, "terminate", fut).await;
             // terminate may have tracked or subscribed again.
             joined.ctx.cleanup();
         }
@@ -336,7 +353,7 @@ impl SocketState {
                 if let Some(topic) = self.topic_of(channel) {
                     let joined = self.channels.get_mut(&topic).expect("joined");
                     let fut = joined.channel.handle_info(info, &mut joined.ctx);
-                    let r = guarded(&topic, "handle_info", fut).await;
+                    let r = guarded(self.shared.conn.id, &topic, "handle_info", fut).await;
                     self.after(&topic, r).await;
                 }
             }
@@ -344,8 +361,9 @@ impl SocketState {
                 if let Some(topic) = self.topic_of(channel) {
                     let joined = self.channels.get_mut(&topic).expect("joined");
                     let (ev, p) = (&broadcast.event, &broadcast.payload);
+                    let conn = joined.ctx.socket.conn.id;
                     let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        joined.channel.handle_out(ev, p, &mut joined.ctx)
+                        with_origin(conn, || joined.channel.handle_out(ev, p, &mut joined.ctx))
                     }))
                     .map_err(|_| {
                         log::error!("channel {topic}: handle_out panicked");
