@@ -6,6 +6,7 @@
 
 import {test, before} from "node:test"
 import assert from "node:assert/strict"
+import {isDeepStrictEqual} from "node:util"
 import {Socket, Presence} from "phoenix"
 import {WebSocket} from "ws"
 import {awaitReply, disconnect, joinOk, nextEvent, openSocket, pushOk, recordEvents, sleep, uniqueId, waitUntil} from "../helpers.js"
@@ -83,15 +84,17 @@ test("messages, edits, deletes, reactions and read receipts reach the room", asy
   assert.ok(edited.edited_at)
   assert.deepStrictEqual(await updated, edited)
 
-  let reactions = nextEvent(rc, "reactions_updated")
-  await pushOk(rb, "react", {message_id: msg.id, emoji: "👍"})
-  assert.deepStrictEqual(await reactions, {message_id: msg.id, reactions: [{emoji: "👍", count: 1, user_ids: [bob.id]}]})
-  reactions = nextEvent(rb, "reactions_updated")
-  await pushOk(rc, "react", {message_id: msg.id, emoji: "👍"})
-  assert.deepStrictEqual(await reactions, {message_id: msg.id, reactions: [{emoji: "👍", count: 2, user_ids: [bob.id, carol.id]}]})
-  reactions = nextEvent(ra, "reactions_updated")
-  await pushOk(rb, "react", {message_id: msg.id, emoji: "👍"})
-  assert.deepStrictEqual(await reactions, {message_id: msg.id, reactions: [{emoji: "👍", count: 1, user_ids: [carol.id]}]})
+  // Each toggle's reply carries the reactions, and the same payload reaches the others (an
+  // earlier toggle's broadcast may still be on its way to them, so wait for this one's).
+  const toggle = async (by, watcher, reactions) => {
+    const expected = {message_id: msg.id, reactions}
+    const seen = nextEvent(watcher, "reactions_updated", {match: p => isDeepStrictEqual(p, expected)})
+    assert.deepStrictEqual(await pushOk(by, "react", {message_id: msg.id, emoji: "👍"}), expected)
+    assert.deepStrictEqual(await seen, expected)
+  }
+  await toggle(rb, rc, [{emoji: "👍", count: 1, user_ids: [bob.id]}])
+  await toggle(rc, rb, [{emoji: "👍", count: 2, user_ids: [bob.id, carol.id]}])
+  await toggle(rb, ra, [{emoji: "👍", count: 1, user_ids: [carol.id]}])
 
   const receipt = nextEvent(ra, "read_receipt")
   await pushOk(rc, "mark_read", {message_id: msg.id})
