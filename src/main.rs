@@ -118,6 +118,12 @@ struct ServeArgs {
     /// Allowed origins, comma-separated (e.g. `https://example.com,//*.example.org`); unset: any.
     #[arg(long, env = "FAWKES_CHECK_ORIGIN", value_delimiter = ',')]
     check_origin: Vec<String>,
+    /// Seconds a LongPoll GET waits for messages before answering 204 (keep it under phoenix.js's 20 s).
+    #[arg(long, env = "FAWKES_LONGPOLL_WINDOW", default_value_t = Config::default().longpoll_window.as_secs())]
+    longpoll_window: u64,
+    /// Key that signs LongPoll session tokens; a random one per process when unset.
+    #[arg(long, env = "FAWKES_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
     /// Seconds shutdown waits for connections to close.
     #[arg(long, env = "FAWKES_SHUTDOWN_TIMEOUT", default_value_t = Config::default().shutdown_timeout.as_secs())]
     shutdown_timeout: u64,
@@ -140,7 +146,8 @@ impl ServeArgs {
                 CheckOrigin::Allow(self.check_origin.clone())
             },
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
-            ..Config::default()
+            longpoll_window: Duration::from_secs(self.longpoll_window.clamp(1, 19)),
+            secret_key: self.secret_key.clone(),
         }
     }
 }
