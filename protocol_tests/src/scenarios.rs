@@ -38,6 +38,7 @@ macro_rules! for_each_scenario {
             v2_crash_with_presence,
             v2_wrong_arity_closes,
             v2_malformed_frames_close,
+            v2_channel_limit,
             v1_session,
             no_vsn_means_v1,
             http_upgrade_accepted,
@@ -676,6 +677,31 @@ async fn v2_malformed_frames_close(t: Target) -> Result {
     let mut a3 = open("A3", &t, V2).await?;
     a3.send_binary(vec![0x01, 0x00]).await?;
     a3.expect_close(1011).await
+}
+
+/// 100 channels per socket (Phoenix 1.7.24+ and 1.8.9+): the 101st join is refused and the
+/// socket lives on.
+async fn v2_channel_limit(t: Target) -> Result {
+    let mut v = Vars::new();
+    let mut a = open("A", &t, V2).await?;
+    for i in 1..=101 {
+        a.send(&format!(
+            r#"["{i}","{i}","collection:limit{i}","phx_join",{{}}]"#
+        ))
+        .await?;
+    }
+    for i in 1..=100 {
+        a.expect(&format!(r#"["{i}","{i}","collection:limit{i}","phx_reply",{{"response":{{"items":[]}},"status":"ok"}}]"#), &mut v).await?;
+    }
+    a.expect(r#"["101","101","collection:limit101","phx_reply",{"response":{"reason":"too many channels joined"},"status":"error"}]"#, &mut v).await?;
+    a.send(r#"[null,"hb","phoenix","heartbeat",{}]"#).await?;
+    a.expect(
+        &format!(r#"[null,"hb","phoenix","phx_reply",{OK_EMPTY}]"#),
+        &mut v,
+    )
+    .await?;
+    a.close().await;
+    Ok(())
 }
 
 async fn v1_session(t: Target) -> Result {
