@@ -343,11 +343,9 @@ impl SocketState {
     /// Handles mail; `Some` when the socket must end.
     pub async fn handle_mail(&mut self, mail: Mail) -> Option<End> {
         match mail {
-            Mail::Disconnect => {
-                return Some(End::Close(1001, "disconnected".into()));
-            }
-            Mail::Shutdown => {
-                return Some(End::Close(1001, "server shutting down".into()));
+            // As Phoenix 1.8.8+ closes on a disconnect: 1001, empty reason; clients reconnect.
+            Mail::Disconnect | Mail::Shutdown => {
+                return Some(End::Close(1001, String::new()));
             }
             Mail::Info { channel, info } => {
                 if let Some(topic) = self.topic_of(channel) {

@@ -24,7 +24,8 @@ pub struct Client {
 pub enum Frame {
     Text(String),
     Binary(Vec<u8>),
-    Close(Option<u16>),
+    /// A close frame: its code (none for an empty frame) and reason.
+    Close(Option<u16>, String),
     Pong(Vec<u8>),
     /// The connection ended without a close frame.
     Ended,
@@ -84,7 +85,10 @@ impl Client {
             }
             Some(Ok(Message::Text(t))) => Frame::Text(t),
             Some(Ok(Message::Binary(b))) => Frame::Binary(b),
-            Some(Ok(Message::Close(c))) => Frame::Close(c.map(|c| u16::from(c.code))),
+            Some(Ok(Message::Close(c))) => match c {
+                Some(c) => Frame::Close(Some(u16::from(c.code)), c.reason.into_owned()),
+                None => Frame::Close(None, String::new()),
+            },
             Some(Ok(Message::Pong(p))) => Frame::Pong(p),
             Some(Ok(Message::Ping(_))) | Some(Ok(Message::Frame(_))) => {
                 return Box::pin(self.recv_within(wait)).await
@@ -119,14 +123,15 @@ impl Client {
         }
     }
 
-    /// The next frame must be a close frame with this code.
+    /// The next frame must be a close frame with this code and an empty reason, as Phoenix
+    /// sends them.
     pub async fn expect_close(&mut self, code: u16) -> Result {
         self.expect_close_within(code, WAIT).await
     }
 
     pub async fn expect_close_within(&mut self, code: u16, wait: Duration) -> Result {
         match self.recv_within(wait).await? {
-            Some(Frame::Close(Some(c))) if c == code => Ok(()),
+            Some(Frame::Close(Some(c), reason)) if c == code && reason.is_empty() => Ok(()),
             other => Err(format!(
                 "{}: expected close {code}, got {other:?}",
                 self.name

@@ -179,8 +179,9 @@ async fn run(
                 match conn.serializer.decode(kind, &data) {
                     Ok(msg) => state.handle(msg).await,
                     Err(e) => {
+                        // The reason goes to the log only: Phoenix closes with an empty one.
                         log::warn!("connection {}: {e}; closing", conn.id);
-                        break Exit::Close(close_code::BAD_FRAME, e.to_string());
+                        break Exit::Close(close_code::BAD_FRAME, String::new());
                     }
                 }
                 if let Some(wait) = rate.take() {
