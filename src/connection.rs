@@ -209,9 +209,7 @@ impl Connection {
         match s.mail.pop_front() {
             Some(m) => Poll::Ready(Some(m)),
             None => {
-                if s.mail.capacity() > 64 {
-                    s.mail.shrink_to_fit();
-                }
+                shrink_idle(&mut s.mail);
                 set_waker(&mut s.task, cx);
                 Poll::Pending
             }
@@ -269,9 +267,7 @@ impl Connection {
         if let Some(f) = s.frames.pop_front() {
             return Poll::Ready(Some(f));
         }
-        if s.frames.capacity() > 64 {
-            s.frames.shrink_to_fit();
-        }
+        shrink_idle(&mut s.frames);
         if let Some(c) = s.close.take() {
             // Leave a zero-length marker so the next poll ends the stream.
             s.close = Some(Bytes::new());
@@ -291,9 +287,7 @@ impl Connection {
     pub fn drain(&self) -> Vec<Bytes> {
         let mut s = self.lock();
         let out: Vec<Bytes> = s.frames.drain(..).collect();
-        if s.frames.capacity() > 64 {
-            s.frames.shrink_to_fit();
-        }
+        shrink_idle(&mut s.frames);
         out
     }
 
@@ -308,6 +302,13 @@ impl Connection {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// An emptied queue gives back what a burst made it grow to: idle connections stay small.
+fn shrink_idle<T>(q: &mut VecDeque<T>) {
+    if q.capacity() > 64 {
+        q.shrink_to_fit();
     }
 }
 

@@ -260,7 +260,10 @@ impl PubSub {
         actix_rt::spawn(async move {
             while let Some(job) = rx.recv().await {
                 let (from, served) = (job.from, job.served);
-                ps.deliver(Some(index), &job.broadcast, &job.frames, |e| {
+                let Some(groups) = ps.inner.topics.get(job.broadcast.topic.as_str()) else {
+                    continue;
+                };
+                ps.deliver(&groups, Some(index), &job.broadcast, &job.frames, |e| {
                     Some(e.id) != from && (served == 0 || e.conn != served)
                 });
             }
@@ -356,51 +359,53 @@ impl PubSub {
             0
         };
         let frames = Arc::new(Frames::default());
+        // One registry look-up: serve here what is served here, note which workers to hand to.
         let busy: Vec<usize> = {
             let Some(groups) = self.inner.topics.get(b.topic.as_str()) else {
                 return;
             };
+            if origin != 0 {
+                self.deliver(&groups, me, b, &frames, |e| {
+                    e.conn == origin && Some(e.id) != from
+                });
+            }
+            // Subscribers outside any worker are served here.
+            self.deliver(&groups, None, b, &frames, |e| Some(e.id) != from);
             (0..groups.workers.len())
                 .filter(|&i| !groups.workers[i].is_empty())
                 .collect()
         };
-        if origin != 0 {
-            self.deliver(me, b, &frames, |e| e.conn == origin && Some(e.id) != from);
+        if busy.is_empty() {
+            return;
         }
-        if !busy.is_empty() {
-            let workers = self.inner.workers.read().unwrap_or_else(|e| e.into_inner());
-            for i in busy {
-                let job = Job {
-                    broadcast: b.clone(),
-                    frames: frames.clone(),
-                    from,
-                    served: if Some(i) == me { origin } else { 0 },
-                };
-                if workers[i].send(job).is_err() {
-                    log::warn!(
-                        "worker {i} is gone; broadcast on {} not delivered there",
-                        b.topic
-                    );
-                }
+        let workers = self.inner.workers.read().unwrap_or_else(|e| e.into_inner());
+        for i in busy {
+            let job = Job {
+                broadcast: b.clone(),
+                frames: frames.clone(),
+                from,
+                served: if Some(i) == me { origin } else { 0 },
+            };
+            if workers[i].send(job).is_err() {
+                log::warn!(
+                    "worker {i} is gone; broadcast on {} not delivered there",
+                    b.topic
+                );
             }
         }
-        // Subscribers outside any worker are served here.
-        self.deliver(None, b, &frames, |e| Some(e.id) != from);
     }
 
     /// Delivers to the subscribers of one group of a topic that `pick` selects, on the thread
     /// that owns them.
     fn deliver(
         &self,
+        groups: &Groups,
         group: Option<usize>,
         b: &Arc<Broadcast>,
         frames: &Frames,
         pick: impl Fn(&Entry) -> bool,
     ) {
         let c = &self.inner.counters;
-        let Some(groups) = self.inner.topics.get(b.topic.as_str()) else {
-            return;
-        };
         let d = Dispatch {
             broadcast: b,
             frames,

@@ -333,13 +333,17 @@ async fn v2_collection_join_reply(t: Target) -> Result {
     Ok(())
 }
 
+/// One presence entry, `{"metas":[…]}`, whose `phx_ref` (and time) are the placeholder `r`.
+fn meta(r: &str) -> String {
+    format!(r#"{{"metas":[{{"online_at":"{r}_at","phx_ref":"{r}"}}]}}"#)
+}
+
 async fn v2_presence(t: Target) -> Result {
     let topic = unique("channel:lobby");
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
     let mut b = open("B", &t, "token=t2&vsn=2.0.0").await?;
     let f = |s: &str| s.replace("TOPIC", &topic);
-    let meta = |r: &str| format!(r#"{{"metas":[{{"online_at":"{r}_at","phx_ref":"{r}"}}]}}"#);
 
     a.send(&f(r#"["1","1","TOPIC","phx_join",{"user_id":"u1"}]"#))
         .await?;
@@ -592,7 +596,6 @@ async fn v2_channel_crash(t: Target) -> Result {
 async fn v2_crash_with_presence(t: Target) -> Result {
     let topic = unique("channel:crash");
     let f = |s: &str| s.replace("TOPIC", &topic);
-    let meta = |r: &str| format!(r#"{{"metas":[{{"online_at":"{r}_at","phx_ref":"{r}"}}]}}"#);
     let mut v = Vars::new();
     let mut a = open("A", &t, V2).await?;
     let mut b = open("B", &t, "token=t2&vsn=2.0.0").await?;

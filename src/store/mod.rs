@@ -64,7 +64,6 @@ impl From<crate::apps::api::ApiError> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool<ConnectionManager<DbConnection>>,
-    backend: Backend,
     /// SQLite: one writing transaction at a time in this process. A transaction that reads
     /// before it writes cannot then be refused its write because another one committed
     /// in between (SQLite's BUSY_SNAPSHOT); PostgreSQL locks rows instead.
@@ -72,7 +71,7 @@ pub struct Store {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+enum Backend {
     Sqlite,
     Postgres,
 }
@@ -124,17 +123,9 @@ impl Store {
             .build(manager)
             .map_err(|e| StoreError::Pool(e.to_string()))?;
         let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        let store = Store {
-            pool,
-            backend,
-            write_lock,
-        };
+        let store = Store { pool, write_lock };
         store.migrate()?;
         Ok(store)
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 
     /// Applies pending migrations; returns how many ran.
@@ -172,9 +163,7 @@ impl Store {
         .await
         .map_err(|e| StoreError::Pool(format!("blocking pool: {e}")))?
     }
-}
 
-impl Store {
     /// Runs a writing transaction off the async executor: committed when it returns `Ok`,
     /// rolled back otherwise.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -190,19 +179,6 @@ impl Store {
             c.transaction(f)
         })
         .await
-    }
-
-    /// [`Store::write`] for blocking callers (the CLI, tests).
-    pub fn write_blocking<T>(
-        &self,
-        f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let _one_writer = self
-            .write_lock
-            .as_ref()
-            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut conn = self.conn()?;
-        (*conn).transaction(f)
     }
 }
 

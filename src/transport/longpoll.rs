@@ -113,14 +113,6 @@ impl Sessions {
         let s = self.map.get(&id)?.clone();
         Some((token, s))
     }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 fn unix_now() -> u64 {
