@@ -288,6 +288,24 @@ impl ChannelContext {
         self.subscriptions.push((topic.to_owned(), id));
     }
 
+    /// Ends this channel the way a server-side leave does (the client gets `phx_close` and does
+    /// not rejoin) as soon as anything is broadcast on `topic`, on any node. Nothing broadcast
+    /// to the channel after that broadcast reaches the client. How an app takes a channel away
+    /// from a user who lost access to it.
+    pub fn stop_on(&mut self, topic: &str) {
+        if self.subscriptions.iter().any(|(t, _)| t == topic) {
+            return;
+        }
+        let ps = self.socket.endpoint.pubsub();
+        let id = ps.next_id();
+        let sub = Arc::new(StopSubscriber {
+            conn: self.socket.conn.clone(),
+            channel: self.id,
+        });
+        ps.subscribe(topic, id, sub);
+        self.subscriptions.push((topic.to_owned(), id));
+    }
+
     pub fn unsubscribe(&mut self, topic: &str) {
         if let Some(i) = self.subscriptions.iter().position(|(t, _)| t == topic) {
             let (t, id) = self.subscriptions.swap_remove(i);
@@ -376,6 +394,7 @@ impl ChannelContext {
         for t in self.timers.drain(..) {
             t.abort();
         }
+        self.socket.conn.forget(self.id);
     }
 }
 
@@ -416,6 +435,23 @@ impl Subscriber for InfoSubscriber {
             channel: self.channel,
             info: Info::Broadcast(d.broadcast.clone()),
         });
+    }
+
+    fn connection(&self) -> Option<u64> {
+        Some(self.conn.id)
+    }
+}
+
+/// A subscription that ends its channel (see [`ChannelContext::stop_on`]). Revoking here, on
+/// the delivering thread, rather than in the socket task, is what keeps later broadcasts out.
+struct StopSubscriber {
+    conn: Arc<Connection>,
+    channel: ChannelId,
+}
+
+impl Subscriber for StopSubscriber {
+    fn deliver(&self, _: &Dispatch<'_>) {
+        self.conn.revoke(self.channel);
     }
 
     fn connection(&self) -> Option<u64> {

@@ -50,6 +50,8 @@ pub(crate) enum Mail {
         status: String,
         payload: Payload,
     },
+    /// The app ended a channel from outside (see [`Connection::revoke`]).
+    Stop { channel: ChannelId },
     /// `disconnect` was broadcast to the socket id.
     Disconnect,
     /// The server is stopping.
@@ -78,6 +80,9 @@ struct State {
     /// the join reply always comes first.
     holding: Option<ChannelId>,
     held: Vec<Bytes>,
+    /// Channels the app has ended whose socket task has not caught up yet: their broadcasts
+    /// are dropped from the moment of revocation.
+    revoked: Vec<ChannelId>,
 }
 
 /// Most bytes the writer takes in one go when several frames are queued.
@@ -99,6 +104,7 @@ impl Connection {
                 task: None,
                 holding: None,
                 held: Vec::new(),
+                revoked: Vec::new(),
             }),
         }
     }
@@ -117,6 +123,9 @@ impl Connection {
     /// Queues a broadcast frame for a channel, held back while that channel's join is pending.
     pub fn push_broadcast(&self, channel: ChannelId, frame: Bytes) {
         let mut s = self.lock();
+        if !s.revoked.is_empty() && s.revoked.contains(&channel) {
+            return;
+        }
         if s.holding == Some(channel) {
             if s.held.len() >= self.max_queue {
                 self.overflow(&mut s);
@@ -183,14 +192,38 @@ impl Connection {
         }
     }
 
+    /// Ends a channel from outside its socket's task: from now on nothing broadcast reaches the
+    /// client on it, and the socket task stops it (`phx_close`) when it reads this mail.
+    pub fn revoke(&self, channel: ChannelId) {
+        let mut s = self.lock();
+        if s.revoked.contains(&channel) {
+            return;
+        }
+        s.revoked.push(channel);
+        if s.holding == Some(channel) {
+            s.held.clear();
+        }
+        self.post(&mut s, Mail::Stop { channel });
+    }
+
+    /// The channel has ended: forget that it was revoked.
+    pub fn forget(&self, channel: ChannelId) {
+        let mut s = self.lock();
+        s.revoked.retain(|&c| c != channel);
+    }
+
     /// Posts work for the socket task. Returns false if the connection is closing.
     pub fn mail(&self, mail: Mail) -> bool {
         let mut s = self.lock();
+        self.post(&mut s, mail)
+    }
+
+    fn post(&self, s: &mut State, mail: Mail) -> bool {
         if s.closing {
             return false;
         }
         if s.mail.len() >= self.max_queue {
-            self.overflow(&mut s);
+            self.overflow(s);
             return false;
         }
         s.mail.push_back(mail);
@@ -361,6 +394,25 @@ mod tests {
         c.release(Some(Bytes::from_static(b"reply")), true);
         let got: Vec<_> = c.drain();
         assert_eq!(got, vec![&b"other"[..], b"reply", b"b1"]);
+    }
+
+    #[test]
+    fn a_revoked_channel_gets_no_more_broadcasts() {
+        let c = Connection::new(1, Serializer::V2, 8);
+        c.push_broadcast(7, Bytes::from_static(b"before"));
+        c.revoke(7);
+        c.push_broadcast(7, Bytes::from_static(b"after"));
+        c.push_broadcast(8, Bytes::from_static(b"other"));
+        c.push(Bytes::from_static(b"own"));
+        assert_eq!(c.drain(), vec![&b"before"[..], b"other", b"own"]);
+        let w = noop_waker();
+        assert!(matches!(
+            c.poll_mail(&mut Context::from_waker(&w)),
+            Poll::Ready(Some(Mail::Stop { channel: 7 }))
+        ));
+        c.forget(7);
+        c.push_broadcast(7, Bytes::from_static(b"a later join"));
+        assert_eq!(c.drain(), vec![&b"a later join"[..]]);
     }
 
     #[test]

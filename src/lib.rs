@@ -14,13 +14,17 @@
 //! - [`config`]: limits and their defaults.
 //! - [`server`]: actix-web wiring, descriptor limit, graceful shutdown.
 //! - [`store`]: Diesel over SQLite or PostgreSQL, pool, embedded migrations.
+//! - [`auth`]: Phoenix.Token and JWT verification (whom a token minted elsewhere names).
+//! - [`etf`]: Erlang's External Term Format, as Phoenix.Token payloads carry it.
 //! - [`apps`]: what `fawkes serve` serves: accounts and the community feed (REST + channels).
 
 pub mod apps;
+pub mod auth;
 pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod endpoint;
+pub mod etf;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;

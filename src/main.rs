@@ -2,10 +2,13 @@
 
 use clap::{Args, Parser, Subcommand};
 use fawkes::apps::chat::ChatConfig;
+use fawkes::apps::collections::rules::RuleBook;
 use fawkes::apps::collections::CollectionsConfig;
 use fawkes::apps::{self, accounts, AppLimits, AppState};
+use fawkes::auth::{jwt, phoenix_token, JwtConfig, JwtVerifier, PhoenixTokens, Subject, Verifiers};
 use fawkes::store::{Store, DEFAULT_DATABASE_URL};
 use fawkes::{CheckOrigin, Config, Endpoint, Limits, Server};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the REST API and the sockets (mounted at /socket and /community).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations, then exit.
     Migrate(DbArgs),
     /// Manage users.
@@ -28,6 +31,143 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Show collection settings.
+    #[command(subcommand)]
+    Collections(CollectionsCommand),
+}
+
+#[derive(Subcommand)]
+enum CollectionsCommand {
+    /// Print who may list, view, create, update and delete the records of each collection.
+    Rules {
+        #[command(flatten)]
+        rules: RulesArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct RulesArgs {
+    /// A TOML or JSON file mapping collection names (or `*`, every other collection) to rules
+    /// for list, view, create, update and delete: public, auth, owner or admin. Unset actions
+    /// keep the defaults (list/view public, create auth, update/delete owner).
+    #[arg(long, env = "FAWKES_COLLECTION_RULES")]
+    collection_rules: Option<PathBuf>,
+}
+
+impl RulesArgs {
+    fn book(&self) -> Result<RuleBook, String> {
+        match &self.collection_rules {
+            Some(path) => RuleBook::load(path),
+            None => Ok(RuleBook::default()),
+        }
+    }
+}
+
+/// Reads a secret given inline or in a file (one trailing newline dropped).
+fn secret(inline: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>, String> {
+    match (inline, file) {
+        (Some(s), _) => Ok(Some(s.clone())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|s| {
+                Some(
+                    s.strip_suffix('\n')
+                        .unwrap_or(&s)
+                        .trim_end_matches('\r')
+                        .to_owned(),
+                )
+            })
+            .map_err(|e| format!("{}: {e}", path.display())),
+        (None, None) => Ok(None),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Phoenix.Token settings: the Phoenix app's secret_key_base and the salt its sockets use.
+#[derive(Args, Clone)]
+struct PhoenixTokenArgs {
+    /// The Phoenix app's secret_key_base: its Phoenix.Tokens then sign users in.
+    #[arg(long, env = "FAWKES_PHOENIX_SECRET_KEY_BASE", hide_env_values = true)]
+    phoenix_secret_key_base: Option<String>,
+    /// A file holding the secret_key_base (instead of the flag).
+    #[arg(
+        long,
+        env = "FAWKES_PHOENIX_SECRET_KEY_BASE_FILE",
+        conflicts_with = "phoenix_secret_key_base"
+    )]
+    phoenix_secret_key_base_file: Option<PathBuf>,
+    /// The salt the app signs socket tokens with.
+    #[arg(long, env = "FAWKES_PHOENIX_TOKEN_SALT", default_value = "user socket")]
+    phoenix_token_salt: String,
+}
+
+impl PhoenixTokenArgs {
+    fn tokens(&self, max_age: Option<i64>) -> Result<Option<PhoenixTokens>, String> {
+        let base = secret(
+            &self.phoenix_secret_key_base,
+            &self.phoenix_secret_key_base_file,
+        )?;
+        Ok(base.map(|b| PhoenixTokens::new(&b, &self.phoenix_token_salt, max_age)))
+    }
+}
+
+/// Sign-in with tokens minted elsewhere.
+#[derive(Args, Clone)]
+struct AuthArgs {
+    #[command(flatten)]
+    phoenix: PhoenixTokenArgs,
+    /// Seconds a Phoenix.Token stays valid after signing. Unset: the max age the token carries,
+    /// as Phoenix.Token.verify does (86,400 unless the app signed it with another).
+    #[arg(long, env = "FAWKES_PHOENIX_TOKEN_MAX_AGE")]
+    phoenix_token_max_age: Option<i64>,
+    /// Accept JWTs signed with HS256 and this secret.
+    #[arg(long, env = "FAWKES_JWT_HS256_SECRET", hide_env_values = true)]
+    jwt_hs256_secret: Option<String>,
+    /// A file holding the HS256 secret (instead of the flag).
+    #[arg(
+        long,
+        env = "FAWKES_JWT_HS256_SECRET_FILE",
+        conflicts_with = "jwt_hs256_secret"
+    )]
+    jwt_hs256_secret_file: Option<PathBuf>,
+    /// Accept JWTs signed with RS256, checked with this PEM public key file.
+    #[arg(long, env = "FAWKES_JWT_RS256_PUBLIC_KEY")]
+    jwt_rs256_public_key: Option<PathBuf>,
+    /// Seconds of clock skew allowed on a JWT's `exp`.
+    #[arg(long, env = "FAWKES_JWT_LEEWAY", default_value_t = jwt::DEFAULT_LEEWAY)]
+    jwt_leeway: u64,
+    /// Required `iss` of JWTs.
+    #[arg(long, env = "FAWKES_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` of JWTs.
+    #[arg(long, env = "FAWKES_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+}
+
+impl AuthArgs {
+    fn verifiers(&self) -> Result<Verifiers, String> {
+        let phoenix = self.phoenix.tokens(self.phoenix_token_max_age)?;
+        let hs256 = secret(&self.jwt_hs256_secret, &self.jwt_hs256_secret_file)?;
+        let rs256 = self
+            .jwt_rs256_public_key
+            .as_deref()
+            .map(read_file)
+            .transpose()?;
+        let jwt = if hs256.is_some() || rs256.is_some() {
+            Some(JwtVerifier::new(JwtConfig {
+                hs256_secret: hs256.map(String::into_bytes),
+                rs256_public_key: rs256,
+                leeway: self.jwt_leeway,
+                issuer: self.jwt_issuer.clone(),
+                audience: self.jwt_audience.clone(),
+            })?)
+        } else {
+            None
+        };
+        Ok(Verifiers { phoenix, jwt })
+    }
 }
 
 #[derive(Args, Clone)]
@@ -46,6 +186,13 @@ enum UsersCommand {
         /// Make the user a community member at once.
         #[arg(long)]
         community_member: bool,
+        /// Make the user an admin (passes every collection rule).
+        #[arg(long)]
+        admin: bool,
+        /// The id the user's own app knows them by: Phoenix.Tokens and JWTs naming it sign
+        /// them in.
+        #[arg(long)]
+        external_id: Option<String>,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -57,6 +204,19 @@ enum TokensCommand {
     Create {
         #[arg(long)]
         user: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Mint a Phoenix.Token for a user, as the Phoenix app would; prints it alone on the last
+    /// line. It names the user's external id (as an integer when it is one), else their id.
+    Phoenix {
+        #[arg(long)]
+        user: String,
+        /// Seconds the token stays valid.
+        #[arg(long, default_value_t = phoenix_token::DEFAULT_MAX_AGE)]
+        max_age: i64,
+        #[command(flatten)]
+        phoenix: PhoenixTokenArgs,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -90,9 +250,10 @@ struct ServeArgs {
     /// Largest collection a `collection:<name>` join answers in full.
     #[arg(long, env = "FAWKES_COLLECTION_JOIN_LIMIT", default_value_t = CollectionsConfig::default().join_limit)]
     collection_join_limit: i64,
-    /// Collections whose reads and joins need a valid token, comma-separated.
-    #[arg(long, env = "FAWKES_PRIVATE_COLLECTIONS", value_delimiter = ',')]
-    private_collections: Vec<String>,
+    #[command(flatten)]
+    rules: RulesArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
     #[arg(long, env = "FAWKES_HOST", default_value = "127.0.0.1")]
     host: String,
     #[arg(long, env = "FAWKES_PORT", default_value_t = 4000)]
@@ -156,7 +317,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match Cli::parse().command {
         Command::Serve(args) => actix_web::rt::System::new()
-            .block_on(serve(args))
+            .block_on(serve(*args))
             .map_err(|e| e.to_string()),
         Command::Migrate(db) => {
             open(&db).map(|_| println!("database {} is up to date", db.database_url))
@@ -164,11 +325,18 @@ fn main() -> ExitCode {
         Command::Users(UsersCommand::Create {
             name,
             community_member,
+            admin,
+            external_id,
             db,
         }) => open(&db).and_then(|store| {
             let mut c = store.conn().map_err(|e| e.to_string())?;
-            let (user, token) = accounts::create_user(&mut c, &name, community_member)
-                .map_err(|e| e.to_string())?;
+            let new = accounts::NewUser {
+                name,
+                community_member,
+                admin,
+                external_id,
+            };
+            let (user, token) = accounts::create(&mut c, &new).map_err(|e| e.to_string())?;
             println!("created user {} (id {})", user.name, user.id);
             println!("{token}");
             Ok(())
@@ -179,6 +347,15 @@ fn main() -> ExitCode {
             println!("created a token for {user}");
             println!("{token}");
             Ok(())
+        }),
+        Command::Tokens(TokensCommand::Phoenix {
+            user,
+            max_age,
+            phoenix,
+            db,
+        }) => mint_phoenix_token(&user, max_age, &phoenix, &db),
+        Command::Collections(CollectionsCommand::Rules { rules }) => rules.book().map(|book| {
+            print!("{}", book.table());
         }),
         Command::Tokens(TokensCommand::Revoke { token, db }) => open(&db).and_then(|store| {
             let mut c = store.conn().map_err(|e| e.to_string())?;
@@ -199,11 +376,41 @@ fn main() -> ExitCode {
     }
 }
 
+fn mint_phoenix_token(
+    name: &str,
+    max_age: i64,
+    phoenix: &PhoenixTokenArgs,
+    db: &DbArgs,
+) -> Result<(), String> {
+    let tokens = phoenix.tokens(None)?.ok_or(
+        "minting a Phoenix.Token needs the app's secret_key_base (--phoenix-secret-key-base)",
+    )?;
+    let store = open(db)?;
+    let mut c = store.conn().map_err(|e| e.to_string())?;
+    let user = accounts::user_by_name(&mut c, name)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no user named {name}"))?;
+    let ext = accounts::external_id(&mut c, user.id).map_err(|e| e.to_string())?;
+    let data = match ext {
+        Some(e) => e.parse().map(Subject::Int).unwrap_or(Subject::Str(e)),
+        None => Subject::Int(user.id),
+    };
+    let token = tokens.sign(&data, fawkes::store::now_ms(), max_age);
+    println!(
+        "a Phoenix.Token for {} (data {data}, valid {max_age} s)",
+        user.name
+    );
+    println!("{token}");
+    Ok(())
+}
+
 fn open(db: &DbArgs) -> Result<Store, String> {
     Store::open(&db.database_url).map_err(|e| format!("{}: {e}", db.database_url))
 }
 
 async fn serve(args: ServeArgs) -> std::io::Result<()> {
+    let verifiers = args.auth.verifiers().map_err(std::io::Error::other)?;
+    let rules = args.rules.book().map_err(std::io::Error::other)?;
     let store = open(&args.db).map_err(std::io::Error::other)?;
     let endpoint = Endpoint::new(args.config());
     let mut state = AppState::new(
@@ -215,7 +422,7 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
         CollectionsConfig {
             log_size: args.collection_log_size.max(1),
             join_limit: args.collection_join_limit,
-            private: args.private_collections.clone(),
+            rules,
         },
     );
     state.chat = ChatConfig {
@@ -224,6 +431,7 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
         rate_window: Duration::from_secs(args.chat_rate_window.max(1)),
         ..ChatConfig::default()
     };
+    state.auth = verifiers;
     let state = actix_web::web::Data::new(state);
     accounts::watch_revocations(state.clone());
     let socket = apps::socket(state.clone());

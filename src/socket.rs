@@ -347,6 +347,11 @@ impl SocketState {
             Mail::Disconnect | Mail::Shutdown => {
                 return Some(End::Close(1001, String::new()));
             }
+            Mail::Stop { channel } => {
+                if let Some(topic) = self.topic_of(channel) {
+                    self.stop(&topic, StopReason::Normal).await;
+                }
+            }
             Mail::Info { channel, info } => {
                 if let Some(topic) = self.topic_of(channel) {
                     let joined = self.channels.get_mut(&topic).expect("joined");

@@ -34,8 +34,13 @@ fn free_port() -> u16 {
 
 /// `fawkes serve` with no database flag, waiting until it listens.
 fn serve(dir: &Path, port: u16) -> Child {
+    serve_with(dir, port, &[])
+}
+
+fn serve_with(dir: &Path, port: u16, flags: &[&str]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fawkes"))
         .args(["serve", "--port", &port.to_string()])
+        .args(flags)
         .current_dir(dir)
         .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
@@ -138,6 +143,110 @@ fn a_newcomer_creates_a_user_serves_posts_and_loses_nothing_to_sigkill() {
     assert_eq!(http(port, "GET", "/api/me", &token, "").0, 200);
     let (ok, _) = fawkes(&dir, &["tokens", "revoke", &second]);
     assert!(!ok, "revoking twice is an error");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The conformance fixture's secret_key_base, which minted the tokens of
+/// shared/protocol/phoenix-token.md.
+const SKB: &str = "conformance-fixture-secret-key-base-0123456789abcdef0123456789abcdef0123456789";
+
+#[test]
+fn an_existing_phoenix_apps_users_sign_in_with_its_tokens_and_rules_apply() {
+    let dir = std::env::temp_dir().join(format!("fawkes-cli-auth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let (ok, out) = fawkes(
+        &dir,
+        &["users", "create", "--name", "zed", "--external-id", "42"],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = fawkes(&dir, &["users", "create", "--name", "root", "--admin"]);
+    assert!(ok, "{out}");
+    let root = last_line(&out);
+    let (ok, _) = fawkes(
+        &dir,
+        &["users", "create", "--name", "zed2", "--external-id", "42"],
+    );
+    assert!(!ok, "external ids are unique");
+
+    // A token minted here is the one the Phoenix app would mint: data 42, as an integer.
+    let (ok, _) = fawkes(&dir, &["tokens", "phoenix", "--user", "zed"]);
+    assert!(!ok, "minting needs the secret_key_base");
+    let (ok, out) = fawkes(
+        &dir,
+        &[
+            "tokens",
+            "phoenix",
+            "--user",
+            "zed",
+            "--max-age",
+            "600",
+            "--phoenix-secret-key-base",
+            SKB,
+        ],
+    );
+    assert!(ok, "{out}");
+    let minted = last_line(&out);
+    let verifier = fawkes::auth::PhoenixTokens::new(SKB, "user socket", None);
+    let now = chrono::Utc::now().timestamp_millis();
+    assert_eq!(
+        verifier.verify(&minted, now),
+        Ok(fawkes::auth::Subject::Int(42))
+    );
+    assert!(
+        verifier.verify(&minted, now + 601_000).is_err(),
+        "its max age is 600 s"
+    );
+
+    std::fs::write(dir.join("rules.toml"), "[menu]\ncreate = \"admin\"\n").unwrap();
+    let (ok, out) = fawkes(
+        &dir,
+        &["collections", "rules", "--collection-rules", "rules.toml"],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("menu                     public  public  admin   owner   owner"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* (any other)            public  public  auth    owner   owner"),
+        "{out}"
+    );
+    std::fs::write(dir.join("bad.toml"), "[menu]\ncreate = \"everyone\"\n").unwrap();
+    let (ok, _) = fawkes(
+        &dir,
+        &["collections", "rules", "--collection-rules", "bad.toml"],
+    );
+    assert!(!ok, "an unknown rule is an error");
+
+    let port = free_port();
+    let flags = [
+        "--phoenix-secret-key-base",
+        SKB,
+        "--collection-rules",
+        "rules.toml",
+    ];
+    let mut server = serve_with(&dir, port, &flags);
+    // Phoenix's own token for user 42 (ten years' max age), and the minted one.
+    let long_int = "SFMyNTY.g2gDYSpuBgBUtGAqogFiEswDAA.TS4P5MssDWBclqvPQr0yU82hGumSUJDsJ6_p4rKk7IQ";
+    for token in [long_int, minted.as_str()] {
+        let (status, me) = http(port, "GET", "/api/me", token, "");
+        assert_eq!(status, 200, "{me}");
+        assert!(me.contains(r#""name":"zed""#), "{me}");
+    }
+    let expired = "SFMyNTY.g2gDYSpuBgAAaOXPiwFiAAFRgA.oZadrq1kuFls1GcnkmSDhW3Y_2PLNLdiIb9suL1Ssz8";
+    assert_eq!(http(port, "GET", "/api/me", expired, "").0, 401);
+    assert_eq!(
+        http(port, "POST", "/api/collections/menu/records", &minted, "{}").0,
+        403
+    );
+    assert_eq!(
+        http(port, "POST", "/api/collections/menu/records", &root, "{}").0,
+        201
+    );
     server.kill().unwrap();
     server.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -3,7 +3,8 @@
 
 mod support;
 
-use fawkes::apps::collections::{apply, CollectionsConfig, Write};
+use fawkes::apps::collections::rules::{Rule, RuleBook};
+use fawkes::apps::collections::{apply, CollectionsConfig, Write, Writer};
 use protocol_tests::client::{Client, Frame};
 use protocol_tests::matcher::Vars;
 use serde_json::{json, Value};
@@ -18,7 +19,7 @@ fn small_log() -> CollectionsConfig {
     CollectionsConfig {
         log_size: 5,
         join_limit: 50,
-        private: vec!["secret".into()],
+        rules: RuleBook::parse("[secret]\nlist = \"auth\"\nview = \"auth\"\n").unwrap(),
     }
 }
 
@@ -274,10 +275,20 @@ fn concurrent_writers_get_gap_free_seqs(backend: &str) {
                     .map(|_| {
                         let change = (*c)
                             .transaction(|c| {
-                                apply(c, "race", Write::Create(Default::default()), 10_000)
+                                let anyone = Writer {
+                                    user: None,
+                                    rule: Rule::Public,
+                                };
+                                apply(
+                                    c,
+                                    "race",
+                                    Write::Create(Default::default()),
+                                    10_000,
+                                    &anyone,
+                                )
                             })
                             .unwrap();
-                        change["seq"].as_i64().unwrap()
+                        change.payload["seq"].as_i64().unwrap()
                     })
                     .collect::<Vec<_>>()
             })
@@ -299,7 +310,7 @@ fn joins_racing_writers_see_no_gap_and_no_overlap(backend: &str) {
         CollectionsConfig {
             log_size: 10_000,
             join_limit: 10_000,
-            private: vec![],
+            rules: RuleBook::default(),
         },
     );
     let (_, token) = app.user("writer", false);

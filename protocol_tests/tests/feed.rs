@@ -437,6 +437,13 @@ fn accounts_membership_and_revocation(backend: &str) {
             app.api("GET", "/api/me", Some(&token), None).await.1["community_member"],
             false
         );
+        // Leaving the community ends the joined feed (see tests/membership.rs).
+        c.expect(
+            r#"["1","1","community:feed","phx_close",{}]"#,
+            &mut Vars::new(),
+        )
+        .await
+        .unwrap();
         // Names are unique whatever their case.
         let mut conn = app.state.store.conn().unwrap();
         assert!(fawkes::apps::accounts::create_user(&mut conn, "dave", false).is_err());

@@ -69,14 +69,31 @@ fn phoenix_js_falls_back_to_longpoll_when_websocket_is_refused() {
     run_script("test:fallback", &[("FAWKES_WS_REFUSED_URL", server.url())]);
 }
 
+/// The secret_key_base of the Phoenix app whose tokens the app suite signs in with.
+const PHOENIX_SKB: &str =
+    "conformance-fixture-secret-key-base-0123456789abcdef0123456789abcdef0123456789";
+
 fn run_app_suite(backend: &str) {
-    // A short change log, so the suite can miss more than it holds.
-    let app = support::start_app_with(
-        backend,
-        fawkes::apps::collections::CollectionsConfig {
+    // A short change log, so the suite can miss more than it holds; the Phoenix app's
+    // secret_key_base, so its tokens sign users in.
+    let phoenix = fawkes::auth::PhoenixTokens::new(PHOENIX_SKB, "user socket", None);
+    let verifier = phoenix.clone();
+    let app = support::start_app_configured(backend, move |state| {
+        state.collections = fawkes::apps::collections::CollectionsConfig {
             log_size: 5,
             ..Default::default()
-        },
+        };
+        state.auth.phoenix = Some(verifier);
+    });
+    let (phx_id, _) = app.new_user(fawkes::apps::accounts::NewUser {
+        name: "phx".into(),
+        external_id: Some("phx-user".into()),
+        ..Default::default()
+    });
+    let phx_token = phoenix.sign(
+        &fawkes::auth::Subject::Str("phx-user".into()),
+        chrono::Utc::now().timestamp_millis(),
+        3600,
     );
     let (_, member) = app.user("member", true);
     let (_, other) = app.user("other", true);
@@ -92,6 +109,10 @@ fn run_app_suite(backend: &str) {
             ("FAWKES_MEMBER_TOKEN", member),
             ("FAWKES_OTHER_TOKEN", other),
             ("FAWKES_USERS", serde_json::Value::Object(users).to_string()),
+            (
+                "FAWKES_PHOENIX_USER",
+                serde_json::json!({"id": phx_id, "token": phx_token}).to_string(),
+            ),
         ],
     );
 }

@@ -1,10 +1,14 @@
 //! Users and API tokens. Tokens are random and shown once; only their SHA-256 (hex) is stored.
+//! A user may also sign in with a token their Phoenix app minted (Phoenix.Token) or a JWT,
+//! naming them by id or by the app's own id for them (`external_id`).
 //! `GET /api/me`, `POST|DELETE /api/community/join`.
 
 use crate::apps::api::{authenticate, ApiError, ApiResult};
 use crate::apps::AppState;
+use crate::auth::{Subject, Verdict};
 use crate::store::schema::{api_tokens, users};
 use crate::store::{now_ms, DbConnection, StoreError};
+use crate::Payload;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use diesel::prelude::*;
@@ -17,12 +21,19 @@ pub struct User {
     pub id: i64,
     pub name: String,
     pub community_member: bool,
+    /// Passes every collection rule.
+    pub admin: bool,
 }
 
 impl User {
     pub fn json(&self) -> serde_json::Value {
         json!({"id": self.id, "name": self.name, "community_member": self.community_member})
     }
+}
+
+/// Where leaving the community is announced, to end the user's `community:feed` channels.
+pub fn community_member_topic(user_id: i64) -> String {
+    format!("community_member:{user_id}")
 }
 
 /// The socket id of every socket opened with one token: revoking it disconnects them.
@@ -51,27 +62,66 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-type UserRow = (i64, String, i32);
+type UserRow = (i64, String, i32, i32);
 
-fn to_user((id, name, member): UserRow) -> User {
+fn to_user((id, name, member, admin): UserRow) -> User {
     User {
         id,
         name,
         community_member: member != 0,
+        admin: admin != 0,
     }
 }
 
-const USER_COLUMNS: (users::id, users::name, users::community_member) =
-    (users::id, users::name, users::community_member);
+const USER_COLUMNS: (
+    users::id,
+    users::name,
+    users::community_member,
+    users::admin,
+) = (
+    users::id,
+    users::name,
+    users::community_member,
+    users::admin,
+);
 
-/// Creates a user and a first token. Names are unique whatever their case.
+/// A user to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    pub name: String,
+    pub community_member: bool,
+    pub admin: bool,
+    /// The id the user's own app knows them by (Phoenix.Token data, JWT `sub`).
+    pub external_id: Option<String>,
+}
+
+/// Creates a user and a first token.
 pub fn create_user(
     c: &mut DbConnection,
     name: &str,
     community_member: bool,
 ) -> Result<(User, String), StoreError> {
+    create(
+        c,
+        &NewUser {
+            name: name.to_owned(),
+            community_member,
+            ..NewUser::default()
+        },
+    )
+}
+
+/// Creates a user and a first token. Names are unique whatever their case; external ids are
+/// unique as given.
+pub fn create(c: &mut DbConnection, new: &NewUser) -> Result<(User, String), StoreError> {
+    let name = new.name.as_str();
     if !valid_name(name) {
         return Err(ApiError::invalid("name", "must be 1-32 letters, digits, _, - or .").into());
+    }
+    if let Some(ext) = &new.external_id {
+        if ext.trim().is_empty() || ext.len() > 255 {
+            return Err(ApiError::invalid("external_id", "must be 1-255 bytes, not blank").into());
+        }
     }
     c.transaction(|c| {
         let taken = users::table
@@ -81,11 +131,22 @@ pub fn create_user(
         if taken > 0 {
             return Err(ApiError::invalid("name", "has already been taken").into());
         }
+        if let Some(ext) = &new.external_id {
+            let taken = users::table
+                .filter(users::external_id.eq(ext))
+                .count()
+                .get_result::<i64>(c)?;
+            if taken > 0 {
+                return Err(ApiError::invalid("external_id", "has already been taken").into());
+            }
+        }
         let id = diesel::insert_into(users::table)
             .values((
                 users::name.eq(name),
                 users::name_key.eq(name.to_lowercase()),
-                users::community_member.eq(community_member as i32),
+                users::community_member.eq(new.community_member as i32),
+                users::admin.eq(new.admin as i32),
+                users::external_id.eq(&new.external_id),
                 users::inserted_at.eq(now_ms()),
             ))
             .returning(users::id)
@@ -95,7 +156,8 @@ pub fn create_user(
             User {
                 id,
                 name: name.to_owned(),
-                community_member,
+                community_member: new.community_member,
+                admin: new.admin,
             },
             token,
         ))
@@ -162,6 +224,102 @@ pub fn user_by_token(c: &mut DbConnection, token: &str) -> Result<Option<(User, 
         .map(|(u, t)| (to_user(u), t)))
 }
 
+/// A user's external id, if they have one.
+pub fn external_id(c: &mut DbConnection, user_id: i64) -> Result<Option<String>, StoreError> {
+    Ok(users::table
+        .find(user_id)
+        .select(users::external_id)
+        .first::<Option<String>>(c)
+        .optional()?
+        .flatten())
+}
+
+/// The user a foreign token's subject names: the user whose external id it is, else the user
+/// with that id (a string of digits counts as the number).
+pub fn user_by_subject(
+    c: &mut DbConnection,
+    subject: &Subject,
+) -> Result<Option<User>, StoreError> {
+    let by_external = users::table
+        .filter(users::external_id.eq(subject.to_string()))
+        .select(USER_COLUMNS)
+        .first::<UserRow>(c)
+        .optional()?;
+    if let Some(u) = by_external {
+        return Ok(Some(to_user(u)));
+    }
+    let id = match subject {
+        Subject::Int(i) => Some(*i),
+        Subject::Str(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+        Subject::Str(_) => None,
+    };
+    match id {
+        Some(id) => user_by_id(c, id),
+        None => Ok(None),
+    }
+}
+
+/// Who signed in with a token, and the socket id their sockets get.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub user: User,
+    /// `api_token:<id>` for an API token (revoking it closes the sockets);
+    /// `users_socket:<subject>` for a Phoenix.Token or JWT, the id a Phoenix app gives its
+    /// user sockets, so the app's `Endpoint.broadcast("users_socket:42", "disconnect", %{})`
+    /// applies.
+    pub socket_id: String,
+}
+
+/// Why a token did not sign anyone in.
+#[derive(Debug)]
+pub enum SignInError {
+    /// Unknown, revoked, expired, badly signed: the reason is for the log only.
+    Refused(String),
+    Store(StoreError),
+}
+
+/// Signs in with any token this server accepts: a Phoenix.Token or JWT when configured
+/// (checked without the database), else an API token. Logs why a token is refused, never the
+/// token itself.
+pub async fn sign_in(state: &AppState, token: String) -> Result<SignedIn, SignInError> {
+    let refused = |why: String| {
+        log::info!("sign-in refused: {why}");
+        SignInError::Refused(why)
+    };
+    match state.auth.verify(&token, now_ms()) {
+        Verdict::Refused { kind, why } => Err(refused(format!("{kind} {why}"))),
+        Verdict::Valid { kind, subject } => {
+            let s = subject.clone();
+            let user = state
+                .store
+                .run(move |c| user_by_subject(c, &s))
+                .await
+                .map_err(SignInError::Store)?;
+            match user {
+                Some(user) => Ok(SignedIn {
+                    user,
+                    socket_id: format!("users_socket:{subject}"),
+                }),
+                None => Err(refused(format!("{kind} names no known user ({subject})"))),
+            }
+        }
+        Verdict::NotMine => {
+            let found = state
+                .store
+                .run(move |c| user_by_token(c, &token))
+                .await
+                .map_err(SignInError::Store)?;
+            match found {
+                Some((user, token_id)) => Ok(SignedIn {
+                    user,
+                    socket_id: token_socket_id(token_id),
+                }),
+                None => Err(refused("unknown or revoked API token".into())),
+            }
+        }
+    }
+}
+
 /// Tokens revoked after `since` (ms), with the latest revocation time seen.
 pub fn revoked_since(c: &mut DbConnection, since: i64) -> Result<Vec<(i64, i64)>, StoreError> {
     Ok(api_tokens::table
@@ -206,19 +364,27 @@ pub fn watch_revocations(state: web::Data<AppState>) {
 
 /// `GET /api/me`
 pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     Ok(HttpResponse::Ok().json(user.json()))
 }
 
 /// `POST /api/community/join` and `DELETE /api/community/join`.
 pub async fn join_community(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
     let member = req.method() == actix_web::http::Method::POST;
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     state
         .store
         .run(move |c| set_community_member(c, user.id, member))
         .await
         .map_err(ApiError::from)?;
+    if !member {
+        // Ends the user's open `community:feed` channels: they are no longer members.
+        state.endpoint.broadcast(
+            &community_member_topic(user.id),
+            "removed",
+            Payload::empty(),
+        );
+    }
     Ok(HttpResponse::NoContent().finish())
 }
 

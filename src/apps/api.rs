@@ -1,8 +1,9 @@
 //! What every REST route shares: JSON errors with Phoenix-style bodies, bearer-token
 //! authentication, and request-body parsing.
 
-use crate::apps::accounts::{self, User};
-use crate::store::{Store, StoreError};
+use crate::apps::accounts::{self, SignInError, User};
+use crate::apps::AppState;
+use crate::store::StoreError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
@@ -94,10 +95,9 @@ impl From<StoreError> for ApiError {
 
 pub type ApiResult<T = HttpResponse> = Result<T, ApiError>;
 
-/// The user of the request's `Authorization: Bearer <token>`, or 401.
-pub async fn authenticate(store: &Store, req: &HttpRequest) -> ApiResult<User> {
-    let token = req
-        .headers()
+/// The request's `Authorization: Bearer <token>`, if any.
+fn bearer(req: &HttpRequest) -> Option<String> {
+    req.headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| {
@@ -105,11 +105,24 @@ pub async fn authenticate(store: &Store, req: &HttpRequest) -> ApiResult<User> {
                 .or_else(|| h.strip_prefix("bearer "))
         })
         .map(|t| t.trim().to_owned())
-        .ok_or(ApiError::Unauthorized)?;
-    let found = store
-        .run(move |c| accounts::user_by_token(c, &token))
-        .await?;
-    found.map(|(user, _)| user).ok_or(ApiError::Unauthorized)
+}
+
+/// The user of the request's bearer token (an API token, Phoenix.Token or JWT), or 401.
+pub async fn authenticate(state: &AppState, req: &HttpRequest) -> ApiResult<User> {
+    let token = bearer(req).ok_or(ApiError::Unauthorized)?;
+    match accounts::sign_in(state, token).await {
+        Ok(s) => Ok(s.user),
+        Err(SignInError::Refused(_)) => Err(ApiError::Unauthorized),
+        Err(SignInError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// The user of the request's bearer token; `None` without one; 401 for a bad one.
+pub async fn optional_user(state: &AppState, req: &HttpRequest) -> ApiResult<Option<User>> {
+    if bearer(req).is_none() {
+        return Ok(None);
+    }
+    authenticate(state, req).await.map(Some)
 }
 
 /// A JSON object body: 400 if it is not JSON, 422 if it is JSON but not an object.

@@ -98,7 +98,7 @@ fn member(user: &User) -> ApiResult<()> {
 
 /// `GET /api/community/posts?before=&limit=`: newest first.
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
-    authenticate(&state.store, &req).await?;
+    authenticate(&state, &req).await?;
     let (before, limit) = paging(&req, 20)?;
     let (items, more) = state
         .store
@@ -132,7 +132,7 @@ pub async fn show(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> ApiResult {
-    authenticate(&state.store, &req).await?;
+    authenticate(&state, &req).await?;
     let id = path_id(&id)?;
     let post = state.store.run(move |c| load_post(c, id)).await?;
     Ok(HttpResponse::Ok().json(post))
@@ -140,7 +140,7 @@ pub async fn show(
 
 /// `POST /api/community/posts {body}`
 pub async fn create(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let text = text_field(&object_body(&body)?, "body", state.limits.max_post_length)?;
     member(&user)?;
     let post = state
@@ -170,7 +170,7 @@ pub async fn update(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let id = path_id(&id)?;
     let text = text_field(&object_body(&body)?, "body", state.limits.max_post_length)?;
     let post = state
@@ -197,7 +197,7 @@ pub async fn delete(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let id = path_id(&id)?;
     state
         .store
@@ -223,7 +223,7 @@ pub async fn like(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let id = path_id(&id)?;
     member(&user)?;
     let likes = state
@@ -298,7 +298,7 @@ pub async fn list_comments(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> ApiResult {
-    authenticate(&state.store, &req).await?;
+    authenticate(&state, &req).await?;
     let id = path_id(&id)?;
     let items = state
         .store
@@ -325,7 +325,7 @@ pub async fn create_comment(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let post_id = path_id(&id)?;
     let text = text_field(&object_body(&body)?, "body", state.limits.max_post_length)?;
     member(&user)?;
@@ -364,7 +364,7 @@ pub async fn delete_comment(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let id = path_id(&id)?;
     let (post_id, count) = state
         .store
@@ -414,7 +414,11 @@ impl Channel for FeedChannel {
                 unauthorized()
             })?;
         match fresh {
-            Some(u) if u.community_member => Ok(Payload::empty()),
+            Some(u) if u.community_member => {
+                // Leaving the community ends this channel.
+                ctx.stop_on(&crate::apps::accounts::community_member_topic(u.id));
+                Ok(Payload::empty())
+            }
             _ => Err(unauthorized()),
         }
     }

@@ -41,6 +41,8 @@ pub struct AppState {
     pub limits: AppLimits,
     pub collections: collections::CollectionsConfig,
     pub chat: chat::ChatConfig,
+    /// Phoenix.Token and JWT sign-in, when configured.
+    pub auth: crate::auth::Verifiers,
     pub(crate) chat_rate: chat::RateLimiter,
     /// One writer per collection at a time, so `change` broadcasts leave in sequence order.
     pub(crate) collection_locks: dashmap::DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
@@ -59,6 +61,7 @@ impl AppState {
             limits,
             collections,
             chat: chat::ChatConfig::default(),
+            auth: Default::default(),
             chat_rate: Default::default(),
             collection_locks: Default::default(),
         }
@@ -73,9 +76,9 @@ pub fn current_user(ctx: &ChannelContext) -> Option<User> {
     ctx.assigns().get::<SocketUser>().map(|u| u.0.clone())
 }
 
-/// The apps' socket: `?token=` (or phoenix.js's `authToken`) names an API token; an unknown or
-/// revoked one is refused, none at all gives an anonymous socket. A socket's id is its token's,
-/// so revoking the token closes it.
+/// The apps' socket: `?token=` (or phoenix.js's `authToken`) is an API token, a Phoenix.Token
+/// or a JWT (see [`accounts::sign_in`]); a bad one is refused (403), none at all gives an
+/// anonymous socket. A socket's id comes from its token, so revoking the token closes it.
 pub fn socket(state: web::Data<AppState>) -> Socket {
     let router = Router::new()
         .channel(feed::TOPIC, {
@@ -120,17 +123,16 @@ pub fn socket(state: web::Data<AppState>) -> Socket {
             let Some(token) = token else {
                 return Ok(Connected::default());
             };
-            let found = state
-                .store
-                .run(move |c| accounts::user_by_token(c, &token))
-                .await
-                .map_err(|e| Refused(format!("token lookup failed: {e}")))?;
-            let (user, token_id) =
-                found.ok_or_else(|| Refused("unknown or revoked token".into()))?;
-            Ok(Connected {
-                assigns: Assigns::new().with(SocketUser(user)),
-                id: Some(accounts::token_socket_id(token_id)),
-            })
+            match accounts::sign_in(&state, token).await {
+                Ok(s) => Ok(Connected {
+                    assigns: Assigns::new().with(SocketUser(s.user)),
+                    id: Some(s.socket_id),
+                }),
+                Err(accounts::SignInError::Refused(why)) => Err(Refused(why)),
+                Err(accounts::SignInError::Store(e)) => {
+                    Err(Refused(format!("token lookup failed: {e}")))
+                }
+            }
         }
     })
 }

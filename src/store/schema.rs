@@ -8,6 +8,10 @@ diesel::table! {
         name_key -> Text,
         community_member -> Integer,
         inserted_at -> BigInt,
+        /// The id the app that minted the user's Phoenix.Token or JWT knows them by.
+        external_id -> Nullable<Text>,
+        /// 0/1: admins pass every collection rule.
+        admin -> Integer,
     }
 }
 
@@ -65,6 +69,8 @@ diesel::table! {
         data -> Text,
         created -> BigInt,
         updated -> BigInt,
+        /// The user who created the record, for the `owner` rule; none for anonymous writes.
+        owner -> Nullable<BigInt>,
     }
 }
 
@@ -82,6 +88,8 @@ diesel::table! {
         action -> Text,
         /// The record after the change (before it, for a delete), as the API shows it.
         record -> Text,
+        /// The record's creator, so a `since` replay honours the `owner` rule.
+        owner -> Nullable<BigInt>,
     }
 }
 

@@ -133,18 +133,28 @@ pub fn start_app_with(
     backend: &str,
     collections: fawkes::apps::collections::CollectionsConfig,
 ) -> App {
+    start_app_configured(backend, move |state| state.collections = collections)
+}
+
+/// The apps with their state set up by `configure` (sign-in verifiers, rules, limits).
+pub fn start_app_configured(
+    backend: &str,
+    configure: impl FnOnce(&mut fawkes::apps::AppState) + Send + 'static,
+) -> App {
     let url = fresh_database(backend);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
             let store = fawkes::store::Store::open(&url).expect("open store");
             let endpoint = Endpoint::new(Config::default());
-            let state = actix_web::web::Data::new(fawkes::apps::AppState::new(
+            let mut state = fawkes::apps::AppState::new(
                 store,
                 endpoint.clone(),
                 fawkes::apps::AppLimits::default(),
-                collections,
-            ));
+                Default::default(),
+            );
+            configure(&mut state);
+            let state = actix_web::web::Data::new(state);
             fawkes::apps::accounts::watch_revocations(state.clone());
             let socket = fawkes::apps::socket(state.clone());
             let routes_state = state.clone();
@@ -175,6 +185,13 @@ impl App {
     pub fn user(&self, name: &str, member: bool) -> (i64, String) {
         let mut c = self.state.store.conn().unwrap();
         let (u, t) = fawkes::apps::accounts::create_user(&mut c, name, member).unwrap();
+        (u.id, t)
+    }
+
+    /// Creates a user as `fawkes users create` does, with every option.
+    pub fn new_user(&self, new: fawkes::apps::accounts::NewUser) -> (i64, String) {
+        let mut c = self.state.store.conn().unwrap();
+        let (u, t) = fawkes::apps::accounts::create(&mut c, &new).unwrap();
         (u.id, t)
     }
 

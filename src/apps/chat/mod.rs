@@ -16,6 +16,7 @@ pub mod user;
 pub mod voice;
 
 use crate::apps::accounts::User;
+use crate::apps::api::ApiError;
 use crate::store::schema::{mentions, messages, reactions, room_members, rooms, users};
 use crate::store::{iso, DbConnection, StoreError};
 use diesel::prelude::*;
@@ -91,6 +92,42 @@ impl Access {
     pub fn is_admin(&self) -> bool {
         self.member == Some(true)
     }
+}
+
+/// Where a user's leaving a room is announced: their `channel:`, `thread:` and `voice:`
+/// channels of the room stop on it (see [`crate::ChannelContext::stop_on`]).
+pub fn room_member_topic(room_id: i64, user_id: i64) -> String {
+    format!("room_member:{room_id}:{user_id}")
+}
+
+/// The room if the user may read it: 404 for no room, 403 for a private room they are not in.
+pub(crate) fn readable(
+    c: &mut DbConnection,
+    room_id: i64,
+    user: &User,
+) -> Result<Access, StoreError> {
+    let a = access(c, room_id, user.id)?.ok_or(ApiError::NotFound)?;
+    if !a.can_read() {
+        return Err(ApiError::Forbidden.into());
+    }
+    Ok(a)
+}
+
+/// What a push that writes to a room answers a non-member.
+pub(crate) const NOT_A_MEMBER: &str =
+    "not a member of this room: join it first (POST /api/channels/:id/members)";
+
+/// The room if the user is a member of it now (pushes check this, not the join's view).
+pub(crate) fn membership(
+    c: &mut DbConnection,
+    room_id: i64,
+    user: &User,
+) -> Result<Access, StoreError> {
+    let a = readable(c, room_id, user)?;
+    if a.member.is_none() {
+        return Err(ApiError::BadRequest(NOT_A_MEMBER.into()).into());
+    }
+    Ok(a)
 }
 
 /// The room and the user's membership in it; `None` if there is no such room.

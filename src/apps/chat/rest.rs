@@ -1,7 +1,7 @@
 //! `/api/channels`: rooms, members and message history.
 
-use super::{access, history, room_json, unread_count, Access, Room};
-use crate::apps::accounts::{self, User};
+use super::{history, readable, room_json, room_member_topic, unread_count, Room};
+use crate::apps::accounts;
 use crate::apps::api::{
     authenticate, object_body, paging, path_id, text_field, ApiError, ApiResult,
 };
@@ -13,19 +13,6 @@ use diesel::prelude::*;
 use serde_json::{json, Value};
 
 const MAX_ROOM_NAME: usize = 80;
-
-/// The room if the user may read it: 404 for no room, 403 for a private room they are not in.
-pub(crate) fn readable(
-    c: &mut DbConnection,
-    room_id: i64,
-    user: &User,
-) -> Result<Access, StoreError> {
-    let a = access(c, room_id, user.id)?.ok_or(ApiError::NotFound)?;
-    if !a.can_read() {
-        return Err(ApiError::Forbidden.into());
-    }
-    Ok(a)
-}
 
 fn add_member(
     c: &mut DbConnection,
@@ -54,7 +41,7 @@ fn add_member(
 
 /// `POST /api/channels {name, private}`: the creator becomes a member and its admin.
 pub async fn create(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let fields = object_body(&body)?;
     let name = text_field(&fields, "name", MAX_ROOM_NAME)?;
     let private = match fields.get("private") {
@@ -82,7 +69,7 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
 
 /// `GET /api/channels`: public rooms and the private ones I belong to, with my unread counts.
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let items = state
         .store
         .run(move |c| {
@@ -120,7 +107,7 @@ pub async fn members(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let room_id = path_id(&id)?;
     let items = state
         .store
@@ -147,7 +134,7 @@ pub async fn add(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let room_id = path_id(&id)?;
     let target = object_body(&body)?
         .get("user_id")
@@ -170,13 +157,14 @@ pub async fn add(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// `DELETE /api/channels/:id/members/:user_id`: admins remove anyone; anyone may leave.
+/// `DELETE /api/channels/:id/members/:user_id`: admins remove anyone; anyone may leave. The
+/// removed user's channels of the room end at once.
 pub async fn remove(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let room_id = path_id(&path.0)?;
     let target = path_id(&path.1)?;
     state
@@ -198,6 +186,11 @@ pub async fn remove(
             Ok(())
         })
         .await?;
+    state.endpoint.broadcast(
+        &room_member_topic(room_id, target),
+        "removed",
+        crate::Payload::empty(),
+    );
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -207,7 +200,7 @@ pub async fn messages(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> ApiResult {
-    let user = authenticate(&state.store, &req).await?;
+    let user = authenticate(&state, &req).await?;
     let room_id = path_id(&id)?;
     let (before, limit) = paging(&req, 50)?;
     let (items, more) = state

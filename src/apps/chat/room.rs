@@ -1,8 +1,8 @@
 //! `channel:<id>` (a room) and `thread:<id>` (a message's replies).
 
-use super::rest::readable;
 use super::{
-    access, history, mention_count, mentioned, message, reactions_json, thread, unread_count,
+    access, history, membership, mention_count, mentioned, message, reactions_json, readable,
+    room_member_topic, thread, unread_count,
 };
 use crate::apps::accounts::User;
 use crate::apps::{current_user, AppState};
@@ -128,7 +128,7 @@ impl RoomChannel {
         }
     }
 
-    /// Runs a write for this room and user, then broadcasts what it produced.
+    /// Runs a write for this room by a current member, then broadcasts what it produced.
     async fn write<F>(&self, f: F) -> Reply
     where
         F: FnOnce(&mut DbConnection, &User, i64, &mut Fanout) -> Result<Value, StoreError>
@@ -140,6 +140,7 @@ impl RoomChannel {
             .state
             .store
             .write(move |c| {
+                membership(c, room, &user)?;
                 let mut out = Fanout::default();
                 let v = f(c, &user, room, &mut out)?;
                 Ok((v, out))
@@ -150,11 +151,7 @@ impl RoomChannel {
                 out.send(&self.state);
                 Reply::ok(v)
             }
-            Err(StoreError::App(e)) => Reply::error(reason(e.to_string())),
-            Err(e) => {
-                log::error!("chat room {}: {e}", self.room_id);
-                Reply::error(reason("internal error"))
-            }
+            Err(e) => store_error(self.room_id, e),
         }
     }
 
@@ -332,9 +329,6 @@ impl RoomChannel {
         self.write(move |c, user, room_id, out| {
             own_message(c, id, room_id)?;
             let a = access(c, room_id, user.id)?.ok_or(crate::apps::api::ApiError::NotFound)?;
-            if a.member.is_none() {
-                return Err(crate::apps::api::ApiError::invalid("membership", "only members keep a read position").into());
-            }
             let last = a.last_read_id.max(id);
             diesel::update(
                 room_members::table
@@ -357,6 +351,17 @@ impl RoomChannel {
             Ok(json!({"last_read_id": last, "unread_count": count, "mentions": mention_count(c, user.id)?}))
         })
         .await
+    }
+}
+
+/// The error reply for a failed read or write: the app's own reason, or "internal error".
+fn store_error(room_id: i64, e: StoreError) -> Reply {
+    match e {
+        StoreError::App(e) => Reply::error(reason(e.to_string())),
+        e => {
+            log::error!("chat room {room_id}: {e}");
+            Reply::error(reason("internal error"))
+        }
     }
 }
 
@@ -418,6 +423,7 @@ impl Channel for RoomChannel {
             })
             .await
             .map_err(|_| unauthorized())?;
+        ctx.stop_on(&room_member_topic(room_id, user.id));
         self.user = Some(user);
         self.room_id = room_id;
         ctx.send_self(AfterJoin);
@@ -465,21 +471,30 @@ impl Channel for RoomChannel {
                         None => return Reply::error(reason("limit must be between 1 and 100")),
                     },
                 };
-                let room = self.room_id;
+                let (room, user) = (self.room_id, self.user().clone());
                 match self
                     .state
                     .store
-                    .run(move |c| history(c, room, before, limit))
+                    .run(move |c| {
+                        readable(c, room, &user)?;
+                        history(c, room, before, limit)
+                    })
                     .await
                 {
                     Ok(m) => Reply::ok(json!({ "messages": m })),
-                    Err(e) => {
-                        log::error!("chat history: {e}");
-                        Reply::error(reason("internal error"))
-                    }
+                    Err(e) => store_error(self.room_id, e),
                 }
             }
             "typing_start" => {
+                let (room, user) = (self.room_id, self.user().clone());
+                let member = self
+                    .state
+                    .store
+                    .run(move |c| membership(c, room, &user))
+                    .await;
+                if let Err(e) = member {
+                    return store_error(self.room_id, e);
+                }
                 if let Some(t) = self.typing.take() {
                     t.abort();
                 } else {
@@ -533,7 +548,9 @@ impl Channel for ThreadChannel {
     ) -> Result<Payload, Payload> {
         let user = current_user(ctx).ok_or_else(unauthorized)?;
         let parent = topic_id(topic, "thread:").ok_or_else(unauthorized)?;
-        self.state
+        let user_id = user.id;
+        let (room, reply) = self
+            .state
             .store
             .run(move |c| {
                 let room = messages::table
@@ -542,11 +559,12 @@ impl Channel for ThreadChannel {
                     .select(messages::room_id)
                     .first::<i64>(c)?;
                 readable(c, room, &user)?;
-                Ok(json!({ "messages": thread(c, parent)? }))
+                Ok((room, json!({ "messages": thread(c, parent)? })))
             })
             .await
-            .map(Payload::Json)
-            .map_err(|_| unauthorized())
+            .map_err(|_| unauthorized())?;
+        ctx.stop_on(&room_member_topic(room, user_id));
+        Ok(Payload::Json(reply))
     }
 
     async fn handle_in(&mut self, event: &str, _: Payload, _: &mut ChannelContext) -> Reply {

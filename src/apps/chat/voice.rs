@@ -3,8 +3,8 @@
 //! Each member's channel also listens on its own `voice:<id>:user:<user id>` topic, so an
 //! offer, answer or ICE candidate reaches only the sockets of the user it is addressed to.
 
-use super::rest::readable;
 use super::room::topic_id;
+use super::{readable, room_member_topic};
 use crate::apps::accounts::User;
 use crate::apps::{current_user, AppState};
 use crate::{async_trait, Channel, ChannelContext, Flow, Info, Payload, Reply, StopReason};
@@ -59,6 +59,7 @@ impl Channel for VoiceChannel {
             .run(move |c| readable(c, room_id, &u).map(|_| ()))
             .await
             .map_err(|_| reason("unauthorized"))?;
+        ctx.stop_on(&room_member_topic(room_id, user.id));
         self.user = Some(user);
         self.room_id = room_id;
         ctx.subscribe(&self.inbox(self.me()));
@@ -92,6 +93,17 @@ impl Channel for VoiceChannel {
         let Payload::Json(Value::Object(mut p)) = payload else {
             return Reply::error(reason("payload must be a JSON object"));
         };
+        // Access is checked on every push, not only at join.
+        let (room, user) = (self.room_id, self.user.clone().expect("joined"));
+        if let Err(e) = self
+            .state
+            .store
+            .run(move |c| readable(c, room, &user))
+            .await
+        {
+            log::info!("voice:{room}: push refused: {e}");
+            return Reply::error(reason("unauthorized"));
+        }
         if SIGNALS.contains(&event) {
             let Some(to) = p.get("to").and_then(Value::as_i64) else {
                 return Reply::error(reason("to must be a user id"));

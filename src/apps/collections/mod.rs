@@ -6,8 +6,14 @@
 //! lets a client that reconnects with `{"since": S}` get exactly what it missed. Writes to one
 //! collection are also serialized in this process, so their `change` broadcasts go out in
 //! sequence order.
+//!
+//! [`rules`] decide who may list, view, create, update and delete records; each record keeps
+//! its creator for the `owner` rule.
 
-use crate::apps::api::{authenticate, object_body, ApiError, ApiResult};
+pub mod rules;
+
+use crate::apps::accounts::User;
+use crate::apps::api::{object_body, optional_user, ApiError, ApiResult};
 use crate::apps::{current_user, AppState};
 use crate::store::schema::{collection_changes, collection_records, collection_seqs};
 use crate::store::{iso, now_ms, DbConnection, StoreError};
@@ -16,6 +22,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use rand::Rng;
+use rules::{Decision, Rule, RuleBook};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
@@ -26,8 +33,8 @@ pub struct CollectionsConfig {
     pub log_size: i64,
     /// Largest collection a join answers with in full.
     pub join_limit: i64,
-    /// Collections whose reads and joins need a valid token too.
-    pub private: Vec<String>,
+    /// Who may do what, per collection.
+    pub rules: RuleBook,
 }
 
 impl Default for CollectionsConfig {
@@ -35,7 +42,7 @@ impl Default for CollectionsConfig {
         CollectionsConfig {
             log_size: 10_000,
             join_limit: 10_000,
-            private: Vec::new(),
+            rules: RuleBook::default(),
         }
     }
 }
@@ -84,17 +91,38 @@ fn new_id() -> String {
 
 type RecordRow = (String, String, i64, i64);
 
-fn find(c: &mut DbConnection, name: &str, id: &str) -> Result<RecordRow, StoreError> {
+const RECORD_COLUMNS: (
+    collection_records::id,
+    collection_records::data,
+    collection_records::created,
+    collection_records::updated,
+) = (
+    collection_records::id,
+    collection_records::data,
+    collection_records::created,
+    collection_records::updated,
+);
+
+/// A record and its creator.
+fn find(
+    c: &mut DbConnection,
+    name: &str,
+    id: &str,
+) -> Result<(RecordRow, Option<i64>), StoreError> {
     Ok(collection_records::table
         .filter(collection_records::collection.eq(name))
         .filter(collection_records::id.eq(id))
-        .select((
-            collection_records::id,
-            collection_records::data,
-            collection_records::created,
-            collection_records::updated,
-        ))
-        .first::<RecordRow>(c)?)
+        .select((RECORD_COLUMNS, collection_records::owner))
+        .first::<(RecordRow, Option<i64>)>(c)?)
+}
+
+/// A rule's decision as the REST API answers it.
+fn check(decision: Decision) -> Result<(), ApiError> {
+    match decision {
+        Decision::Allowed => Ok(()),
+        Decision::SignIn => Err(ApiError::Unauthorized),
+        Decision::Forbidden => Err(ApiError::Forbidden),
+    }
 }
 
 /// Takes the collection's next sequence number. The row lock (PostgreSQL) or the write lock
@@ -119,22 +147,47 @@ fn next_seq(c: &mut DbConnection, name: &str) -> Result<i64, StoreError> {
         .get_result::<i64>(c)?)
 }
 
-/// Applies a write, logs it and trims the log; returns the `change` payload
-/// `{"action", "record", "seq"}`. Run it inside a transaction ([`crate::store::Store::write`]):
-/// the sequence number is taken, used and logged in the same one.
+/// Who writes, and under which rule (the one for the write's action).
+pub struct Writer<'a> {
+    pub user: Option<&'a User>,
+    pub rule: Rule,
+}
+
+/// A committed write: the `change` payload `{"action", "record", "seq"}` and the record's
+/// creator.
+pub struct Change {
+    pub payload: Value,
+    pub owner: Option<i64>,
+}
+
+/// Applies a write if the writer's rule allows it, logs it and trims the log. Run it inside a
+/// transaction ([`crate::store::Store::write`]): the sequence number is taken, used and logged
+/// in the same one, and a refusal rolls it all back.
 pub fn apply(
     c: &mut DbConnection,
     name: &str,
     write: Write,
     log_size: i64,
-) -> Result<Value, StoreError> {
+    writer: &Writer<'_>,
+) -> Result<Change, StoreError> {
     {
+        let existing = match &write {
+            Write::Create(_) => None,
+            Write::Update(id, _) | Write::Delete(id) => Some(find(c, name, id)?),
+        };
+        check(
+            writer
+                .rule
+                .decide(writer.user, existing.as_ref().map(|(_, o)| *o)),
+        )?;
         let seq = next_seq(c, name)?;
         let now = now_ms();
+        let mut owner = existing.as_ref().and_then(|(_, o)| *o);
         let (action, record) = match write {
             Write::Create(fields) => {
                 let id = new_id();
                 let data = Value::Object(client_fields(fields)).to_string();
+                owner = writer.user.map(|u| u.id);
                 diesel::insert_into(collection_records::table)
                     .values((
                         collection_records::collection.eq(name),
@@ -142,12 +195,13 @@ pub fn apply(
                         collection_records::data.eq(&data),
                         collection_records::created.eq(now),
                         collection_records::updated.eq(now),
+                        collection_records::owner.eq(owner),
                     ))
                     .execute(c)?;
                 ("create", render(&id, &data, now, now))
             }
             Write::Update(id, fields) => {
-                let (_, data, created, _) = find(c, name, &id)?;
+                let ((_, data, created, _), _) = existing.expect("found above");
                 let mut merged: Map<String, Value> =
                     serde_json::from_str(&data).unwrap_or_default();
                 merged.extend(client_fields(fields));
@@ -165,7 +219,7 @@ pub fn apply(
                 ("update", render(&id, &data, created, now))
             }
             Write::Delete(id) => {
-                let (_, data, created, updated) = find(c, name, &id)?;
+                let ((_, data, created, updated), _) = existing.expect("found above");
                 diesel::delete(
                     collection_records::table
                         .filter(collection_records::collection.eq(name))
@@ -181,6 +235,7 @@ pub fn apply(
                 collection_changes::seq.eq(seq),
                 collection_changes::action.eq(action),
                 collection_changes::record.eq(record.to_string()),
+                collection_changes::owner.eq(owner),
             ))
             .execute(c)?;
         diesel::delete(
@@ -189,7 +244,10 @@ pub fn apply(
                 .filter(collection_changes::seq.le(seq - log_size)),
         )
         .execute(c)?;
-        Ok(json!({"action": action, "record": record, "seq": seq}))
+        Ok(Change {
+            payload: json!({"action": action, "record": record, "seq": seq}),
+            owner,
+        })
     }
 }
 
@@ -209,12 +267,14 @@ pub enum Snapshot {
 }
 
 /// Reads the collection in one consistent snapshot: the records (oldest first) or the changes
-/// after `since`, with the sequence number they are current to.
+/// after `since`, with the sequence number they are current to; with `only_owner`, only that
+/// user's records and changes.
 pub fn snapshot(
     c: &mut DbConnection,
     name: &str,
     since: Option<i64>,
     limit: i64,
+    only_owner: Option<i64>,
 ) -> Result<Snapshot, StoreError> {
     c.transaction(|c| {
         if let DbConnection::Postgres(pg) = c {
@@ -232,35 +292,36 @@ pub fn snapshot(
                 .filter(collection_changes::collection.eq(name))
                 .filter(collection_changes::seq.gt(since))
                 .order(collection_changes::seq)
-                .select((collection_changes::seq, collection_changes::action, collection_changes::record))
-                .load::<(i64, String, String)>(c)?;
+                .select((collection_changes::seq, collection_changes::action, collection_changes::record, collection_changes::owner))
+                .load::<(i64, String, String, Option<i64>)>(c)?;
             // Served only if the log still holds every change after `since`.
             if changes.len() as i64 == seq - since {
                 let changes = changes
                     .into_iter()
-                    .map(|(s, action, record)| {
+                    .filter(|(.., owner)| only_owner.is_none() || *owner == only_owner)
+                    .map(|(s, action, record, _)| {
                         json!({"action": action, "record": serde_json::from_str::<Value>(&record).unwrap_or_default(), "seq": s})
                     })
                     .collect();
                 return Ok(Snapshot::Changes { changes, seq });
             }
         }
-        let total = collection_records::table
-            .filter(collection_records::collection.eq(name))
-            .count()
-            .get_result::<i64>(c)?;
+        let records = || {
+            let mut q = collection_records::table
+                .filter(collection_records::collection.eq(name))
+                .into_boxed();
+            if let Some(o) = only_owner {
+                q = q.filter(collection_records::owner.eq(o));
+            }
+            q
+        };
+        let total = records().count().get_result::<i64>(c)?;
         if total > limit {
             return Ok(Snapshot::TooLarge(total));
         }
-        let items = collection_records::table
-            .filter(collection_records::collection.eq(name))
+        let items = records()
             .order((collection_records::created, collection_records::id))
-            .select((
-                collection_records::id,
-                collection_records::data,
-                collection_records::created,
-                collection_records::updated,
-            ))
+            .select(RECORD_COLUMNS)
             .load::<RecordRow>(c)?
             .iter()
             .map(|(id, data, cr, up)| render(id, data, *cr, *up))
@@ -277,16 +338,39 @@ impl AppState {
             .clone()
     }
 
-    /// Writes, then broadcasts the change: one writer per collection at a time in this
-    /// process, so broadcasts leave in sequence order.
-    pub async fn write_collection(&self, name: &str, write: Write) -> Result<Value, ApiError> {
+    /// Writes if `user` may, then broadcasts the change: one writer per collection at a time
+    /// in this process, so broadcasts leave in sequence order. The broadcast also carries the
+    /// record's `owner`, which [`CollectionChannel`] uses and takes out before pushing.
+    pub async fn write_collection(
+        &self,
+        name: &str,
+        write: Write,
+        user: Option<User>,
+    ) -> Result<Value, ApiError> {
+        let rules = self.collections.rules.of(name);
+        let rule = match write {
+            Write::Create(_) => rules.create,
+            Write::Update(..) => rules.update,
+            Write::Delete(_) => rules.delete,
+        };
         let lock = self.collection_lock(name);
         let _order = lock.lock().await;
         let (n, log) = (name.to_owned(), self.collections.log_size);
-        let change = self.store.write(move |c| apply(c, &n, write, log)).await?;
+        let change = self
+            .store
+            .write(move |c| {
+                let writer = Writer {
+                    user: user.as_ref(),
+                    rule,
+                };
+                apply(c, &n, write, log, &writer)
+            })
+            .await?;
+        let mut event = change.payload.clone();
+        event[OWNER_KEY] = json!(change.owner);
         self.endpoint
-            .broadcast(&format!("collection:{name}"), "change", change.clone());
-        Ok(change)
+            .broadcast(&format!("collection:{name}"), "change", event);
+        Ok(change.payload)
     }
 }
 
@@ -298,12 +382,15 @@ fn checked_name(name: &str) -> ApiResult<&str> {
     }
 }
 
-/// Reads are open unless the collection is configured private.
-async fn may_read(state: &AppState, req: &HttpRequest, name: &str) -> ApiResult<()> {
-    if state.collections.private.iter().any(|p| p == name) {
-        authenticate(&state.store, req).await?;
-    }
-    Ok(())
+/// The key of a `change` broadcast that names the record's creator, for the channels to
+/// filter on; never sent to clients.
+const OWNER_KEY: &str = "owner";
+
+/// The caller, and whether `rule` lets them read (anonymous callers are asked to sign in).
+async fn reader(state: &AppState, req: &HttpRequest, rule: Rule) -> ApiResult<Option<User>> {
+    let user = optional_user(state, req).await?;
+    check(rule.decide(user.as_ref(), None))?;
+    Ok(user)
 }
 
 /// `GET /api/collections/:name/records?page=&perPage=&sort=`
@@ -313,7 +400,8 @@ pub async fn list(
     path: web::Path<String>,
 ) -> ApiResult {
     let name = checked_name(&path)?.to_owned();
-    may_read(&state, &req, &name).await?;
+    let rule = state.collections.rules.of(&name).list;
+    let only_owner = rule.only_owner(reader(&state, &req, rule).await?.as_ref());
     let params = crate::endpoint::Params::parse(req.query_string());
     let int = |key: &str, default: i64| -> ApiResult<i64> {
         match params.get(key) {
@@ -345,15 +433,15 @@ pub async fn list(
     let (total, items) = state
         .store
         .run(move |c| {
-            let rows = collection_records::table
+            let mut q = collection_records::table
                 .filter(collection_records::collection.eq(&name))
+                .into_boxed();
+            if let Some(o) = only_owner {
+                q = q.filter(collection_records::owner.eq(o));
+            }
+            let rows = q
                 .order((collection_records::created, collection_records::id))
-                .select((
-                    collection_records::id,
-                    collection_records::data,
-                    collection_records::created,
-                    collection_records::updated,
-                ))
+                .select(RECORD_COLUMNS)
                 .load::<RecordRow>(c)?;
             let mut items: Vec<Value> = rows
                 .iter()
@@ -416,8 +504,10 @@ pub async fn show(
 ) -> ApiResult {
     let (name, id) = path.into_inner();
     checked_name(&name)?;
-    may_read(&state, &req, &name).await?;
-    let (id, data, cr, up) = state.store.run(move |c| find(c, &name, &id)).await?;
+    let rule = state.collections.rules.of(&name).view;
+    let user = reader(&state, &req, rule).await?;
+    let ((id, data, cr, up), owner) = state.store.run(move |c| find(c, &name, &id)).await?;
+    check(rule.decide(user.as_ref(), Some(owner)))?;
     Ok(HttpResponse::Ok().json(render(&id, &data, cr, up)))
 }
 
@@ -429,9 +519,11 @@ pub async fn create(
     body: web::Bytes,
 ) -> ApiResult {
     let name = checked_name(&path)?.to_owned();
-    authenticate(&state.store, &req).await?;
+    let user = optional_user(&state, &req).await?;
     let fields = object_body(&body)?;
-    let change = state.write_collection(&name, Write::Create(fields)).await?;
+    let change = state
+        .write_collection(&name, Write::Create(fields), user)
+        .await?;
     Ok(HttpResponse::Created().json(&change["record"]))
 }
 
@@ -444,10 +536,10 @@ pub async fn update(
 ) -> ApiResult {
     let (name, id) = path.into_inner();
     checked_name(&name)?;
-    authenticate(&state.store, &req).await?;
+    let user = optional_user(&state, &req).await?;
     let fields = object_body(&body)?;
     let change = state
-        .write_collection(&name, Write::Update(id, fields))
+        .write_collection(&name, Write::Update(id, fields), user)
         .await?;
     Ok(HttpResponse::Ok().json(&change["record"]))
 }
@@ -460,8 +552,10 @@ pub async fn delete(
 ) -> ApiResult {
     let (name, id) = path.into_inner();
     checked_name(&name)?;
-    authenticate(&state.store, &req).await?;
-    state.write_collection(&name, Write::Delete(id)).await?;
+    let user = optional_user(&state, &req).await?;
+    state
+        .write_collection(&name, Write::Delete(id), user)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -472,6 +566,8 @@ pub struct CollectionChannel {
     name: String,
     /// The sequence number the client is current to: older changes are not sent again.
     seq: i64,
+    /// Under an `owner` list rule, the only creator whose records this client sees.
+    only_owner: Option<i64>,
 }
 
 impl CollectionChannel {
@@ -480,14 +576,16 @@ impl CollectionChannel {
             state,
             name: String::new(),
             seq: 0,
+            only_owner: None,
         }
     }
 
     async fn read(&self, since: Option<i64>) -> Result<Snapshot, Payload> {
         let (name, limit) = (self.name.clone(), self.state.collections.join_limit);
+        let only_owner = self.only_owner;
         self.state
             .store
-            .run(move |c| snapshot(c, &name, since, limit))
+            .run(move |c| snapshot(c, &name, since, limit, only_owner))
             .await
             .map_err(|e| {
                 log::error!("collection {}: {e}", self.name);
@@ -534,10 +632,12 @@ impl Channel for CollectionChannel {
             return Err(reason("invalid collection name"));
         }
         self.name = name.to_owned();
-        let private = self.state.collections.private.iter().any(|p| p == name);
-        if private && current_user(ctx).is_none() {
+        let rule = self.state.collections.rules.of(name).list;
+        let user = current_user(ctx);
+        if rule.decide(user.as_ref(), None) != Decision::Allowed {
             return Err(reason("unauthorized"));
         }
+        self.only_owner = rule.only_owner(user.as_ref());
         let since = match params.json().and_then(|p| p.get("since")) {
             None | Some(Value::Null) => None,
             Some(v) => Some(
@@ -557,14 +657,22 @@ impl Channel for CollectionChannel {
     }
 
     fn handle_out(&mut self, event: &str, payload: &Payload, ctx: &mut ChannelContext) -> Flow {
+        let Some(Value::Object(change)) = payload.json() else {
+            return Flow::Continue;
+        };
         // Changes the join reply (or a reload) already covered are not sent again.
-        let seq = payload
-            .json()
-            .and_then(|p| p["seq"].as_i64())
+        let seq = change
+            .get("seq")
+            .and_then(Value::as_i64)
             .unwrap_or(i64::MAX);
         if event != "change" || seq > self.seq {
             self.seq = self.seq.max(seq.min(i64::MAX - 1));
-            ctx.push(event, payload.clone());
+            let owner = change.get(OWNER_KEY).and_then(Value::as_i64);
+            if self.only_owner.is_none() || owner == self.only_owner {
+                let mut change = change.clone();
+                change.remove(OWNER_KEY);
+                ctx.push(event, Value::Object(change));
+            }
         }
         Flow::Continue
     }

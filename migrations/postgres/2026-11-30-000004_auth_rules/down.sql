@@ -1,0 +1,5 @@
+DROP INDEX users_external_id;
+ALTER TABLE users DROP COLUMN external_id;
+ALTER TABLE users DROP COLUMN admin;
+ALTER TABLE collection_records DROP COLUMN owner;
+ALTER TABLE collection_changes DROP COLUMN owner;

@@ -1,0 +1,270 @@
+//! Signing in with tokens minted elsewhere, on SQLite and PostgreSQL: the real Phoenix.Tokens of
+//! `shared/protocol/phoenix-token.md` (minted by Phoenix 1.7.24), tokens Fawkes mints, and
+//! HS256 / RS256 JWTs, over WebSocket, LongPoll and REST. A refused token is refused as an
+//! unknown API token is: 403 on connect, 401 on REST.
+
+mod support;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use fawkes::apps::accounts::NewUser;
+use fawkes::auth::{JwtConfig, JwtVerifier, PhoenixTokens, Subject, Verifiers};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use protocol_tests::client::{longpoll, Client};
+use protocol_tests::matcher::Vars;
+use serde_json::{json, Value};
+use support::App;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+const SKB: &str = "conformance-fixture-secret-key-base-0123456789abcdef0123456789abcdef0123456789";
+/// `sign(endpoint, "user socket", 42, max_age: 315_360_000)` on 2026-11-30.
+const LONG_INT: &str =
+    "SFMyNTY.g2gDYSpuBgBUtGAqogFiEswDAA.TS4P5MssDWBclqvPQr0yU82hGumSUJDsJ6_p4rKk7IQ";
+/// The same with data "user-42".
+const LONG_STR: &str =
+    "SFMyNTY.g2gDbQAAAAd1c2VyLTQybgYAVbRgKqIBYhLMAwA.4dUYTnu1FhgzlXh6qBbQrb00LSpjCCrHdvWBKXQrW4w";
+/// Data `%{"user_id" => 42}`: valid, but names no user.
+const MAP_DATA: &str = "SFMyNTY.g2gDdAAAAAFtAAAAB3VzZXJfaWRhKm4GAFa0YCqiAWISzAMA.SHKRrgdv3QpUv0aP3H9b-Zqg5e7xdSaqZ1PcKFa1O-I";
+/// Salt "other salt".
+const OTHER_SALT: &str =
+    "SFMyNTY.g2gDYSpuBgBVtGAqogFiEswDAA.weoquzMd1bopBhiEK3hV3Sf8PCirCHCJdJP0yEscJLE";
+/// Signed in 2023 with the default max age of a day.
+const EXPIRED: &str =
+    "SFMyNTY.g2gDYSpuBgAAaOXPiwFiAAFRgA.oZadrq1kuFls1GcnkmSDhW3Y_2PLNLdiIb9suL1Ssz8";
+
+const JWT_SECRET: &[u8] = b"seed-002-hs256-secret";
+const RS_PRIVATE: &[u8] = include_bytes!("../../tests/data/jwt_rs256_private.pem");
+const RS_PUBLIC: &[u8] = include_bytes!("../../tests/data/jwt_rs256_public.pem");
+const OTHER_PRIVATE: &[u8] = include_bytes!("../../tests/data/jwt_other_private.pem");
+
+fn start(backend: &str) -> App {
+    support::start_app_configured(backend, |state| {
+        state.auth = Verifiers {
+            phoenix: Some(PhoenixTokens::new(SKB, "user socket", None)),
+            jwt: Some(
+                JwtVerifier::new(JwtConfig {
+                    hs256_secret: Some(JWT_SECRET.to_vec()),
+                    rs256_public_key: Some(RS_PUBLIC.to_vec()),
+                    leeway: 30,
+                    issuer: None,
+                    audience: None,
+                })
+                .unwrap(),
+            ),
+        }
+    })
+}
+
+fn now_s() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn hs256(claims: Value, secret: &[u8]) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn rs256(claims: Value, private: &[u8]) -> String {
+    let key = EncodingKey::from_rsa_pem(private).unwrap();
+    encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap()
+}
+
+fn unsigned(claims: &Value) -> String {
+    let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(claims)
+    )
+}
+
+/// Whom each transport signs in with `token`: the user id from `/api/me` (REST), a join of
+/// that user's own `user:<id>` topic (WebSocket), a LongPoll session; `None` where refused
+/// with exactly 401 / 403.
+async fn signed_in_as(app: &App, token: &str, expect: Option<i64>) {
+    let (status, me) = app.api("GET", "/api/me", Some(token), None).await;
+    match expect {
+        Some(id) => assert_eq!(
+            (status, me["id"].as_i64()),
+            (200, Some(id)),
+            "REST with {token}: {me}"
+        ),
+        None => assert_eq!(
+            (status, me),
+            (401, json!({"errors": {"detail": "Unauthorized"}})),
+            "REST with {token}"
+        ),
+    }
+
+    let url = format!("ws://{}/socket", app.server.addr);
+    let ws = Client::connect("ws", &url, &format!("token={token}&vsn=2.0.0")).await;
+    match expect {
+        Some(id) => {
+            let mut c = ws.unwrap_or_else(|e| panic!("WebSocket refused {token}: {e}"));
+            c.send(&format!(r#"["1","1","user:{id}","phx_join",{{}}]"#))
+                .await
+                .unwrap();
+            let reply = c.recv().await.unwrap();
+            let text = format!("{reply:?}");
+            assert!(
+                text.contains(r#"\"status\":\"ok\""#) && text.contains(&format!("user:{id}")),
+                "{text}"
+            );
+        }
+        None => {
+            let err = ws
+                .err()
+                .unwrap_or_else(|| panic!("WebSocket accepted {token}"));
+            assert!(err.to_string().contains("403"), "{err}");
+        }
+    }
+
+    let t = protocol_tests::Target::new(&url);
+    let (_, _, body) = longpoll(&t, "GET", &format!("token={token}&vsn=2.0.0"), &[], "")
+        .await
+        .unwrap();
+    let want = if expect.is_some() { 410 } else { 403 };
+    assert_eq!(body["status"], want, "LongPoll with {token}: {body}");
+}
+
+fn phoenix_tokens_sign_users_in(backend: &str) {
+    let app = start(backend);
+    let (bob, _) = app.new_user(NewUser {
+        name: "bob".into(),
+        external_id: Some("42".into()),
+        ..Default::default()
+    });
+    let (alice, _) = app.new_user(NewUser {
+        name: "alice".into(),
+        external_id: Some("user-42".into()),
+        ..Default::default()
+    });
+    let (carol, _) = app.user("carol", false);
+    rt().block_on(async {
+        // Real tokens from Phoenix: integer and string data name users by external id.
+        signed_in_as(&app, LONG_INT, Some(bob)).await;
+        signed_in_as(&app, LONG_STR, Some(alice)).await;
+        for bad in [
+            MAP_DATA,
+            OTHER_SALT,
+            EXPIRED,
+            &LONG_INT.replace(".TS4", ".TS5"),
+            "SFMyNTY.garbage.x",
+        ] {
+            signed_in_as(&app, bad, None).await;
+        }
+        // A token Fawkes mints for a user without an external id names them by id.
+        let minted = PhoenixTokens::new(SKB, "user socket", None).sign(
+            &Subject::Int(carol),
+            chrono::Utc::now().timestamp_millis(),
+            60,
+        );
+        signed_in_as(&app, &minted, Some(carol)).await;
+        let stranger = PhoenixTokens::new(SKB, "user socket", None).sign(
+            &Subject::Str("nobody".into()),
+            chrono::Utc::now().timestamp_millis(),
+            60,
+        );
+        signed_in_as(&app, &stranger, None).await;
+
+        // The socket id is the one a Phoenix app gives user sockets: its disconnect applies.
+        let url = format!("ws://{}/socket", app.server.addr);
+        let mut c = Client::connect("bob", &url, &format!("token={LONG_INT}&vsn=2.0.0"))
+            .await
+            .unwrap();
+        c.send(r#"["1","1","phoenix","heartbeat",{}]"#)
+            .await
+            .unwrap();
+        c.expect(
+            r#"[null,"1","phoenix","phx_reply",{"response":{},"status":"ok"}]"#,
+            &mut Vars::new(),
+        )
+        .await
+        .unwrap();
+        app.server.endpoint.disconnect("users_socket:42");
+        c.expect_close(1001).await.unwrap();
+    });
+}
+
+fn jwts_sign_users_in(backend: &str) {
+    let app = start(backend);
+    let (dave, _) = app.new_user(NewUser {
+        name: "dave".into(),
+        external_id: Some("auth0|dave".into()),
+        ..Default::default()
+    });
+    let (erin, _) = app.user("erin", false);
+    rt().block_on(async {
+        let exp = now_s() + 600;
+        signed_in_as(
+            &app,
+            &hs256(json!({"sub": "auth0|dave", "exp": exp}), JWT_SECRET),
+            Some(dave),
+        )
+        .await;
+        signed_in_as(
+            &app,
+            &rs256(json!({"sub": "auth0|dave", "exp": exp}), RS_PRIVATE),
+            Some(dave),
+        )
+        .await;
+        // A sub of digits (string or number) with no external id is the user's id.
+        signed_in_as(
+            &app,
+            &rs256(json!({"sub": erin.to_string(), "exp": exp}), RS_PRIVATE),
+            Some(erin),
+        )
+        .await;
+        signed_in_as(
+            &app,
+            &hs256(json!({"sub": erin, "exp": exp}), JWT_SECRET),
+            Some(erin),
+        )
+        .await;
+
+        let claims = json!({"sub": "auth0|dave", "exp": exp});
+        for (why, bad) in [
+            (
+                "expired past the leeway",
+                hs256(
+                    json!({"sub": "auth0|dave", "exp": now_s() - 120}),
+                    JWT_SECRET,
+                ),
+            ),
+            ("no exp", hs256(json!({"sub": "auth0|dave"}), JWT_SECRET)),
+            (
+                "wrong HS256 secret",
+                hs256(claims.clone(), b"not-the-secret"),
+            ),
+            ("wrong RSA key", rs256(claims.clone(), OTHER_PRIVATE)),
+            ("alg none", unsigned(&claims)),
+            (
+                "HS256 keyed with the RS256 public key",
+                hs256(claims.clone(), RS_PUBLIC),
+            ),
+            (
+                "unknown subject",
+                hs256(json!({"sub": "auth0|nobody", "exp": exp}), JWT_SECRET),
+            ),
+        ] {
+            println!("refusing a JWT: {why}");
+            signed_in_as(&app, &bad, None).await;
+        }
+    });
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),*) => {
+        mod sqlite { $(#[test] fn $name() { super::$name("sqlite") })* }
+        mod postgres { $(#[test] fn $name() { super::$name("postgres") })* }
+    };
+}
+
+on_both_backends!(phoenix_tokens_sign_users_in, jwts_sign_users_in);
