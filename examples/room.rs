@@ -53,7 +53,7 @@ async fn main() -> std::io::Result<()> {
                     id: Some(format!("user_socket:{t}")),
                     ..Connected::default()
                 }),
-                _ => Err(Refused("no token".into())),
+                _ => Err(Refused::new("no token")),
             }
         });
     let server = Server::new(Endpoint::new(Config::default()))

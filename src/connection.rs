@@ -15,7 +15,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-/// Close codes the server uses, and what makes phoenix.js come back (anything but 1000).
+/// Close codes the server uses, and what makes phoenix.js come back (anything but 1000). Every
+/// close frame the server sends has an empty reason, as Phoenix's do; the reason goes to the
+/// log.
 pub mod close_code {
     /// Forced disconnect (socket id) and server shutdown: clients reconnect.
     pub const GOING_AWAY: u16 = 1001;
@@ -164,7 +166,7 @@ impl Connection {
         s.frames.clear();
         s.held.clear();
         s.mail.clear();
-        self.begin_close(s, close_code::OVERLOADED, "outbound queue full");
+        self.begin_close(s, close_code::OVERLOADED, "");
         if let Some(w) = s.task.take() {
             w.wake();
         }
@@ -421,10 +423,7 @@ mod tests {
         for _ in 0..3 {
             c.push(Bytes::from_static(b"x"));
         }
-        assert_eq!(
-            poll(&c),
-            Poll::Ready(Some(frame::close(1013, "outbound queue full")))
-        );
+        assert_eq!(poll(&c), Poll::Ready(Some(frame::close(1013, ""))));
         assert_eq!(poll(&c), Poll::Ready(None));
         let w = noop_waker();
         assert!(matches!(

@@ -62,9 +62,32 @@ pub struct Connected {
     pub id: Option<String>,
 }
 
-/// A refused connect: HTTP 403 on WebSocket, `{"status":403}` on LongPoll. The reason is logged.
+/// A refused connect. The reason is logged, never sent.
 #[derive(Debug, Clone)]
-pub struct Refused(pub String);
+pub struct Refused {
+    pub reason: String,
+    /// What the client is told: 403 (HTTP 403 on WebSocket, `{"status":403}` on LongPoll) when
+    /// it may not connect; 500 when the server could not decide (a database error, say).
+    pub status: u16,
+}
+
+impl Refused {
+    /// The client may not connect (403).
+    pub fn new(reason: impl Into<String>) -> Refused {
+        Refused {
+            reason: reason.into(),
+            status: 403,
+        }
+    }
+
+    /// The server failed to decide (500); logged as an error.
+    pub fn internal(reason: impl Into<String>) -> Refused {
+        Refused {
+            reason: reason.into(),
+            status: 500,
+        }
+    }
+}
 
 type ConnectFn =
     Arc<dyn Fn(ConnectInfo) -> LocalBoxFuture<'static, Result<Connected, Refused>> + Send + Sync>;

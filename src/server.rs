@@ -178,9 +178,13 @@ pub struct StopHandle {
 }
 
 impl StopHandle {
+    /// Stops accepting, then closes every socket with 1001 (clients reconnect, to another
+    /// node), waits for them within the grace period, then stops the workers.
     pub async fn stop(&self) {
+        // First, so that clients told to go away cannot come straight back to this node.
+        self.server.pause().await;
         log::info!(
-            "shutting down: closing {} connections with 1001",
+            "shutting down: no longer accepting; closing {} connections with 1001",
             self.endpoint.connection_count()
         );
         self.endpoint.shutdown_connections();

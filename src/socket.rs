@@ -61,14 +61,26 @@ async fn guarded<T>(
 ) -> Result<T, String> {
     let fut = Origin { conn, fut };
     AssertUnwindSafe(fut).catch_unwind().await.map_err(|p| {
-        let why = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic".into());
+        let why = panic_message(p.as_ref());
         log::error!("channel {topic}: {what} panicked: {why}");
         why
     })
+}
+
+/// Runs a synchronous app callback, turning a panic into an error (logged).
+fn catch<T>(topic: &str, what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+        let why = panic_message(p.as_ref());
+        log::error!("channel {topic}: {what} panicked: {why}");
+        why
+    })
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 fn empty() -> Payload {
@@ -164,14 +176,29 @@ impl SocketState {
                 s.control(old_ref, &topic, "phx_close", &empty());
             }
         };
-        let Some(mut channel) = self.def.router.route(&topic) else {
-            self.reply(
-                &Value::Null,
-                &ref_,
-                &topic,
-                "error",
-                &reason("unmatched topic"),
-            );
+        // The app's factory runs under the panic guard too: a panic fails this join only.
+        let routed = catch(&topic, "the channel factory", || {
+            self.def.router.route(&topic)
+        });
+        let mut channel = match routed {
+            Ok(Some(channel)) => channel,
+            Ok(None) => {
+                self.reply(
+                    &Value::Null,
+                    &ref_,
+                    &topic,
+                    "error",
+                    &reason("unmatched topic"),
+                );
+                return close_replaced(self);
+            }
+            Err(_) => {
+                self.reply(&join_ref, &ref_, &topic, "error", &reason("join crashed"));
+                return close_replaced(self);
+            }
+        };
+        let Ok(intercepts) = catch(&topic, "intercepts", || channel.intercepts()) else {
+            self.reply(&join_ref, &ref_, &topic, "error", &reason("join crashed"));
             return close_replaced(self);
         };
         let max = self.shared.endpoint.config().limits.max_channels;
@@ -202,7 +229,7 @@ impl SocketState {
             Arc::new(FastlaneSubscriber {
                 conn: conn.clone(),
                 channel: id,
-                intercepts: channel.intercepts(),
+                intercepts,
             }),
         );
         let mut ctx = ChannelContext {
@@ -365,12 +392,8 @@ impl SocketState {
                     let joined = self.channels.get_mut(&topic).expect("joined");
                     let (ev, p) = (&broadcast.event, &broadcast.payload);
                     let conn = joined.ctx.socket.conn.id;
-                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    let r = catch(&topic, "handle_out", || {
                         with_origin(conn, || joined.channel.handle_out(ev, p, &mut joined.ctx))
-                    }))
-                    .map_err(|_| {
-                        log::error!("channel {topic}: handle_out panicked");
-                        "handle_out panicked".to_string()
                     });
                     self.after(&topic, r).await;
                 }

@@ -147,7 +147,7 @@ pub fn socket() -> Socket {
     Socket::new(router).on_connect(|info| async move {
         let token = info.params.get("token").unwrap_or_default().to_owned();
         if token == "bad" {
-            return Err(Refused("token bad".into()));
+            return Err(Refused::new("token bad"));
         }
         Ok(Connected {
             id: Some(format!("users_socket:{token}")),

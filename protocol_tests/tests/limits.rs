@@ -88,7 +88,7 @@ fn a_frame_over_the_limit_closes_that_socket_only() {
         .await
         .unwrap();
         match big.recv().await.unwrap() {
-            Frame::Close(Some(1009), _) => {}
+            Frame::Close(Some(1009), reason) if reason.is_empty() => {}
             other => panic!("expected close 1009, got {other:?}"),
         }
         heartbeat_works(&mut other).await;
@@ -116,7 +116,7 @@ fn garbage_never_takes_the_server_down() {
                 c.send(&String::from_utf8_lossy(&bytes)).await.unwrap();
             }
             match c.recv().await.unwrap() {
-                Frame::Close(Some(1011), _) => {}
+                Frame::Close(Some(1011), reason) if reason.is_empty() => {}
                 other => panic!("round {round}: expected close 1011, got {other:?}"),
             }
         }
@@ -164,7 +164,7 @@ fn a_slow_client_is_closed_and_nobody_else_waits() {
         loop {
             match slow.recv().await.unwrap() {
                 Frame::Text(_) => received += 1,
-                Frame::Close(Some(1013), _) => break,
+                Frame::Close(Some(1013), reason) if reason.is_empty() => break,
                 other => panic!("expected broadcasts then close 1013, got {other:?}"),
             }
         }
@@ -209,7 +209,7 @@ fn auth_token_subprotocol_reaches_connect_and_phoenix_is_echoed() {
     let socket = Socket::new(Router::new()).on_connect(|info| async move {
         match info.auth_token.as_deref() {
             Some("secret") => Ok(Connected::default()),
-            other => Err(Refused(format!("token {other:?}"))),
+            other => Err(Refused::new(format!("token {other:?}"))),
         }
     });
     let server = support::start_with(Config::default(), socket);
@@ -295,6 +295,104 @@ fn shutdown_closes_sockets_with_1001_then_stops() {
             "still accepting"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+    });
+}
+
+/// `slow:*`: a push takes two seconds, holding its socket open through a shutdown's grace.
+struct Slow;
+
+#[async_trait(?Send)]
+impl Channel for Slow {
+    async fn join(
+        &mut self,
+        _: &str,
+        _: Payload,
+        _: &mut ChannelContext,
+    ) -> Result<Payload, Payload> {
+        Ok(Payload::empty())
+    }
+
+    async fn handle_in(&mut self, _: &str, _: Payload, _: &mut ChannelContext) -> Reply {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Reply::ok(Payload::empty())
+    }
+}
+
+#[test]
+fn shutdown_stops_accepting_before_it_closes_sockets() {
+    let socket = Socket::new(Router::new().channel("slow:*", || Slow));
+    let server = support::start_with(Config::default(), socket);
+    rt().block_on(async {
+        let mut busy = Client::connect("busy", &server.url(), V2).await.unwrap();
+        join(&mut busy, "1", "slow:1", "{}").await;
+        let mut idle = Client::connect("idle", &server.url(), V2).await.unwrap();
+        busy.send(r#"["1","2","slow:1","work",{}]"#).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stop = server.stop.clone();
+        std::thread::spawn(move || actix_rt::System::new().block_on(stop.stop()));
+        // The idle socket is told to go at once; the busy one keeps the grace period open.
+        idle.expect_close(1001).await.unwrap();
+        // A client reconnecting now must not get in: this node no longer accepts.
+        let again = tokio::time::timeout(
+            Duration::from_secs(1),
+            Client::connect("again", &server.url(), V2),
+        )
+        .await;
+        assert!(
+            !matches!(again, Ok(Ok(_))),
+            "a dying node accepted a new socket"
+        );
+        // The busy socket's push still gets its reply, then its 1001.
+        busy.expect(
+            r#"["1","2","slow:1","phx_reply",{"response":{},"status":"ok"}]"#,
+            &mut Vars::new(),
+        )
+        .await
+        .unwrap();
+        busy.expect_close(1001).await.unwrap();
+    });
+}
+
+/// Its `intercepts` panics.
+struct BadIntercepts;
+
+#[async_trait(?Send)]
+impl Channel for BadIntercepts {
+    async fn join(
+        &mut self,
+        _: &str,
+        _: Payload,
+        _: &mut ChannelContext,
+    ) -> Result<Payload, Payload> {
+        Ok(Payload::empty())
+    }
+
+    fn intercepts(&self) -> &'static [&'static str] {
+        panic!("intercepts panic")
+    }
+}
+
+#[test]
+fn a_panicking_factory_or_intercepts_fails_only_that_join() {
+    let router = Router::new()
+        .channel("factory:*", || -> Slow { panic!("factory panic") })
+        .channel("intercepts:*", || BadIntercepts)
+        .channel("slow:*", || Slow);
+    let server = support::start_with(Config::default(), Socket::new(router));
+    rt().block_on(async {
+        let mut c = Client::connect("c", &server.url(), V2).await.unwrap();
+        for (r, topic) in [("1", "factory:x"), ("2", "intercepts:x")] {
+            c.send(&format!(r#"["{r}","{r}","{topic}","phx_join",{{}}]"#)).await.unwrap();
+            c.expect(
+                &format!(r#"["{r}","{r}","{topic}","phx_reply",{{"response":{{"reason":"join crashed"}},"status":"error"}}]"#),
+                &mut Vars::new(),
+            )
+            .await
+            .unwrap();
+        }
+        // The socket lives on and joins what works.
+        heartbeat_works(&mut c).await;
+        join(&mut c, "3", "slow:y", "{}").await;
     });
 }
 
@@ -522,5 +620,41 @@ fn channel_api_intercepts_timers_async_replies_and_panics() {
         a.expect(r#"["7","7","api:r","phx_close",{}]"#, &mut v)
             .await
             .unwrap();
+    });
+}
+
+/// Every close the server starts carries an empty reason, as Phoenix's do: 1002 for a broken
+/// WebSocket frame here (1001, 1009, 1011 and 1013 are checked by the tests above).
+#[test]
+fn a_websocket_protocol_error_closes_with_1002_and_an_empty_reason() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = support::shared();
+    rt().block_on(async {
+        let host = server.addr.to_string();
+        let mut tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+        tcp.write_all(upgrade("/socket/websocket?vsn=2.0.0", &host, "").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tcp.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // A client frame without a mask breaks RFC 6455.
+        tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+        let mut frame = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while frame.len() < 4 {
+            let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed without a close frame: {frame:?}");
+            frame.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(
+            &frame[..4],
+            &[0x88, 0x02, 0x03, 0xea],
+            "close 1002, no reason"
+        );
     });
 }

@@ -182,16 +182,30 @@ pub fn create_token(c: &mut DbConnection, name: &str) -> Result<String, StoreErr
     insert_token(c, user.id)
 }
 
-/// Revokes a token; false if it was unknown or already revoked.
+/// Revokes a token; false if it was unknown or already revoked. Revocations are serialized
+/// (SQLite's one writer; a transaction-scoped advisory lock on PostgreSQL) and numbered in
+/// commit order, so a watcher that has seen number N has seen every revocation before it.
 pub fn revoke_token(c: &mut DbConnection, token: &str) -> Result<bool, StoreError> {
-    let n = diesel::update(
-        api_tokens::table
-            .filter(api_tokens::token_hash.eq(hash_token(token)))
-            .filter(api_tokens::revoked_at.is_null()),
-    )
-    .set(api_tokens::revoked_at.eq(now_ms()))
-    .execute(c)?;
-    Ok(n > 0)
+    c.transaction(|c| {
+        if let DbConnection::Postgres(pg) = c {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(7461726576)").execute(pg)?;
+        }
+        let last = api_tokens::table
+            .select(diesel::dsl::max(api_tokens::revoked_seq))
+            .first::<Option<i64>>(c)?
+            .unwrap_or(0);
+        let n = diesel::update(
+            api_tokens::table
+                .filter(api_tokens::token_hash.eq(hash_token(token)))
+                .filter(api_tokens::revoked_at.is_null()),
+        )
+        .set((
+            api_tokens::revoked_at.eq(now_ms()),
+            api_tokens::revoked_seq.eq(last + 1),
+        ))
+        .execute(c)?;
+        Ok(n > 0)
+    })
 }
 
 pub fn user_by_name(c: &mut DbConnection, name: &str) -> Result<Option<User>, StoreError> {
@@ -320,12 +334,21 @@ pub async fn sign_in(state: &AppState, token: String) -> Result<SignedIn, SignIn
     }
 }
 
-/// Tokens revoked after `since` (ms), with the latest revocation time seen.
+/// Tokens revoked after revocation number `since`, with their numbers, in order.
 pub fn revoked_since(c: &mut DbConnection, since: i64) -> Result<Vec<(i64, i64)>, StoreError> {
     Ok(api_tokens::table
-        .filter(api_tokens::revoked_at.gt(since))
-        .select((api_tokens::id, api_tokens::revoked_at.assume_not_null()))
+        .filter(api_tokens::revoked_seq.gt(since))
+        .order(api_tokens::revoked_seq)
+        .select((api_tokens::id, api_tokens::revoked_seq.assume_not_null()))
         .load::<(i64, i64)>(c)?)
+}
+
+/// The number of the latest revocation (0 for none).
+pub fn last_revocation(c: &mut DbConnection) -> Result<i64, StoreError> {
+    Ok(api_tokens::table
+        .select(diesel::dsl::max(api_tokens::revoked_seq))
+        .first::<Option<i64>>(c)?
+        .unwrap_or(0))
 }
 
 pub fn set_community_member(
@@ -340,18 +363,25 @@ pub fn set_community_member(
 }
 
 /// Closes the live sockets of revoked tokens, including tokens revoked by another process (the
-/// CLI): it watches the table, since that is what both share.
+/// CLI): it watches the table, since that is what both share. It follows revocation numbers,
+/// not clocks, so none committed after a poll is missed.
 pub fn watch_revocations(state: web::Data<AppState>) {
     actix_rt::spawn(async move {
-        let mut since = now_ms();
+        let mut since = None;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
             tick.tick().await;
-            let from = since;
+            let Some(from) = since else {
+                match state.store.run(last_revocation).await {
+                    Ok(last) => since = Some(last),
+                    Err(e) => log::warn!("watching revoked tokens: {e}"),
+                }
+                continue;
+            };
             match state.store.run(move |c| revoked_since(c, from)).await {
                 Ok(revoked) => {
-                    for (token_id, at) in revoked {
-                        since = since.max(at);
+                    for (token_id, seq) in revoked {
+                        since = Some(from.max(seq));
                         log::info!("token {token_id} revoked: closing its sockets");
                         state.endpoint.disconnect(&token_socket_id(token_id));
                     }

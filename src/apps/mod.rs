@@ -128,9 +128,9 @@ pub fn socket(state: web::Data<AppState>) -> Socket {
                     assigns: Assigns::new().with(SocketUser(s.user)),
                     id: Some(s.socket_id),
                 }),
-                Err(accounts::SignInError::Refused(why)) => Err(Refused(why)),
+                Err(accounts::SignInError::Refused(why)) => Err(Refused::new(why)),
                 Err(accounts::SignInError::Store(e)) => {
-                    Err(Refused(format!("token lookup failed: {e}")))
+                    Err(Refused::internal(format!("token lookup failed: {e}")))
                 }
             }
         }

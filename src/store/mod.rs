@@ -171,14 +171,20 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     {
-        let lock = self.write_lock.clone();
-        self.run(move |c| {
-            let _one_writer = lock
+        let store = self.clone();
+        actix_web::web::block(move || {
+            // The write lock first, then a connection: writers queued on the lock hold no
+            // pooled connection, so reads (sign-ins among them) always find one.
+            let _one_writer = store
+                .write_lock
                 .as_ref()
                 .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut conn = store.conn()?;
+            let c: &mut DbConnection = &mut conn;
             c.transaction(f)
         })
         .await
+        .map_err(|e| StoreError::Pool(format!("blocking pool: {e}")))?
     }
 }
 

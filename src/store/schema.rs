@@ -23,6 +23,8 @@ diesel::table! {
         token_hash -> Text,
         inserted_at -> BigInt,
         revoked_at -> Nullable<BigInt>,
+        /// 1, 2, 3, ... in the order revocations commit (they are serialized).
+        revoked_seq -> Nullable<BigInt>,
     }
 }
 

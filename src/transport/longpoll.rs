@@ -172,7 +172,8 @@ fn as_message(f: &Bytes) -> Option<String> {
     }
 }
 
-/// Starts a session: `{"status":410,"token":…}`, or `{"status":403}` when connect refuses.
+/// Starts a session: `{"status":410,"token":…}`, or `{"status":403}` when connect refuses
+/// (`{"status":500}` when it failed to decide).
 async fn open(req: &HttpRequest, mount: &Mount) -> HttpResponse {
     let auth = req
         .headers()
@@ -182,8 +183,8 @@ async fn open(req: &HttpRequest, mount: &Mount) -> HttpResponse {
     let (serializer, connected) = match connect(mount, req, auth).await {
         Ok(ok) => ok,
         Err(e) => {
-            log::info!("longpoll connect from {:?} refused: {e}", req.peer_addr());
-            return respond(json!({"status": 403}));
+            e.log("longpoll", req.peer_addr());
+            return respond(json!({"status": e.status()}));
         }
     };
     let endpoint = mount.endpoint.clone();
@@ -297,7 +298,7 @@ async fn run(
                 Some(m) => if let Some(End::Close(code, why)) = state.handle_mail(m).await {
                     break (code, why);
                 },
-                None => break (close_code::OVERLOADED, "outbound queue full".into()),
+                None => break (close_code::OVERLOADED, String::new()),
             },
             batch = inbound.recv() => {
                 let Some(batch) = batch else { break (1000, String::new()) };

@@ -18,12 +18,31 @@ pub struct Mount {
     pub sessions: std::sync::Arc<longpoll::Sessions>,
 }
 
-/// Why a connect was refused, for the log; the client only sees 403.
+/// Why a connect was refused, for the log; the client only sees the status.
 #[derive(Debug)]
 pub(crate) enum ConnectError {
     Origin(String),
     Vsn(String),
-    Refused(String),
+    Refused(crate::endpoint::Refused),
+}
+
+impl ConnectError {
+    /// 403, or 500 when the connect callback failed to decide.
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            ConnectError::Refused(r) => r.status,
+            _ => 403,
+        }
+    }
+
+    /// Logs the refusal: an error for a 500, information otherwise.
+    pub(crate) fn log(&self, transport: &str, peer: Option<std::net::SocketAddr>) {
+        if self.status() >= 500 {
+            log::error!("{transport} connect from {peer:?} failed: {self}");
+        } else {
+            log::info!("{transport} connect from {peer:?} refused: {self}");
+        }
+    }
 }
 
 impl std::fmt::Display for ConnectError {
@@ -31,7 +50,7 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::Origin(o) => write!(f, "origin {o:?} not allowed"),
             ConnectError::Vsn(v) => write!(f, "unsupported vsn {v:?}"),
-            ConnectError::Refused(r) => write!(f, "refused by connect: {r}"),
+            ConnectError::Refused(r) => write!(f, "refused by connect: {}", r.reason),
         }
     }
 }
@@ -68,7 +87,7 @@ pub(crate) async fn connect(
     };
     let connected = (mount.socket.connect)(info)
         .await
-        .map_err(|r| ConnectError::Refused(r.0))?;
+        .map_err(ConnectError::Refused)?;
     Ok((serializer, connected))
 }
 

@@ -32,8 +32,11 @@ pub async fn handle(req: HttpRequest, body: web::Payload, mount: web::Data<Mount
     let (serializer, connected) = match connect(&mount, &req, auth_token).await {
         Ok(ok) => ok,
         Err(e) => {
-            log::info!("websocket connect from {:?} refused: {e}", req.peer_addr());
-            return HttpResponse::Forbidden().finish();
+            e.log("websocket", req.peer_addr());
+            return match e.status() {
+                403 => HttpResponse::Forbidden().finish(),
+                _ => HttpResponse::InternalServerError().finish(),
+            };
         }
     };
     // Validity of the upgrade itself is checked after connect, as Phoenix does.
@@ -213,7 +216,7 @@ fn protocol_error(id: u64, e: ProtocolError) -> Exit {
     match e {
         ProtocolError::Overflow => {
             log::warn!("connection {id}: frame over the size limit; closing");
-            Exit::Close(close_code::TOO_BIG, "frame too large".into())
+            Exit::Close(close_code::TOO_BIG, String::new())
         }
         ProtocolError::Io(e) => {
             log::debug!("connection {id}: {e}");
@@ -221,7 +224,7 @@ fn protocol_error(id: u64, e: ProtocolError) -> Exit {
         }
         e => {
             log::warn!("connection {id}: websocket protocol error: {e}; closing");
-            Exit::Close(close_code::PROTOCOL, e.to_string())
+            Exit::Close(close_code::PROTOCOL, String::new())
         }
     }
 }
