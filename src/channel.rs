@@ -242,10 +242,13 @@ impl ChannelContext {
     /// Delivers `msg` to this channel's `handle_info`, after the current callback (and, from
     /// `join`, after the join reply).
     pub fn send_self<T: Any + Send>(&self, msg: T) {
-        self.socket.conn.mail(Mail::Info {
-            channel: self.id,
-            info: Info::Message(Box::new(msg)),
-        });
+        self.socket.conn.mail(
+            Mail::Info {
+                channel: self.id,
+                info: Info::Message(Box::new(msg)),
+            },
+            0,
+        );
     }
 
     /// Delivers `msg` to `handle_info` after `delay`, unless the channel has ended by then.
@@ -260,10 +263,13 @@ impl ChannelContext {
         let task = actix_rt::spawn(async move {
             tokio::time::sleep(delay).await;
             if let Some(conn) = conn.upgrade() {
-                conn.mail(Mail::Info {
-                    channel,
-                    info: Info::Message(Box::new(msg)),
-                });
+                conn.mail(
+                    Mail::Info {
+                        channel,
+                        info: Info::Message(Box::new(msg)),
+                    },
+                    0,
+                );
             }
         });
         self.timers.retain(|t| !t.is_finished());
@@ -373,12 +379,17 @@ impl ChannelContext {
     /// Answers an earlier event (see [`ChannelContext::socket_ref`]); dropped if the channel has ended.
     pub fn reply(socket_ref: &SocketRef, status: &str, payload: impl Into<Payload>) {
         if let Some(conn) = socket_ref.conn.upgrade() {
-            conn.mail(Mail::Reply {
-                channel: socket_ref.channel,
-                ref_: socket_ref.ref_.clone(),
-                status: status.to_owned(),
-                payload: payload.into(),
-            });
+            let payload = payload.into();
+            let bytes = payload.encoded_len();
+            conn.mail(
+                Mail::Reply {
+                    channel: socket_ref.channel,
+                    ref_: socket_ref.ref_.clone(),
+                    status: status.to_owned(),
+                    payload,
+                },
+                bytes,
+            );
         }
     }
 
@@ -409,10 +420,15 @@ pub(crate) struct FastlaneSubscriber {
 impl Subscriber for FastlaneSubscriber {
     fn deliver(&self, d: &Dispatch<'_>) {
         if self.intercepts.contains(&d.broadcast.event.as_str()) {
-            self.conn.mail(Mail::Out {
-                channel: self.channel,
-                broadcast: d.broadcast.clone(),
-            });
+            // Weighed by its encoded frame: built once per broadcast, shared by all.
+            let bytes = d.frame(self.conn.serializer).map_or(0, |f| f.len());
+            self.conn.mail(
+                Mail::Out {
+                    channel: self.channel,
+                    broadcast: d.broadcast.clone(),
+                },
+                bytes,
+            );
         } else if let Some(frame) = d.frame(self.conn.serializer) {
             self.conn.push_broadcast(self.channel, frame);
         }
@@ -431,10 +447,14 @@ struct InfoSubscriber {
 
 impl Subscriber for InfoSubscriber {
     fn deliver(&self, d: &Dispatch<'_>) {
-        self.conn.mail(Mail::Info {
-            channel: self.channel,
-            info: Info::Broadcast(d.broadcast.clone()),
-        });
+        let bytes = d.frame(self.conn.serializer).map_or(0, |f| f.len());
+        self.conn.mail(
+            Mail::Info {
+                channel: self.channel,
+                info: Info::Broadcast(d.broadcast.clone()),
+            },
+            bytes,
+        );
     }
 
     fn connection(&self) -> Option<u64> {

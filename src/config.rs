@@ -15,6 +15,12 @@ pub struct Limits {
     /// Frames (and, separately, mailbox messages) queued for one client before it counts as too
     /// slow and is closed with 1013.
     pub max_queue: usize,
+    /// Bytes queued for one client (and, separately, in its mailbox) before it counts as too
+    /// slow and is closed with 1013. A single larger frame still goes out into an empty queue.
+    pub max_queue_bytes: usize,
+    /// Longest topic a client may join, in bytes; a longer one is refused with
+    /// `{"reason":"topic over N bytes"}`.
+    pub max_topic_bytes: usize,
     /// A socket that sends nothing for this long is closed (1002, as Phoenix on Bandit).
     pub idle_timeout: Duration,
     /// Messages per second one socket may send, averaged over a one-second burst; beyond it the
@@ -30,6 +36,8 @@ impl Default for Limits {
             max_frame_size: 10_000_000,
             max_channels: 100,
             max_queue: 1024,
+            max_queue_bytes: 4 * 1024 * 1024,
+            max_topic_bytes: 1024,
             idle_timeout: Duration::from_secs(60),
             max_messages_per_second: 5000,
             max_longpoll_body: 10_000_000,

@@ -64,11 +64,19 @@ pub(crate) struct Connection {
     pub id: u64,
     pub serializer: Serializer,
     max_queue: usize,
+    max_bytes: usize,
     state: Mutex<State>,
 }
 
+/// What a mail counts for against the mailbox's byte bound, beyond what it carries.
+pub(crate) const MAIL_OVERHEAD: usize = 64;
+
 struct State {
     frames: VecDeque<Bytes>,
+    /// Bytes in `frames` and `held`.
+    queued_bytes: usize,
+    /// What the mails in `mail` weigh.
+    mail_bytes: usize,
     writer: Option<Waker>,
     /// The close frame to write once `frames` is drained; the writer then ends.
     close: Option<Bytes>,
@@ -76,7 +84,7 @@ struct State {
     closing: bool,
     /// Why the connection is closing, for the socket task to act on.
     overflowed: bool,
-    mail: VecDeque<Mail>,
+    mail: VecDeque<(Mail, usize)>,
     task: Option<Waker>,
     /// A channel whose join reply is not written yet: its broadcasts wait in `held`, so that
     /// the join reply always comes first.
@@ -91,13 +99,18 @@ struct State {
 const WRITE_BATCH: usize = 64 * 1024;
 
 impl Connection {
-    pub fn new(id: u64, serializer: Serializer, max_queue: usize) -> Connection {
+    /// A connection whose queue and mailbox each hold at most `max_queue` items and
+    /// `max_bytes` bytes (one frame larger than that still goes out alone, into an empty queue).
+    pub fn new(id: u64, serializer: Serializer, max_queue: usize, max_bytes: usize) -> Connection {
         Connection {
             id,
             serializer,
             max_queue,
+            max_bytes,
             state: Mutex::new(State {
                 frames: VecDeque::new(),
+                queued_bytes: 0,
+                mail_bytes: 0,
                 writer: None,
                 close: None,
                 closing: false,
@@ -129,9 +142,10 @@ impl Connection {
             return;
         }
         if s.holding == Some(channel) {
-            if s.held.len() >= self.max_queue {
+            if self.full(s.held.len(), s.queued_bytes, frame.len()) {
                 self.overflow(&mut s);
             } else {
+                s.queued_bytes += frame.len();
                 s.held.push(frame);
             }
         } else {
@@ -139,14 +153,20 @@ impl Connection {
         }
     }
 
+    /// Whether `len` more bytes would go over a bound, with `count` items and `bytes` queued.
+    fn full(&self, count: usize, bytes: usize, len: usize) -> bool {
+        count >= self.max_queue || (bytes > 0 && bytes + len > self.max_bytes)
+    }
+
     fn enqueue(&self, s: &mut State, frame: Bytes) {
         if s.closing {
             return;
         }
-        if s.frames.len() >= self.max_queue {
+        if self.full(s.frames.len(), s.queued_bytes, frame.len()) {
             self.overflow(s);
             return;
         }
+        s.queued_bytes += frame.len();
         s.frames.push_back(frame);
         if let Some(w) = s.writer.take() {
             w.wake();
@@ -158,14 +178,17 @@ impl Connection {
             return;
         }
         log::warn!(
-            "connection {}: outbound queue full ({} frames), closing the slow client",
+            "connection {}: outbound queue or mailbox full ({} items or {} bytes), closing the slow client with 1013",
             self.id,
-            self.max_queue
+            self.max_queue,
+            self.max_bytes
         );
         s.overflowed = true;
         s.frames.clear();
         s.held.clear();
         s.mail.clear();
+        s.queued_bytes = 0;
+        s.mail_bytes = 0;
         self.begin_close(s, close_code::OVERLOADED, "");
         if let Some(w) = s.task.take() {
             w.wake();
@@ -176,7 +199,8 @@ impl Connection {
     pub fn hold(&self, channel: ChannelId) {
         let mut s = self.lock();
         s.holding = Some(channel);
-        s.held.clear();
+        let dropped: usize = s.held.drain(..).map(|f| f.len()).sum();
+        s.queued_bytes -= dropped;
     }
 
     /// Ends holding: writes `first` (the join reply), then, if `keep`, what was held meanwhile.
@@ -184,6 +208,8 @@ impl Connection {
         let mut s = self.lock();
         s.holding = None;
         let held = std::mem::take(&mut s.held);
+        // Held frames move to the queue: count them again as they go in.
+        s.queued_bytes -= held.iter().map(Bytes::len).sum::<usize>();
         if let Some(f) = first {
             self.enqueue(&mut s, f);
         }
@@ -203,9 +229,10 @@ impl Connection {
         }
         s.revoked.push(channel);
         if s.holding == Some(channel) {
-            s.held.clear();
+            let dropped: usize = s.held.drain(..).map(|f| f.len()).sum();
+            s.queued_bytes -= dropped;
         }
-        self.post(&mut s, Mail::Stop { channel });
+        self.post(&mut s, Mail::Stop { channel }, MAIL_OVERHEAD);
     }
 
     /// The channel has ended: forget that it was revoked.
@@ -214,21 +241,23 @@ impl Connection {
         s.revoked.retain(|&c| c != channel);
     }
 
-    /// Posts work for the socket task. Returns false if the connection is closing.
-    pub fn mail(&self, mail: Mail) -> bool {
+    /// Posts work for the socket task, counted as `bytes` (what it carries, encoded) plus
+    /// [`MAIL_OVERHEAD`]. Returns false if the connection is closing.
+    pub fn mail(&self, mail: Mail, bytes: usize) -> bool {
         let mut s = self.lock();
-        self.post(&mut s, mail)
+        self.post(&mut s, mail, bytes + MAIL_OVERHEAD)
     }
 
-    fn post(&self, s: &mut State, mail: Mail) -> bool {
+    fn post(&self, s: &mut State, mail: Mail, weight: usize) -> bool {
         if s.closing {
             return false;
         }
-        if s.mail.len() >= self.max_queue {
+        if self.full(s.mail.len(), s.mail_bytes, weight) {
             self.overflow(s);
             return false;
         }
-        s.mail.push_back(mail);
+        s.mail_bytes += weight;
+        s.mail.push_back((mail, weight));
         if let Some(w) = s.task.take() {
             w.wake();
         }
@@ -242,7 +271,10 @@ impl Connection {
             return Poll::Ready(None);
         }
         match s.mail.pop_front() {
-            Some(m) => Poll::Ready(Some(m)),
+            Some((m, weight)) => {
+                s.mail_bytes -= weight;
+                Poll::Ready(Some(m))
+            }
             None => {
                 shrink_idle(&mut s.mail);
                 set_waker(&mut s.task, cx);
@@ -279,6 +311,8 @@ impl Connection {
         s.frames.clear();
         s.mail.clear();
         s.held.clear();
+        s.queued_bytes = 0;
+        s.mail_bytes = 0;
         if let Some(w) = s.writer.take() {
             w.wake();
         }
@@ -297,9 +331,11 @@ impl Connection {
                 out.extend_from_slice(f);
                 s.frames.pop_front();
             }
+            s.queued_bytes -= out.len();
             return Poll::Ready(Some(out.freeze()));
         }
         if let Some(f) = s.frames.pop_front() {
+            s.queued_bytes -= f.len();
             return Poll::Ready(Some(f));
         }
         shrink_idle(&mut s.frames);
@@ -322,6 +358,7 @@ impl Connection {
     pub fn drain(&self) -> Vec<Bytes> {
         let mut s = self.lock();
         let out: Vec<Bytes> = s.frames.drain(..).collect();
+        s.queued_bytes -= out.iter().map(Bytes::len).sum::<usize>();
         shrink_idle(&mut s.frames);
         out
     }
@@ -366,7 +403,7 @@ mod tests {
 
     #[test]
     fn frames_then_close_then_end() {
-        let c = Connection::new(1, Serializer::V2, 4);
+        let c = Connection::new(1, Serializer::V2, 4, usize::MAX);
         c.push(Bytes::from_static(b"a"));
         c.close(1001, "");
         c.push(Bytes::from_static(b"late"));
@@ -377,7 +414,7 @@ mod tests {
 
     #[test]
     fn queued_frames_go_out_as_one_chunk() {
-        let c = Connection::new(1, Serializer::V2, 8);
+        let c = Connection::new(1, Serializer::V2, 8, usize::MAX);
         c.push(Bytes::from_static(b"ab"));
         assert_eq!(poll(&c), Poll::Ready(Some(Bytes::from_static(b"ab"))));
         c.push(Bytes::from_static(b"ab"));
@@ -389,7 +426,7 @@ mod tests {
 
     #[test]
     fn held_broadcasts_follow_the_join_reply() {
-        let c = Connection::new(1, Serializer::V2, 4);
+        let c = Connection::new(1, Serializer::V2, 4, usize::MAX);
         c.hold(7);
         c.push_broadcast(7, Bytes::from_static(b"b1"));
         c.push_broadcast(8, Bytes::from_static(b"other"));
@@ -400,7 +437,7 @@ mod tests {
 
     #[test]
     fn a_revoked_channel_gets_no_more_broadcasts() {
-        let c = Connection::new(1, Serializer::V2, 8);
+        let c = Connection::new(1, Serializer::V2, 8, usize::MAX);
         c.push_broadcast(7, Bytes::from_static(b"before"));
         c.revoke(7);
         c.push_broadcast(7, Bytes::from_static(b"after"));
@@ -418,8 +455,27 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_bounded_too_and_one_large_frame_still_goes_alone() {
+        let c = Connection::new(1, Serializer::V2, 100, 10);
+        c.push(Bytes::from(vec![b'a'; 25]));
+        assert_eq!(c.drain(), vec![Bytes::from(vec![b'a'; 25])], "alone, over the bound");
+        c.push(Bytes::from_static(b"123456"));
+        c.push(Bytes::from_static(b"7890"));
+        assert_eq!(c.drain().concat(), b"1234567890");
+        c.push(Bytes::from_static(b"123456"));
+        c.push(Bytes::from_static(b"78901"));
+        assert_eq!(poll(&c), Poll::Ready(Some(frame::close(1013, ""))));
+        // The mailbox has its own byte bound.
+        let c = Connection::new(1, Serializer::V2, 100, 2 * MAIL_OVERHEAD + 10);
+        assert!(c.mail(Mail::Disconnect, 0));
+        assert!(c.mail(Mail::Disconnect, 10));
+        assert!(!c.mail(Mail::Disconnect, 1));
+        assert_eq!(poll(&c), Poll::Ready(Some(frame::close(1013, ""))));
+    }
+
+    #[test]
     fn overflow_closes_with_1013_and_drops_the_queue() {
-        let c = Connection::new(1, Serializer::V2, 2);
+        let c = Connection::new(1, Serializer::V2, 2, usize::MAX);
         for _ in 0..3 {
             c.push(Bytes::from_static(b"x"));
         }

@@ -189,10 +189,12 @@ impl Endpoint {
 
     pub(crate) fn register(&self, serializer: crate::protocol::Serializer) -> Arc<Connection> {
         let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let limits = &self.inner.config.limits;
         let conn = Arc::new(Connection::new(
             id,
             serializer,
-            self.inner.config.limits.max_queue,
+            limits.max_queue,
+            limits.max_queue_bytes,
         ));
         self.inner.conns.insert(id, conn.clone());
         conn
@@ -207,7 +209,7 @@ impl Endpoint {
         let conns: Vec<Arc<Connection>> =
             self.inner.conns.iter().map(|c| c.value().clone()).collect();
         for c in conns {
-            c.mail(Mail::Shutdown);
+            c.mail(Mail::Shutdown, 0);
         }
     }
 }

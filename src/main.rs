@@ -250,6 +250,15 @@ struct ServeArgs {
     /// Largest collection a `collection:<name>` join answers in full.
     #[arg(long, env = "FAWKES_COLLECTION_JOIN_LIMIT", default_value_t = CollectionsConfig::default().join_limit)]
     collection_join_limit: i64,
+    /// Largest `collection:<name>` join or reload reply, in bytes.
+    #[arg(long, env = "FAWKES_COLLECTION_MAX_REPLY_BYTES", default_value_t = CollectionsConfig::default().max_reply_bytes)]
+    collection_max_reply_bytes: usize,
+    /// Largest voice signaling payload, in bytes.
+    #[arg(long, env = "FAWKES_VOICE_MAX_SIGNAL_BYTES", default_value_t = ChatConfig::default().max_signal_bytes)]
+    voice_max_signal_bytes: usize,
+    /// Longest topic a client may join, in bytes.
+    #[arg(long, env = "FAWKES_MAX_TOPIC_BYTES", default_value_t = Limits::default().max_topic_bytes)]
+    max_topic_bytes: usize,
     #[command(flatten)]
     rules: RulesArgs,
     #[command(flatten)]
@@ -270,6 +279,10 @@ struct ServeArgs {
     /// Frames queued for one client before it is closed as too slow (1013).
     #[arg(long, env = "FAWKES_MAX_QUEUE", default_value_t = Limits::default().max_queue)]
     max_queue: usize,
+    /// Bytes queued for one client (and, apart, in its mailbox) before it is closed as too
+    /// slow (1013).
+    #[arg(long, env = "FAWKES_MAX_QUEUE_BYTES", default_value_t = Limits::default().max_queue_bytes)]
+    max_queue_bytes: usize,
     /// Seconds without a frame from a client before its socket is closed.
     #[arg(long, env = "FAWKES_IDLE_TIMEOUT", default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout: u64,
@@ -297,6 +310,8 @@ impl ServeArgs {
                 max_frame_size: self.max_frame_size,
                 max_channels: self.max_channels,
                 max_queue: self.max_queue.max(1),
+                max_queue_bytes: self.max_queue_bytes.max(1),
+                max_topic_bytes: self.max_topic_bytes,
                 idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
                 max_messages_per_second: self.max_messages_per_second,
                 ..Limits::default()
@@ -422,6 +437,7 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
         CollectionsConfig {
             log_size: args.collection_log_size.max(1),
             join_limit: args.collection_join_limit,
+            max_reply_bytes: args.collection_max_reply_bytes,
             rules,
         },
     );
@@ -429,6 +445,7 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
         max_body: args.chat_max_body,
         rate_count: args.chat_rate_count.max(1),
         rate_window: Duration::from_secs(args.chat_rate_window.max(1)),
+        max_signal_bytes: args.voice_max_signal_bytes,
         ..ChatConfig::default()
     };
     state.auth = verifiers;

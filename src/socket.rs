@@ -42,7 +42,7 @@ struct IdSubscriber(Arc<Connection>);
 impl Subscriber for IdSubscriber {
     fn deliver(&self, d: &Dispatch<'_>) {
         if d.broadcast.event == "disconnect" {
-            self.0.mail(Mail::Disconnect);
+            self.0.mail(Mail::Disconnect, 0);
         }
     }
 
@@ -166,6 +166,13 @@ impl SocketState {
             payload,
             ..
         } = msg;
+        let max_topic = self.shared.endpoint.config().limits.max_topic_bytes;
+        if topic.len() > max_topic {
+            let why = format!("topic over {max_topic} bytes");
+            log::info!("socket {}: refused a join: {why}", self.conn().id);
+            self.reply(&join_ref, &ref_, &topic, "error", &reason(&why));
+            return;
+        }
         // A join of a joined topic replaces the old join; its phx_close follows the new reply.
         let replaced = match self.channels.remove(&topic) {
             Some(old) => Some(self.end(&topic, old, StopReason::DuplicateJoin).await),

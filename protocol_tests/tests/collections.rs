@@ -19,6 +19,7 @@ fn small_log() -> CollectionsConfig {
     CollectionsConfig {
         log_size: 5,
         join_limit: 50,
+        max_reply_bytes: 20_000,
         rules: RuleBook::parse("[secret]\nlist = \"auth\"\nview = \"auth\"\n").unwrap(),
     }
 }
@@ -250,6 +251,17 @@ fn limits_and_private_collections(backend: &str) {
         }
         let (_, reply) = join(&app, "big", "1", json!({})).await;
         assert_eq!(reply, json!({"response": {"reason": "collection has 51 records, over the join limit of 50: page through the REST API instead"}, "status": "error"}));
+        // Bytes bound a reply too (20,000 here): three records of 8,000 bytes are too many.
+        let wide = format!(r#"{{"text":"{}"}}"#, "w".repeat(8_000));
+        for _ in 0..3 {
+            assert_eq!(app.api("POST", "/api/collections/wide/records", Some(&token), Some(&wide)).await.0, 201);
+        }
+        let (mut c, reply) = join(&app, "wide", "1", json!({})).await;
+        let why = reply["response"]["reason"].as_str().unwrap().to_owned();
+        assert!(why.starts_with("the reply would be 24") && why.ends_with("bytes, over the limit of 20000: page through the REST API instead"), "{why}");
+        let (_, page) = app.api("GET", "/api/collections/wide/records?perPage=1", None, None).await;
+        assert_eq!(page["totalItems"], 3, "REST pages through it");
+        let _ = &mut c;
         // Private: anonymous joins and reads are refused, a token lets them in.
         let (_, reply) = join(&app, "secret", "1", json!({})).await;
         assert_eq!(reply["response"], json!({"reason": "unauthorized"}));
@@ -310,7 +322,7 @@ fn joins_racing_writers_see_no_gap_and_no_overlap(backend: &str) {
         CollectionsConfig {
             log_size: 10_000,
             join_limit: 10_000,
-            rules: RuleBook::default(),
+            ..Default::default()
         },
     );
     let (_, token) = app.user("writer", false);

@@ -138,7 +138,21 @@ fn garbage_never_takes_the_server_down() {
 
 #[test]
 fn a_slow_client_is_closed_and_nobody_else_waits() {
-    let server = support::start(limits(|l| l.max_queue = 8));
+    slow_client_closed(limits(|l| l.max_queue = 8));
+}
+
+/// The queue's byte bound alone (its frame count never near) closes a slow client too: 200
+/// broadcasts of 200 kB are 40 MB, over a 1 MiB bound.
+#[test]
+fn a_slow_client_is_closed_at_the_byte_bound() {
+    slow_client_closed(limits(|l| {
+        l.max_queue = 1_000_000;
+        l.max_queue_bytes = 1024 * 1024;
+    }));
+}
+
+fn slow_client_closed(config: Config) {
+    let server = support::start(config);
     rt().block_on(async {
         let mut slow = Client::connect("slow", &server.url(), V2).await.unwrap();
         join(&mut slow, "1", "community:feed", "{}").await;
@@ -656,5 +670,25 @@ fn a_websocket_protocol_error_closes_with_1002_and_an_empty_reason() {
             &[0x88, 0x02, 0x03, 0xea],
             "close 1002, no reason"
         );
+    });
+}
+
+#[test]
+fn topics_are_bounded_in_bytes() {
+    let server = support::start(limits(|l| l.max_topic_bytes = 64));
+    rt().block_on(async {
+        let mut c = Client::connect("c", &server.url(), V2).await.unwrap();
+        let long = format!("collection:{}", "x".repeat(54));
+        c.send(&format!(r#"["1","1","{long}","phx_join",{{}}]"#)).await.unwrap();
+        c.expect(
+            &format!(r#"["1","1","{long}","phx_reply",{{"response":{{"reason":"topic over 64 bytes"}},"status":"error"}}]"#),
+            &mut Vars::new(),
+        )
+        .await
+        .unwrap();
+        // 64 bytes exactly is fine.
+        let fits = format!("collection:{}", "x".repeat(53));
+        join(&mut c, "2", &fits, r#"{"items":[]}"#).await;
+        heartbeat_works(&mut c).await;
     });
 }

@@ -35,6 +35,33 @@ impl Payload {
             Payload::Binary(_) => None,
         }
     }
+
+    /// Bytes of the payload encoded (JSON text, or the binary itself), counted without
+    /// allocating: what a size limit compares.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Payload::Json(v) => json_len(v),
+            Payload::Binary(b) => b.len(),
+        }
+    }
+}
+
+/// Bytes of a JSON value's compact text.
+pub fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a Value to an infallible sink cannot fail.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 impl From<Value> for Payload {

@@ -34,6 +34,8 @@ pub struct ChatConfig {
     pub rate_window: Duration,
     /// How long a `typing_start` lasts without another one.
     pub typing_timeout: Duration,
+    /// Largest voice signaling payload (an SDP offer or answer, an ICE candidate), in bytes.
+    pub max_signal_bytes: usize,
 }
 
 impl Default for ChatConfig {
@@ -43,6 +45,7 @@ impl Default for ChatConfig {
             rate_count: 10,
             rate_window: Duration::from_secs(10),
             typing_timeout: Duration::from_secs(5),
+            max_signal_bytes: 64 * 1024,
         }
     }
 }

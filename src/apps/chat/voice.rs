@@ -90,6 +90,10 @@ impl Channel for VoiceChannel {
         payload: Payload,
         ctx: &mut ChannelContext,
     ) -> Reply {
+        let max = self.state.chat.max_signal_bytes;
+        if payload.encoded_len() > max {
+            return Reply::error(reason(&format!("payload over {max} bytes")));
+        }
         let Payload::Json(Value::Object(mut p)) = payload else {
             return Reply::error(reason("payload must be a JSON object"));
         };

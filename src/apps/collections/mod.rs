@@ -17,6 +17,7 @@ use crate::apps::api::{object_body, optional_user, ApiError, ApiResult};
 use crate::apps::{current_user, AppState};
 use crate::store::schema::{collection_changes, collection_records, collection_seqs};
 use crate::store::{iso, now_ms, DbConnection, StoreError};
+use crate::protocol::json_len;
 use crate::{async_trait, Channel, ChannelContext, Flow, Payload, Reply};
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel::prelude::*;
@@ -33,6 +34,8 @@ pub struct CollectionsConfig {
     pub log_size: i64,
     /// Largest collection a join answers with in full.
     pub join_limit: i64,
+    /// Largest join or `reload` reply, in bytes of JSON; a larger one is refused with a reason.
+    pub max_reply_bytes: usize,
     /// Who may do what, per collection.
     pub rules: RuleBook,
 }
@@ -42,6 +45,7 @@ impl Default for CollectionsConfig {
         CollectionsConfig {
             log_size: 10_000,
             join_limit: 10_000,
+            max_reply_bytes: 4 * 1024 * 1024,
             rules: RuleBook::default(),
         }
     }
@@ -594,24 +598,30 @@ impl CollectionChannel {
     }
 
     fn answer(&mut self, snap: Snapshot, reset: bool) -> Result<Payload, Payload> {
-        match snap {
+        let (reply, seq) = match snap {
             Snapshot::Full { items, seq } => {
-                self.seq = self.seq.max(seq);
                 let mut v = json!({"items": items, "seq": seq});
                 if reset {
                     v["reset"] = json!(true);
                 }
-                Ok(Payload::Json(v))
+                (v, seq)
             }
-            Snapshot::Changes { changes, seq } => {
-                self.seq = self.seq.max(seq);
-                Ok(Payload::Json(json!({"changes": changes, "seq": seq})))
+            Snapshot::Changes { changes, seq } => (json!({"changes": changes, "seq": seq}), seq),
+            Snapshot::TooLarge(n) => {
+                return Err(reason(&format!(
+                    "collection has {n} records, over the join limit of {}: page through the REST API instead",
+                    self.state.collections.join_limit
+                )))
             }
-            Snapshot::TooLarge(n) => Err(reason(&format!(
-                "collection has {n} records, over the join limit of {}: page through the REST API instead",
-                self.state.collections.join_limit
-            ))),
+        };
+        let (bytes, max) = (json_len(&reply), self.state.collections.max_reply_bytes);
+        if bytes > max {
+            return Err(reason(&format!(
+                "the reply would be {bytes} bytes, over the limit of {max}: page through the REST API instead"
+            )));
         }
+        self.seq = self.seq.max(seq);
+        Ok(Payload::Json(reply))
     }
 }
 

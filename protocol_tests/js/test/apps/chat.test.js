@@ -274,6 +274,8 @@ test("voice signaling reaches only its target, with from added", async t => {
   await pushOk(va, "ice_candidate", {to: bob.id, candidate: "candidate:1"})
   assert.deepStrictEqual(await ice, {to: bob.id, candidate: "candidate:1", from: alice.id})
   assert.deepStrictEqual(await pushError(va, "sdp_offer", {to: dave.id, sdp: "x"}), {reason: "that user is not in the voice room"})
+  // Signaling payloads are bounded (64 KiB by default).
+  assert.deepStrictEqual(await pushError(va, "sdp_offer", {to: bob.id, sdp: "v".repeat(70000)}), {reason: "payload over 65536 bytes"})
   await sleep(200)
   assert.deepStrictEqual(carolGot.map(r => r.payloads.length), [0, 0, 0])
 
