@@ -28,6 +28,12 @@ pub struct Limits {
     pub max_messages_per_second: u32,
     /// Largest LongPoll POST body.
     pub max_longpoll_body: usize,
+    /// LongPoll sessions alive at once on one mount; a new one beyond is refused (HTTP 503,
+    /// `{"status":500}`: phoenix.js retries later).
+    pub max_longpoll_sessions: usize,
+    /// New LongPoll sessions one client IP may open per second; beyond, refused (HTTP 429,
+    /// `{"status":500}`).
+    pub max_longpoll_opens_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -41,6 +47,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_messages_per_second: 5000,
             max_longpoll_body: 10_000_000,
+            max_longpoll_sessions: 100_000,
+            max_longpoll_opens_per_ip: 1000,
         }
     }
 }

@@ -458,7 +458,11 @@ mod tests {
     fn bytes_are_bounded_too_and_one_large_frame_still_goes_alone() {
         let c = Connection::new(1, Serializer::V2, 100, 10);
         c.push(Bytes::from(vec![b'a'; 25]));
-        assert_eq!(c.drain(), vec![Bytes::from(vec![b'a'; 25])], "alone, over the bound");
+        assert_eq!(
+            c.drain(),
+            vec![Bytes::from(vec![b'a'; 25])],
+            "alone, over the bound"
+        );
         c.push(Bytes::from_static(b"123456"));
         c.push(Bytes::from_static(b"7890"));
         assert_eq!(c.drain().concat(), b"1234567890");

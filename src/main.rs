@@ -256,6 +256,12 @@ struct ServeArgs {
     /// Largest voice signaling payload, in bytes.
     #[arg(long, env = "FAWKES_VOICE_MAX_SIGNAL_BYTES", default_value_t = ChatConfig::default().max_signal_bytes)]
     voice_max_signal_bytes: usize,
+    /// LongPoll sessions alive at once (per mount); more are refused with 503.
+    #[arg(long, env = "FAWKES_MAX_LONGPOLL_SESSIONS", default_value_t = Limits::default().max_longpoll_sessions)]
+    max_longpoll_sessions: usize,
+    /// New LongPoll sessions one client address may open per second; more get 429.
+    #[arg(long, env = "FAWKES_MAX_LONGPOLL_OPENS_PER_IP", default_value_t = Limits::default().max_longpoll_opens_per_ip)]
+    max_longpoll_opens_per_ip: u32,
     /// Longest topic a client may join, in bytes.
     #[arg(long, env = "FAWKES_MAX_TOPIC_BYTES", default_value_t = Limits::default().max_topic_bytes)]
     max_topic_bytes: usize,
@@ -312,6 +318,8 @@ impl ServeArgs {
                 max_queue: self.max_queue.max(1),
                 max_queue_bytes: self.max_queue_bytes.max(1),
                 max_topic_bytes: self.max_topic_bytes,
+                max_longpoll_sessions: self.max_longpoll_sessions,
+                max_longpoll_opens_per_ip: self.max_longpoll_opens_per_ip,
                 idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
                 max_messages_per_second: self.max_messages_per_second,
                 ..Limits::default()

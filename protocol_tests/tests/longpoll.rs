@@ -203,3 +203,134 @@ fn a_thousand_sessions_at_once() {
         }
     });
 }
+
+#[test]
+fn live_sessions_and_opens_per_address_are_capped() {
+    let server = support::start(Config {
+        limits: Limits {
+            max_longpoll_sessions: 3,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let t = server.target();
+    rt().block_on(async {
+        for i in 0..3 {
+            open(&t, &format!("token=c{i}&vsn=2.0.0")).await;
+        }
+        let (status, _, body) = longpoll(&t, "GET", "token=c4&vsn=2.0.0", &[], "")
+            .await
+            .unwrap();
+        assert_eq!(status, 503);
+        assert_eq!(
+            body,
+            json!({"status": 500, "reason": "3 LongPoll sessions open, the limit"})
+        );
+    });
+
+    let server = support::start(Config {
+        limits: Limits {
+            max_longpoll_opens_per_ip: 5,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let t = server.target();
+    rt().block_on(async {
+        let mut opened = 0;
+        let mut refused = 0;
+        for i in 0..12 {
+            let (status, _, body) = longpoll(&t, "GET", &format!("token=r{i}&vsn=2.0.0"), &[], "")
+                .await
+                .unwrap();
+            match (status, body["status"].as_i64()) {
+                (200, Some(410)) => opened += 1,
+                (429, Some(500)) => {
+                    refused += 1;
+                    assert_eq!(
+                        body["reason"],
+                        "over 5 new LongPoll sessions per second from this address"
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Twelve opens in well under two seconds: at most two seconds' worth get in.
+        assert!(
+            opened <= 10 && refused >= 2,
+            "opened {opened}, refused {refused}"
+        );
+    });
+}
+
+#[test]
+fn posts_count_against_the_message_rate() {
+    let server = support::start(Config {
+        limits: Limits {
+            max_messages_per_second: 20,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let t = server.target();
+    rt().block_on(async {
+        let token = open(&t, "token=rate&vsn=2.0.0").await;
+        let batch: Vec<String> = (0..60)
+            .map(|i| format!(r#"[null,"{i}","phoenix","heartbeat",{{}}]"#))
+            .collect();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            post(&t, &token, NDJSON, &batch.join("\n")).await,
+            json!({"status": 200})
+        );
+        // A burst of 20, then 40 more at 20 per second; every one is answered.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1800),
+            "{:?}",
+            started.elapsed()
+        );
+        let mut replies = 0;
+        while replies < 60 {
+            let body = get(&t, &token).await;
+            replies += body["messages"].as_array().map_or(0, Vec::len);
+        }
+        assert_eq!(replies, 60);
+    });
+}
+
+#[test]
+fn every_request_is_origin_checked() {
+    let server = support::start(Config {
+        check_origin: fawkes::CheckOrigin::Allow(vec!["https://good.example".into()]),
+        ..Config::default()
+    });
+    let t = server.target();
+    let good = ("origin", "https://good.example");
+    let evil = ("origin", "https://evil.example");
+    rt().block_on(async {
+        let (_, _, body) = longpoll(&t, "GET", "token=o&vsn=2.0.0", &[evil], "")
+            .await
+            .unwrap();
+        assert_eq!(body, json!({"status": 403}));
+        let (_, _, body) = longpoll(&t, "GET", "token=o&vsn=2.0.0", &[good], "")
+            .await
+            .unwrap();
+        assert_eq!(body["status"], 410);
+        let token = body["token"].as_str().unwrap().to_owned();
+        let q = format!("vsn=2.0.0&token={token}");
+        let join = r#"["1","1","community:feed","phx_join",{}]"#;
+        // A stolen session token used from another origin gets nothing in and nothing out.
+        let (_, _, body) = longpoll(&t, "POST", &q, &[evil, JSON], join).await.unwrap();
+        assert_eq!(body, json!({"status": 403}));
+        let (_, _, body) = longpoll(&t, "GET", &q, &[evil], "").await.unwrap();
+        assert_eq!(body, json!({"status": 403}));
+        let (_, _, body) = longpoll(&t, "POST", &q, &[good, JSON], join).await.unwrap();
+        assert_eq!(body, json!({"status": 200}));
+        let (_, _, body) = longpoll(&t, "GET", &q, &[good], "").await.unwrap();
+        assert_eq!(
+            body["messages"].as_array().unwrap().len(),
+            1,
+            "only the good join was handled: {body}"
+        );
+    });
+}

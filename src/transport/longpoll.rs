@@ -22,6 +22,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde_json::{json, Value};
 use sha2::Sha256;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -38,7 +39,12 @@ type SessionId = [u8; 16];
 pub struct Sessions {
     map: DashMap<SessionId, Arc<Session>>,
     key: Vec<u8>,
+    /// Sessions opened per client IP in the current second.
+    opens: DashMap<IpAddr, (u64, u32)>,
 }
+
+/// Entries of `opens` kept before stale ones (from past seconds) are swept.
+const OPENS_SWEEP_AT: usize = 4096;
 
 struct Session {
     conn: Arc<Connection>,
@@ -66,7 +72,25 @@ impl Sessions {
         Sessions {
             map: DashMap::new(),
             key,
+            opens: DashMap::new(),
         }
+    }
+
+    /// Takes one of `ip`'s session opens for this second; false when it has had `max`.
+    fn take_open(&self, ip: IpAddr, max: u32) -> bool {
+        let now = unix_now();
+        if self.opens.len() >= OPENS_SWEEP_AT {
+            self.opens.retain(|_, (second, _)| *second == now);
+        }
+        let mut e = self.opens.entry(ip).or_insert((now, 0));
+        if e.0 != now {
+            *e = (now, 0);
+        }
+        if e.1 >= max {
+            return false;
+        }
+        e.1 += 1;
+        true
     }
 
     fn mac(&self, data: &[u8]) -> Hmac<Sha256> {
@@ -140,8 +164,18 @@ fn respond(body: Value) -> HttpResponse {
         .body(body.to_string())
 }
 
+/// Every request is origin-checked, not only the one that opens a session.
+fn origin_refused(req: &HttpRequest, mount: &Mount) -> Option<HttpResponse> {
+    let e = super::check_origin(mount, req).err()?;
+    e.log("longpoll", req.peer_addr());
+    Some(respond(json!({"status": 403})))
+}
+
 /// `GET <mount>/longpoll`.
 pub async fn get(req: HttpRequest, mount: web::Data<Mount>) -> HttpResponse {
+    if let Some(refused) = origin_refused(&req, &mount) {
+        return refused;
+    }
     let sessions = &mount.sessions;
     let Some((token, session)) = sessions.find(&req) else {
         return open(&req, &mount).await;
@@ -175,6 +209,36 @@ fn as_message(f: &Bytes) -> Option<String> {
 /// Starts a session: `{"status":410,"token":…}`, or `{"status":403}` when connect refuses
 /// (`{"status":500}` when it failed to decide).
 async fn open(req: &HttpRequest, mount: &Mount) -> HttpResponse {
+    let limits = &mount.endpoint.config().limits;
+    let too_many = |status: actix_web::http::StatusCode, why: &str| {
+        log::warn!("longpoll session from {:?} refused: {why}", req.peer_addr());
+        let mut res = respond(json!({"status": 500, "reason": why}));
+        *res.status_mut() = status;
+        res
+    };
+    if mount.sessions.map.len() >= limits.max_longpoll_sessions {
+        return too_many(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{} LongPoll sessions open, the limit",
+                limits.max_longpoll_sessions
+            ),
+        );
+    }
+    if let Some(peer) = req.peer_addr() {
+        if !mount
+            .sessions
+            .take_open(peer.ip(), limits.max_longpoll_opens_per_ip)
+        {
+            return too_many(
+                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "over {} new LongPoll sessions per second from this address",
+                    limits.max_longpoll_opens_per_ip
+                ),
+            );
+        }
+    }
     let auth = req
         .headers()
         .get("x-phoenix-authtoken")
@@ -212,6 +276,9 @@ async fn open(req: &HttpRequest, mount: &Mount) -> HttpResponse {
 
 /// `POST <mount>/longpoll`: one message, or an NDJSON batch.
 pub async fn post(req: HttpRequest, body: Bytes, mount: web::Data<Mount>) -> HttpResponse {
+    if let Some(refused) = origin_refused(&req, &mount) {
+        return refused;
+    }
     let Some((_, session)) = mount.sessions.find(&req) else {
         return respond(json!({"status": 410}));
     };
@@ -290,6 +357,9 @@ async fn run(
     let conn = session.conn.clone();
     let window = endpoint.config().longpoll_window;
     let idle = window.mul_f32(1.5);
+    // POSTed messages count against the same rate as WebSocket frames.
+    let max_rate = endpoint.config().limits.max_messages_per_second;
+    let mut rate = super::RateLimit::new(max_rate);
     let mut check = tokio::time::interval(window / 4);
     let end = 'session: loop {
         tokio::select! {
@@ -307,8 +377,12 @@ async fn run(
                         Ok(msg) => state.handle(msg).await,
                         Err(e) => {
                             log::warn!("longpoll session {}: {e}; ending it", conn.id);
-                            break 'session (close_code::BAD_FRAME, e.to_string());
+                            break 'session (close_code::BAD_FRAME, String::new());
                         }
+                    }
+                    if let Some(wait) = rate.take() {
+                        log::debug!("longpoll session {}: over {max_rate} msg/s, slowing down", conn.id);
+                        tokio::time::sleep(wait).await;
                     }
                 }
                 let _ = batch.done.send(());

@@ -55,6 +55,18 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
+/// Refuses a request whose `Origin` is not allowed (a request without one is not a browser's).
+pub(crate) fn check_origin(mount: &Mount, req: &HttpRequest) -> Result<(), ConnectError> {
+    let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
+    if let (CheckOrigin::Allow(allowed), Some(o)) = (&mount.endpoint.config().check_origin, origin)
+    {
+        if !origin_allowed(allowed, o) {
+            return Err(ConnectError::Origin(o.to_owned()));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the connect steps for a request. `auth_token` comes from the transport's own carrier.
 pub(crate) async fn connect(
     mount: &Mount,
@@ -68,12 +80,7 @@ pub(crate) async fn connect(
             .map(str::to_owned)
     };
     let origin = header("origin");
-    if let (CheckOrigin::Allow(allowed), Some(o)) = (&mount.endpoint.config().check_origin, &origin)
-    {
-        if !origin_allowed(allowed, o) {
-            return Err(ConnectError::Origin(o.clone()));
-        }
-    }
+    check_origin(mount, req)?;
     let params = Params::parse(req.query_string());
     let vsn = params.get("vsn");
     let serializer = Serializer::from_vsn(vsn)
@@ -89,6 +96,35 @@ pub(crate) async fn connect(
         .await
         .map_err(ConnectError::Refused)?;
     Ok((serializer, connected))
+}
+
+/// Allows `rate` messages per second with a burst of as many; says how long to wait when empty.
+pub(crate) struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl RateLimit {
+    pub(crate) fn new(rate: u32) -> RateLimit {
+        RateLimit {
+            rate: rate as f64,
+            tokens: rate as f64,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn take(&mut self) -> Option<std::time::Duration> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        self.tokens -= 1.0;
+        (self.tokens < 0.0).then(|| std::time::Duration::from_secs_f64(-self.tokens / self.rate))
+    }
 }
 
 /// Phoenix's `check_origin` list matching: each entry `scheme://host:port` with missing parts as
@@ -152,7 +188,19 @@ fn split_url(s: &str) -> Option<UrlParts<'_>> {
 
 #[cfg(test)]
 mod tests {
-    use super::origin_allowed;
+    use super::{origin_allowed, RateLimit};
+    use std::time::Duration;
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_asks_to_wait() {
+        let mut r = RateLimit::new(3);
+        assert!(r.take().is_none());
+        assert!(r.take().is_none());
+        assert!(r.take().is_none());
+        let wait = r.take().unwrap();
+        assert!(wait > Duration::from_millis(300) && wait <= Duration::from_millis(340));
+        assert!(RateLimit::new(0).take().is_none());
+    }
 
     #[test]
     fn origin_lists_match_as_phoenix_does() {

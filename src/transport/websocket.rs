@@ -21,7 +21,7 @@ use futures_util::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The prefix phoenix.js puts before the base64 token in `Sec-WebSocket-Protocol`.
 const AUTH_PREFIX: &str = "base64url.bearer.phx.";
@@ -103,35 +103,6 @@ impl Stream for Writer {
     }
 }
 
-/// Allows `rate` messages per second with a burst of as many; says how long to wait when empty.
-struct RateLimit {
-    rate: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl RateLimit {
-    fn new(rate: u32) -> RateLimit {
-        RateLimit {
-            rate: rate as f64,
-            tokens: rate as f64,
-            at: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> Option<Duration> {
-        if self.rate <= 0.0 {
-            return None;
-        }
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
-        self.at = now;
-        self.tokens -= 1.0;
-        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
-    }
-}
-
 enum Exit {
     /// Close with a code and reason.
     Close(u16, String),
@@ -146,7 +117,7 @@ async fn run(
 ) {
     let conn = state.conn().clone();
     let limits = endpoint.config().limits.clone();
-    let mut rate = RateLimit::new(limits.max_messages_per_second);
+    let mut rate = super::RateLimit::new(limits.max_messages_per_second);
     let mut last_seen = Instant::now();
     let idle = tokio::time::sleep(limits.idle_timeout);
     tokio::pin!(idle);
@@ -242,16 +213,5 @@ mod tests {
         assert_eq!(decode_token("Pz8_").as_deref(), Some("???"));
         assert_eq!(decode_token("Pz8/").as_deref(), Some("???"));
         assert_eq!(decode_token("!!"), None);
-    }
-
-    #[test]
-    fn rate_limit_allows_a_burst_then_asks_to_wait() {
-        let mut r = RateLimit::new(3);
-        assert!(r.take().is_none());
-        assert!(r.take().is_none());
-        assert!(r.take().is_none());
-        let wait = r.take().unwrap();
-        assert!(wait > Duration::from_millis(300) && wait <= Duration::from_millis(340));
-        assert!(RateLimit::new(0).take().is_none());
     }
 }
