@@ -105,6 +105,8 @@ pub struct Counters {
     pub broadcasts: AtomicU64,
     pub encodes: AtomicU64,
     pub deliveries: AtomicU64,
+    /// Broadcasts a full worker inbox made the publisher deliver itself.
+    pub inbox_overflows: AtomicU64,
 }
 
 struct Entry {
@@ -121,6 +123,20 @@ struct Entry {
 struct Groups {
     workers: Vec<Vec<Entry>>,
     outside: Vec<Entry>,
+    /// Removed from the registry (its last subscriber left): subscribe anew.
+    dead: bool,
+}
+
+/// A topic's entry in the registry. A fan-out holds only this topic's read lock while it
+/// delivers, never the registry's: subscribing to other topics never waits for it.
+type Topic = Arc<RwLock<Groups>>;
+
+fn read(t: &Topic) -> std::sync::RwLockReadGuard<'_, Groups> {
+    t.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(t: &Topic) -> std::sync::RwLockWriteGuard<'_, Groups> {
+    t.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Groups {
@@ -165,13 +181,18 @@ struct Job {
 
 struct Inner {
     id: u64,
-    topics: DashMap<Box<str>, Groups>,
+    topics: DashMap<Box<str>, Topic>,
     next_id: AtomicU64,
     counters: Counters,
     /// Each worker's inbox, by worker index.
-    workers: RwLock<Vec<mpsc::UnboundedSender<Job>>>,
+    workers: RwLock<Vec<mpsc::Sender<Job>>>,
     remote: OnceLock<Addr<PubSubActor>>,
 }
+
+/// Broadcasts a worker's inbox holds. A worker that far behind has its broadcasts delivered
+/// by the publishers' threads instead (counted in [`Counters::inbox_overflows`]): memory stays
+/// bounded and nothing is dropped.
+const INBOX_CAPACITY: usize = 65_536;
 
 thread_local! {
     /// Which PubSub's worker this thread is, and its index there.
@@ -245,7 +266,7 @@ impl PubSub {
         if self.worker().is_some() {
             return;
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let (tx, mut rx) = mpsc::channel::<Job>(INBOX_CAPACITY);
         let index = {
             let mut w = self
                 .inner
@@ -259,13 +280,7 @@ impl PubSub {
         let ps = self.clone();
         actix_rt::spawn(async move {
             while let Some(job) = rx.recv().await {
-                let (from, served) = (job.from, job.served);
-                let Some(groups) = ps.inner.topics.get(job.broadcast.topic.as_str()) else {
-                    continue;
-                };
-                ps.deliver(&groups, Some(index), &job.broadcast, &job.frames, |e| {
-                    Some(e.id) != from && (served == 0 || e.conn != served)
-                });
+                ps.run_job(&job, Some(index));
             }
         });
     }
@@ -287,36 +302,63 @@ impl PubSub {
     /// thread's worker, which will deliver to it.
     pub fn subscribe(&self, topic: &str, id: SubId, sub: Arc<dyn Subscriber>) {
         let worker = self.worker();
-        self.inner
-            .topics
-            .entry(topic.into())
-            .or_default()
-            .group(worker)
-            .push(Entry {
+        let conn = sub.connection().unwrap_or(0);
+        loop {
+            // The registry's shard lock is held only to find the topic, never while waiting
+            // for the topic's own lock.
+            let t = self.inner.topics.entry(topic.into()).or_default().clone();
+            let mut groups = write(&t);
+            if groups.dead {
+                continue;
+            }
+            groups.group(worker).push(Entry {
                 id,
-                conn: sub.connection().unwrap_or(0),
-                sub,
+                conn,
+                sub: sub.clone(),
             });
+            return;
+        }
     }
 
     pub fn unsubscribe(&self, topic: &str, id: SubId) {
-        // Remove the topic itself once empty, so topics do not accumulate.
-        self.inner.topics.remove_if_mut(topic, |_, groups| {
-            for subs in groups.all_mut() {
-                if let Some(i) = subs.iter().position(|e| e.id == id) {
-                    subs.swap_remove(i);
-                    if subs.capacity() > 16 && subs.len() < subs.capacity() / 4 {
-                        subs.shrink_to_fit();
-                    }
-                    break;
+        let Some(t) = self.topic(topic) else { return };
+        let mut groups = write(&t);
+        for subs in groups.all_mut() {
+            if let Some(i) = subs.iter().position(|e| e.id == id) {
+                subs.swap_remove(i);
+                if subs.capacity() > 16 && subs.len() < subs.capacity() / 4 {
+                    subs.shrink_to_fit();
                 }
+                break;
             }
-            groups.len() == 0
-        });
+        }
+        // Remove the topic itself once empty, so topics do not accumulate.
+        if groups.len() == 0 && !groups.dead {
+            groups.dead = true;
+            self.inner
+                .topics
+                .remove_if(topic, |_, current| Arc::ptr_eq(current, &t));
+        }
+    }
+
+    /// A topic's entry, if it has subscribers.
+    fn topic(&self, topic: &str) -> Option<Topic> {
+        self.inner.topics.get(topic).map(|t| t.clone())
     }
 
     pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.inner.topics.get(topic).map_or(0, |g| g.len())
+        self.topic(topic).map_or(0, |t| read(&t).len())
+    }
+
+    /// Delivers a worker's share of a broadcast.
+    fn run_job(&self, job: &Job, worker: Option<usize>) {
+        let Some(t) = self.topic(job.broadcast.topic.as_str()) else {
+            return;
+        };
+        let (from, served) = (job.from, job.served);
+        self.deliver(&read(&t), worker, &job.broadcast, &job.frames, |e| {
+            Some(e.id) != from && (served == 0 || e.conn != served)
+        });
     }
 
     /// Broadcasts to every subscriber of the topic, on this node and, through the adapter, others.
@@ -361,9 +403,10 @@ impl PubSub {
         let frames = Arc::new(Frames::default());
         // One registry look-up: serve here what is served here, note which workers to hand to.
         let busy: Vec<usize> = {
-            let Some(groups) = self.inner.topics.get(b.topic.as_str()) else {
+            let Some(t) = self.topic(b.topic.as_str()) else {
                 return;
             };
+            let groups = read(&t);
             if origin != 0 {
                 self.deliver(&groups, me, b, &frames, |e| {
                     e.conn == origin && Some(e.id) != from
@@ -386,11 +429,24 @@ impl PubSub {
                 from,
                 served: if Some(i) == me { origin } else { 0 },
             };
-            if workers[i].send(job).is_err() {
-                log::warn!(
+            match workers[i].try_send(job) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(job)) => {
+                    // The worker is far behind: serve its share here rather than drop it.
+                    let n = self
+                        .inner
+                        .counters
+                        .inbox_overflows
+                        .fetch_add(1, Ordering::Relaxed);
+                    if n == 0 {
+                        log::warn!("worker {i}'s broadcast inbox is full ({INBOX_CAPACITY}); delivering from the publisher's thread");
+                    }
+                    self.run_job(&job, Some(i));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => log::warn!(
                     "worker {i} is gone; broadcast on {} not delivered there",
                     b.topic
-                );
+                ),
             }
         }
     }
@@ -505,6 +561,31 @@ mod tests {
         ps.unsubscribe("t", ids[2]);
         assert_eq!(ps.subscriber_count("t"), 0);
         assert!(ps.inner.topics.is_empty());
+    }
+
+    #[test]
+    fn a_fan_out_in_progress_never_holds_up_other_topics() {
+        let ps = PubSub::new();
+        let sub: Arc<Collect> = Arc::default();
+        ps.subscribe("busy", ps.next_id(), sub);
+        // What a long fan-out holds: the busy topic's read lock.
+        let busy = ps.topic("busy").unwrap();
+        let _delivering = read(&busy);
+        let other = ps.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for i in 0..1000 {
+                let (topic, id) = (format!("t{i}"), other.next_id());
+                other.subscribe(&topic, id, Arc::new(Collect::default()));
+                other.unsubscribe(&topic, id);
+            }
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("subscribing to other topics waited for the fan-out");
+        assert_eq!(ps.subscriber_count("busy"), 1);
+        assert_eq!(ps.inner.topics.len(), 1, "emptied topics are removed");
     }
 
     struct Relay(PubSub);

@@ -56,10 +56,18 @@ pub struct RateLimiter {
     sent: dashmap::DashMap<i64, VecDeque<Instant>>,
 }
 
+/// Users tracked before those idle for a whole window are swept out.
+const RATE_SWEEP_AT: usize = 1024;
+
 impl RateLimiter {
     /// Takes a slot for `user`, or says how many milliseconds until one frees up.
     pub fn take(&self, user: i64, count: usize, window: Duration) -> Result<(), u64> {
         let now = Instant::now();
+        if self.sent.len() >= RATE_SWEEP_AT {
+            // Users who sent nothing for a window have nothing to remember.
+            self.sent
+                .retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+        }
         let mut q = self.sent.entry(user).or_default();
         while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
             q.pop_front();
@@ -399,5 +407,17 @@ mod tests {
         assert!(r.take(2, 2, w).is_ok(), "another user has their own budget");
         std::thread::sleep(w);
         assert!(r.take(1, 2, w).is_ok());
+    }
+
+    #[test]
+    fn idle_users_are_forgotten() {
+        let r = RateLimiter::default();
+        let w = Duration::from_millis(50);
+        for user in 0..RATE_SWEEP_AT as i64 {
+            r.take(user, 10, w).unwrap();
+        }
+        std::thread::sleep(w);
+        r.take(-1, 10, w).unwrap();
+        assert_eq!(r.sent.len(), 1, "only the user of the last window is kept");
     }
 }

@@ -335,6 +335,11 @@ pub fn snapshot(
 }
 
 impl AppState {
+    /// Collections with a writer right now (their ordering locks); idle ones hold none.
+    pub fn collections_being_written(&self) -> usize {
+        self.collection_locks.len()
+    }
+
     fn collection_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.collection_locks
             .entry(name.to_owned())
@@ -358,7 +363,7 @@ impl AppState {
             Write::Delete(_) => rules.delete,
         };
         let lock = self.collection_lock(name);
-        let _order = lock.lock().await;
+        let order = lock.lock().await;
         let (n, log) = (name.to_owned(), self.collections.log_size);
         let change = self
             .store
@@ -369,12 +374,19 @@ impl AppState {
                 };
                 apply(c, &n, write, log, &writer)
             })
-            .await?;
-        let mut event = change.payload.clone();
-        event[OWNER_KEY] = json!(change.owner);
-        self.endpoint
-            .broadcast(&format!("collection:{name}"), "change", event);
-        Ok(change.payload)
+            .await;
+        if let Ok(change) = &change {
+            let mut event = change.payload.clone();
+            event[OWNER_KEY] = json!(change.owner);
+            self.endpoint
+                .broadcast(&format!("collection:{name}"), "change", event);
+        }
+        drop(order);
+        // The lock leaves the map when no other writer holds or waits for it (the map's
+        // reference and ours are all there is), so the map only holds busy collections.
+        self.collection_locks
+            .remove_if(name, |_, l| Arc::strong_count(l) == 2);
+        Ok(change?.payload)
     }
 }
 
