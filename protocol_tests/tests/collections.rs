@@ -113,8 +113,13 @@ fn rest_records_and_change_events(backend: &str) {
             ("DELETE", format!("{path}/nope"), Some(token.as_str()), None, 404),
             ("GET", format!("{path}/nope"), None, None, 404),
             ("POST", "/api/collections/Bad-Name/records".to_string(), Some(token.as_str()), Some("{}"), 404),
-            ("GET", format!("{path}?perPage=0"), None, None, 422),
-            ("GET", format!("{path}?sort=a;b"), None, None, 422),
+            ("GET", format!("{path}?perPage=0"), None, None, 400),
+            ("GET", format!("{path}?perPage=x"), None, None, 400),
+            ("GET", format!("{path}?page=-1"), None, None, 400),
+            ("GET", format!("{path}?page=4611686018427387905"), None, None, 400),
+            ("GET", format!("{path}?page=99999999999999999999"), None, None, 400),
+            ("GET", format!("{path}?sort=a;b"), None, None, 400),
+            ("GET", format!("{path}?sort=a'--"), None, None, 400),
         ] {
             assert_eq!(app.api(method, &p, tok, body).await.0, status, "{method} {p} {body:?}");
         }
@@ -199,6 +204,123 @@ fn pages_and_sorts(backend: &str) {
             p,
             json!({"page": 1, "perPage": 30, "totalItems": 0, "totalPages": 0, "items": []})
         );
+        // A page past the end is empty, not an error.
+        let (status, p) = app
+            .api(
+                "GET",
+                "/api/collections/menu/records?page=1000000&perPage=500",
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, p["items"].clone(), p["totalItems"].clone()),
+            (200, json!([]), json!(3))
+        );
+        let (status, p) = app
+            .api(
+                "GET",
+                "/api/collections/menu/records?page=4611686018427387905",
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, p),
+            (
+                400,
+                json!({"errors": {"detail": "page 4611686018427387905 is out of range"}})
+            )
+        );
+
+        // Values of every JSON type sort the same way on both databases, in SQL: missing and
+        // null, booleans, numbers, strings by bytes, then arrays and objects.
+        for v in [
+            r#""b""#,
+            "2.5",
+            "true",
+            "null",
+            r#""B""#,
+            "-1",
+            "false",
+            "[1]",
+            r#""é""#,
+            "10",
+            r#"{"k":1}"#,
+            "MISSING",
+        ] {
+            let body = if v == "MISSING" {
+                r#"{"label":"missing"}"#.to_string()
+            } else {
+                format!(r#"{{"label":{v},"v":{v}}}"#)
+            };
+            assert_eq!(
+                app.api(
+                    "POST",
+                    "/api/collections/mixed/records",
+                    Some(&token),
+                    Some(&body)
+                )
+                .await
+                .0,
+                201
+            );
+        }
+        let labels = |v: &Value| {
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["label"].to_string())
+                .collect::<Vec<_>>()
+        };
+        let (_, asc) = app
+            .api("GET", "/api/collections/mixed/records?sort=v", None, None)
+            .await;
+        assert_eq!(
+            labels(&asc),
+            [
+                r#"null"#,
+                r#""missing""#,
+                "false",
+                "true",
+                "-1",
+                "2.5",
+                "10",
+                r#""B""#,
+                r#""b""#,
+                r#""é""#,
+                "[1]",
+                r#"{"k":1}"#
+            ],
+            "null and missing tie, in creation order"
+        );
+        let (_, desc) = app
+            .api(
+                "GET",
+                "/api/collections/mixed/records?sort=-v&perPage=3&page=2",
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(labels(&desc), [r#""b""#, r#""B""#, "10"]);
+        let (_, by_id) = app
+            .api(
+                "GET",
+                "/api/collections/mixed/records?sort=-id&perPage=500",
+                None,
+                None,
+            )
+            .await;
+        let ids: Vec<String> = by_id["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort_by(|a, b| b.cmp(a));
+        assert_eq!(ids, sorted);
     });
 }
 

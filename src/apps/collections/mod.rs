@@ -10,6 +10,7 @@
 //! [`rules`] decide who may list, view, create, update and delete records; each record keeps
 //! its creator for the `owner` rule.
 
+pub mod page;
 pub mod rules;
 
 use crate::apps::accounts::User;
@@ -422,94 +423,30 @@ pub async fn list(
     let int = |key: &str, default: i64| -> ApiResult<i64> {
         match params.get(key) {
             None | Some("") => Ok(default),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| ApiError::invalid(key, "must be a positive integer")),
+            Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                ApiError::BadRequest(format!("{key} must be an integer from 1 to {}", i64::MAX))
+            }),
         }
     };
     let page = int("page", 1)?;
     let per_page = int("perPage", 30)?.min(MAX_PER_PAGE);
-    let sort = params.get("sort").unwrap_or("created").to_owned();
-    let (desc, field) = match sort.strip_prefix('-') {
-        Some(f) => (true, f.to_owned()),
-        None => (false, sort.trim_start_matches('+').to_owned()),
-    };
-    if field.is_empty()
-        || !field
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        return Err(ApiError::invalid(
-            "sort",
-            "must be a field name, optionally after -",
-        ));
-    }
-    let (total, items) = state
+    let offset = (page - 1)
+        .checked_mul(per_page)
+        .ok_or_else(|| ApiError::BadRequest(format!("page {page} is out of range")))?;
+    let sort = page::Sort::parse(params.get("sort").unwrap_or("created")).ok_or_else(|| {
+        ApiError::BadRequest("sort must be a field name, optionally after - or +".into())
+    })?;
+    let found = state
         .store
-        .run(move |c| {
-            let mut q = collection_records::table
-                .filter(collection_records::collection.eq(&name))
-                .into_boxed();
-            if let Some(o) = only_owner {
-                q = q.filter(collection_records::owner.eq(o));
-            }
-            let rows = q
-                .order((collection_records::created, collection_records::id))
-                .select(RECORD_COLUMNS)
-                .load::<RecordRow>(c)?;
-            let mut items: Vec<Value> = rows
-                .iter()
-                .map(|(id, data, cr, up)| render(id, data, *cr, *up))
-                .collect();
-            // Sorted here, the same way for every field and both backends; a stable sort keeps
-            // creation order among equals.
-            items.sort_by(|a, b| {
-                let o = compare(&a[&field], &b[&field]);
-                if desc {
-                    o.reverse()
-                } else {
-                    o
-                }
-            });
-            let total = items.len() as i64;
-            let start = ((page - 1) * per_page).min(total) as usize;
-            let end = (start + per_page as usize).min(items.len());
-            Ok((total, items[start..end].to_vec()))
-        })
+        .run(move |c| page::page(c, &name, only_owner, &sort, per_page, offset))
         .await?;
     Ok(HttpResponse::Ok().json(json!({
         "page": page,
         "perPage": per_page,
-        "totalItems": total,
-        "totalPages": (total + per_page - 1) / per_page,
-        "items": items,
+        "totalItems": found.total,
+        "totalPages": (found.total + per_page - 1) / per_page,
+        "items": found.items,
     })))
-}
-
-/// Orders JSON values: missing/null first, then booleans, numbers, strings, and others by text.
-fn compare(a: &Value, b: &Value) -> std::cmp::Ordering {
-    fn rank(v: &Value) -> u8 {
-        match v {
-            Value::Null => 0,
-            Value::Bool(_) => 1,
-            Value::Number(_) => 2,
-            Value::String(_) => 3,
-            _ => 4,
-        }
-    }
-    match (a, b) {
-        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
-        (Value::Number(x), Value::Number(y)) => x
-            .as_f64()
-            .partial_cmp(&y.as_f64())
-            .unwrap_or(std::cmp::Ordering::Equal),
-        (Value::String(x), Value::String(y)) => x.cmp(y),
-        _ => rank(a)
-            .cmp(&rank(b))
-            .then_with(|| a.to_string().cmp(&b.to_string())),
-    }
 }
 
 /// `GET /api/collections/:name/records/:id`
@@ -739,14 +676,5 @@ mod tests {
             r,
             json!({"id": "abc", "name": "tea", "created": "1970-01-01T00:00:00.000Z", "updated": "1970-01-01T00:00:00.001Z"})
         );
-    }
-
-    #[test]
-    fn json_ordering_for_sort() {
-        use std::cmp::Ordering::*;
-        assert_eq!(compare(&json!(2), &json!(10)), Less);
-        assert_eq!(compare(&json!("b"), &json!("a")), Greater);
-        assert_eq!(compare(&Value::Null, &json!(0)), Less);
-        assert_eq!(compare(&json!(1), &json!("1")), Less);
     }
 }
