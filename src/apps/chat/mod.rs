@@ -193,6 +193,28 @@ pub(crate) fn unread_count(
         .get_result(c)?)
 }
 
+/// Every member's unread count in a room, in one statement.
+pub(crate) fn unread_counts(
+    c: &mut DbConnection,
+    room_id: i64,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    Ok(room_members::table
+        .left_join(
+            messages::table.on(messages::room_id
+                .eq(room_members::room_id)
+                .and(messages::id.gt(room_members::last_read_id))
+                .and(messages::user_id.ne(room_members::user_id))),
+        )
+        .filter(room_members::room_id.eq(room_id))
+        .group_by(room_members::user_id)
+        .select((
+            room_members::user_id,
+            diesel::dsl::count(messages::id.nullable()),
+        ))
+        .order(room_members::user_id)
+        .load(c)?)
+}
+
 pub(crate) fn room_json(room: &Room, unread: i64) -> Value {
     json!({"id": room.id, "name": room.name, "private": room.private, "unread_count": unread})
 }
@@ -351,31 +373,45 @@ pub(crate) fn mentioned(
     present: &[i64],
 ) -> Result<Vec<i64>, StoreError> {
     let mut out: Vec<i64> = Vec::new();
-    let words = body
+    let (mut everyone, mut here) = (false, false);
+    let mut names: Vec<String> = Vec::new();
+    for word in body
         .split(|ch: char| !(ch.is_alphanumeric() || matches!(ch, '@' | '_' | '-' | '.')))
         .filter_map(|w| w.strip_prefix('@'))
-        .map(|w| w.trim_end_matches('.'));
-    for word in words {
+        .map(|w| w.trim_end_matches('.'))
+    {
         match word {
-            "everyone" => out.extend(member_ids(c, access.room.id)?),
-            "here" => {
-                let members = member_ids(c, access.room.id)?;
-                out.extend(present.iter().filter(|p| members.contains(p)));
-            }
-            name => {
-                if let Some(u) = crate::apps::accounts::user_by_name(c, name)? {
-                    let member = room_members::table
-                        .filter(room_members::room_id.eq(access.room.id))
-                        .filter(room_members::user_id.eq(u.id))
-                        .count()
-                        .get_result::<i64>(c)?
-                        > 0;
-                    if member || !access.room.private {
-                        out.push(u.id);
-                    }
-                }
-            }
+            "everyone" => everyone = true,
+            "here" => here = true,
+            name => names.push(name.to_lowercase()),
         }
+    }
+    if everyone || here {
+        let members = member_ids(c, access.room.id)?;
+        if here {
+            out.extend(present.iter().filter(|p| members.contains(p)));
+        }
+        if everyone {
+            out.extend(members);
+        }
+    }
+    if !names.is_empty() {
+        // Every named user, and whether they are a member, in one query.
+        let named = users::table
+            .left_join(
+                room_members::table.on(room_members::user_id
+                    .eq(users::id)
+                    .and(room_members::room_id.eq(access.room.id))),
+            )
+            .filter(users::name_key.eq_any(&names))
+            .select((users::id, room_members::user_id.nullable()))
+            .load::<(i64, Option<i64>)>(c)?;
+        out.extend(
+            named
+                .into_iter()
+                .filter(|(_, member)| member.is_some() || !access.room.private)
+                .map(|(id, _)| id),
+        );
     }
     out.sort_unstable();
     out.dedup();

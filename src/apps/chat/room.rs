@@ -71,11 +71,10 @@ fn unread_fanout(
     except: i64,
     out: &mut Fanout,
 ) -> Result<(), StoreError> {
-    for member in super::member_ids(c, room_id)?
+    for (member, count) in super::unread_counts(c, room_id)?
         .into_iter()
-        .filter(|&m| m != except)
+        .filter(|&(m, _)| m != except)
     {
-        let count = unread_count(c, room_id, member)?;
         out.users.push((
             member,
             "unread_updated",
