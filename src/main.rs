@@ -304,6 +304,12 @@ struct ServeArgs {
     /// Key that signs LongPoll session tokens; a random one per process when unset.
     #[arg(long, env = "FAWKES_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
+    /// A PEM certificate chain: serve TLS only (`wss://`, `https://`); needs --tls-key.
+    #[arg(long, env = "FAWKES_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "FAWKES_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Seconds shutdown waits for connections to close.
     #[arg(long, env = "FAWKES_SHUTDOWN_TIMEOUT", default_value_t = Config::default().shutdown_timeout.as_secs())]
     shutdown_timeout: u64,
@@ -467,9 +473,16 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
     if let Some(n) = args.workers {
         server = server.workers(n);
     }
+    let (http, ws) = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            server = server.tls(fawkes::server::tls_config(cert, key)?);
+            ("https", "wss")
+        }
+        _ => ("http", "ws"),
+    };
     let running = server.bind((args.host.as_str(), args.port))?;
     println!(
-        "fawkes listening on http://{addr} (database {db}; sockets at ws://{addr}/socket and ws://{addr}/community)",
+        "fawkes listening on {http}://{addr} (database {db}; sockets at {ws}://{addr}/socket and {ws}://{addr}/community)",
         addr = running.local_addr(),
         db = args.db.database_url,
     );

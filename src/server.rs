@@ -1,10 +1,12 @@
-//! HTTP wiring: mounts sockets on an actix-web server, raises the descriptor limit, and shuts
-//! down gracefully on SIGTERM/SIGINT (sockets closed with 1001 so clients reconnect elsewhere).
+//! HTTP wiring: mounts sockets on an actix-web server (plain, or TLS through rustls for
+//! `wss://` and `https://`), raises the descriptor limit, and shuts down gracefully on
+//! SIGTERM/SIGINT (sockets closed with 1001 so clients reconnect elsewhere).
 
 use crate::endpoint::{Endpoint, Socket};
 use crate::transport::{longpoll, websocket, Mount};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 
 type Routes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
@@ -15,6 +17,32 @@ pub struct Server {
     mounts: Vec<(String, Socket)>,
     routes: Vec<Routes>,
     workers: Option<usize>,
+    tls: Option<rustls::ServerConfig>,
+}
+
+/// A TLS configuration from a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or
+/// SEC1), on rustls with the ring provider.
+pub fn tls_config(cert: &Path, key: &Path) -> std::io::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &Path, e: rustls::pki_types::pem::Error| {
+        std::io::Error::other(format!("{}: {e}", what.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, e))?;
+    if certs.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "{}: no certificate",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| std::io::Error::other(format!("TLS: {e}")))
 }
 
 /// Socket definitions bound to an endpoint, each with its LongPoll sessions. Build them once
@@ -75,7 +103,14 @@ impl Server {
             mounts: Vec::new(),
             routes: Vec::new(),
             workers: None,
+            tls: None,
         }
+    }
+
+    /// Serves TLS only (`wss://`, `https://`), with this configuration (see [`tls_config`]).
+    pub fn tls(mut self, config: rustls::ServerConfig) -> Server {
+        self.tls = Some(config);
+        self
     }
 
     /// Mounts a socket at `path` (`/socket` serves `/socket/websocket`).
@@ -104,6 +139,7 @@ impl Server {
             mounts,
             routes,
             workers,
+            tls,
         } = self;
         let mounts = self::mounts(&endpoint, &mounts);
         let ep = endpoint.clone();
@@ -125,7 +161,10 @@ impl Server {
         if let Some(n) = workers {
             http = http.workers(n);
         }
-        let http = http.bind(addr)?;
+        let http = match tls {
+            Some(config) => http.bind_rustls_0_23(addr, config)?,
+            None => http.bind(addr)?,
+        };
         let addrs = http.addrs();
         Ok(Running {
             addrs,

@@ -2,7 +2,7 @@
 //! (`community:feed`: `new_post` broadcasts to every joined socket, `ping` echoes).
 //!
 //! - [`conn`]: opening connections (rotating loopback source addresses), joining, heartbeats.
-//! - [`conns`], [`fanout`], [`echo`]: the three modes.
+//! - [`conns`], [`fanout`], [`echo`], [`storm`]: the four modes.
 //! - [`proc`]: readings from `/proc` (memory, CPU) and the open-files limit.
 //! - [`report`]: failures, latency summaries, the human and JSON output.
 
@@ -12,6 +12,7 @@ pub mod echo;
 pub mod fanout;
 pub mod proc;
 pub mod report;
+pub mod storm;
 
 use std::sync::Arc;
 use std::time::Duration;

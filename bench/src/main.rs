@@ -13,6 +13,7 @@ use fawkes_bench::echo::{self, EchoArgs};
 use fawkes_bench::fanout::{self, FanoutArgs};
 use fawkes_bench::proc::{raise_nofile_limit, Proc};
 use fawkes_bench::report::Report;
+use fawkes_bench::storm::{self, StormArgs};
 use fawkes_bench::Bench;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,8 @@ enum Mode {
     Fanout(FanoutArgs),
     /// C connections in a closed `ping` loop: replies/s, latency, server CPU.
     Echo(EchoArgs),
+    /// N joined connections all reconnect and rejoin at once after a server restart.
+    Storm(StormArgs),
 }
 
 impl Mode {
@@ -61,6 +64,7 @@ impl Mode {
             Mode::Conns(_) => "conns",
             Mode::Fanout(_) => "fanout",
             Mode::Echo(_) => "echo",
+            Mode::Storm(_) => "storm",
         }
     }
 
@@ -70,6 +74,7 @@ impl Mode {
             Mode::Conns(a) => a.duration(),
             Mode::Fanout(a) => a.duration(),
             Mode::Echo(a) => a.duration(),
+            Mode::Storm(a) => a.duration(),
         }
     }
 }
@@ -129,6 +134,7 @@ async fn run(cli: &Cli, nofile_limit: Option<u64>) -> Report {
         Mode::Conns(args) => conns::run(&bench, args).await,
         Mode::Fanout(args) => fanout::run(&bench, args).await,
         Mode::Echo(args) => echo::run(&bench, args).await,
+        Mode::Storm(args) => storm::run(&bench, args).await,
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 /// How many failure reasons to keep: the first few say what went wrong; the rest are counted.
 const KEEP_REASONS: usize = 5;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     /// TCP connect or WebSocket upgrade failed.
     Connect,

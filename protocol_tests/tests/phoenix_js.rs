@@ -126,3 +126,42 @@ fn phoenix_js_apps_on_sqlite() {
 fn phoenix_js_apps_on_postgres() {
     run_app_suite("postgres");
 }
+
+/// The whole phoenix.js suite over `wss://` (and LongPoll over `https://`), against a
+/// certificate made for the test and trusted through NODE_EXTRA_CA_CERTS.
+fn run_suite_over_tls(transport: &str) {
+    let _one_at_a_time = support::serial();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("a self-signed certificate");
+    let dir = std::env::temp_dir().join(format!("fawkes-tls-{}-{transport}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let tls = fawkes::server::tls_config(&cert_path, &key_path).expect("TLS config");
+    let server = support::start_tls(fawkes::Config::default(), support::fixture::socket(), tls);
+    run_script(
+        "test",
+        &[
+            (
+                "FAWKES_URL",
+                format!("wss://127.0.0.1:{}/socket", server.addr.port()),
+            ),
+            ("FAWKES_TRANSPORT", transport.to_owned()),
+            (
+                "NODE_EXTRA_CA_CERTS",
+                cert_path.to_string_lossy().into_owned(),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn phoenix_js_over_wss() {
+    run_suite_over_tls("websocket");
+}
+
+#[test]
+fn phoenix_js_over_longpoll_on_https() {
+    run_suite_over_tls("longpoll");
+}

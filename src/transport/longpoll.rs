@@ -288,28 +288,7 @@ pub async fn post(req: HttpRequest, body: Bytes, mount: web::Data<Mount>) -> Htt
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-ndjson"));
-    let frames = if ndjson {
-        let mut frames = Vec::new();
-        for line in body
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .filter(|l| !l.is_empty())
-            .take(MAX_BATCH)
-        {
-            if line.first() == Some(&b'[') {
-                frames.push((FrameKind::Text, body.slice_ref(line)));
-            } else {
-                match STANDARD.decode(line) {
-                    Ok(b) => frames.push((FrameKind::Binary, Bytes::from(b))),
-                    // Undecodable: let the socket see it and close, as for any bad frame.
-                    Err(_) => frames.push((FrameKind::Binary, Bytes::new())),
-                }
-            }
-        }
-        frames
-    } else {
-        vec![(FrameKind::Text, body)]
-    };
+    let frames = parse_body(ndjson, body);
     let (done, handled) = oneshot::channel();
     if session.inbound.send(Batch { frames, done }).await.is_err() {
         return respond(json!({"status": 410}));
@@ -320,6 +299,32 @@ pub async fn post(req: HttpRequest, body: Bytes, mount: web::Data<Mount>) -> Htt
         Ok(Err(_)) => respond(json!({"status": 410})),
         Err(_) => respond(json!({"status": 408})),
     }
+}
+
+/// A POST body as the frames it carries: one text message, or (NDJSON) up to [`MAX_BATCH`]
+/// lines, each a JSON text message or a base64 binary one. Pure, for the fuzzer too.
+pub fn parse_body(ndjson: bool, body: Bytes) -> Vec<(FrameKind, Bytes)> {
+    if !ndjson {
+        return vec![(FrameKind::Text, body)];
+    }
+    let mut frames = Vec::new();
+    for line in body
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .take(MAX_BATCH)
+    {
+        if line.first() == Some(&b'[') {
+            frames.push((FrameKind::Text, body.slice_ref(line)));
+        } else {
+            match STANDARD.decode(line) {
+                Ok(b) => frames.push((FrameKind::Binary, Bytes::from(b))),
+                // Undecodable: let the socket see it and close, as for any bad frame.
+                Err(_) => frames.push((FrameKind::Binary, Bytes::new())),
+            }
+        }
+    }
+    frames
 }
 
 /// `OPTIONS <mount>/longpoll`: the CORS preflight.

@@ -38,15 +38,26 @@ impl Control for EndpointControl {
 
 /// Serves `socket` at /socket on a free port, in a background thread.
 pub fn start_with(config: Config, socket: Socket) -> Running {
+    start_server(config, socket, None)
+}
+
+/// The same, over TLS only.
+pub fn start_tls(config: Config, socket: Socket, tls: rustls::ServerConfig) -> Running {
+    start_server(config, socket, Some(tls))
+}
+
+fn start_server(config: Config, socket: Socket, tls: Option<rustls::ServerConfig>) -> Running {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
             let endpoint = Endpoint::new(config);
-            let server = Server::new(endpoint.clone())
+            let mut server = Server::new(endpoint.clone())
                 .socket("/socket", socket)
-                .workers(2)
-                .bind("127.0.0.1:0")
-                .expect("bind");
+                .workers(2);
+            if let Some(tls) = tls {
+                server = server.tls(tls);
+            }
+            let server = server.bind("127.0.0.1:0").expect("bind");
             tx.send(Running {
                 addr: server.local_addr(),
                 endpoint,
