@@ -149,7 +149,7 @@ fn a_newcomer_creates_a_user_serves_posts_and_loses_nothing_to_sigkill() {
 }
 
 /// The conformance fixture's secret_key_base, which minted the tokens of
-/// shared/protocol/phoenix-token.md.
+/// protocol_tests/reference/phoenix-token.md.
 const SKB: &str = "conformance-fixture-secret-key-base-0123456789abcdef0123456789abcdef0123456789";
 
 #[test]

@@ -1,4 +1,4 @@
-//! The conformance fixture (`shared/conformance-fixture.md`), written only against Fawkes's
+//! The conformance fixture (`protocol_tests/reference/conformance-fixture.md`), written only against Fawkes's
 //! public API: also the smallest example of writing channels.
 
 use fawkes::{

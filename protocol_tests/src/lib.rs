@@ -1,5 +1,5 @@
 //! A black-box Phoenix Channels conformance suite. It runs against any server that serves the
-//! conformance fixture (`shared/conformance-fixture.md`): Fawkes, or real Phoenix.
+//! conformance fixture (`reference/conformance-fixture.md`): Fawkes, or real Phoenix.
 //!
 //! - [`scenarios`]: every transcript scenario, asserting exact frames.
 //! - [`client`]: a raw WebSocket and HTTP client.
@@ -18,6 +18,51 @@ pub trait Control: Send + Sync {
     fn disconnect(&self, socket_id: &str);
 }
 
+/// Which Phoenix's answers to expect where 1.7 and 1.8 differ (`FACTS.md` §9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Phoenix {
+    /// 1.7.24: events with a stale join_ref are answered; `phx_error` carries `{}`; a
+    /// `disconnect` closes with 1000.
+    V1_7,
+    /// 1.8.12 (what Fawkes follows): stale join_refs dropped; `phx_error` carries
+    /// `{"reason":"channel_crash"}`; a `disconnect` closes with 1001.
+    #[default]
+    V1_8,
+}
+
+impl Phoenix {
+    /// `1.7` or `1.8` (a patch version is allowed and ignored).
+    pub fn parse(s: &str) -> Option<Phoenix> {
+        match s.split('.').take(2).collect::<Vec<_>>().as_slice() {
+            ["1", "7"] => Some(Phoenix::V1_7),
+            ["1", "8"] => Some(Phoenix::V1_8),
+            _ => None,
+        }
+    }
+
+    /// The payload of `phx_error` after a crash.
+    pub fn crash_payload(self) -> &'static str {
+        match self {
+            Phoenix::V1_7 => "{}",
+            Phoenix::V1_8 => r#"{"reason":"channel_crash"}"#,
+        }
+    }
+
+    /// Whether an ordinary event with a stale join_ref is dropped (else answered by the
+    /// current join).
+    pub fn drops_stale_join_refs(self) -> bool {
+        self == Phoenix::V1_8
+    }
+
+    /// The close code of a `disconnect` broadcast on the socket id.
+    pub fn disconnect_code(self) -> u16 {
+        match self {
+            Phoenix::V1_7 => 1000,
+            Phoenix::V1_8 => 1001,
+        }
+    }
+}
+
 /// The server under test.
 #[derive(Clone)]
 pub struct Target {
@@ -26,6 +71,8 @@ pub struct Target {
     pub control: Option<Arc<dyn Control>>,
     /// The server's idle timeout, if the idle scenario should run (it waits that long).
     pub idle_timeout: Option<Duration>,
+    /// The Phoenix version whose answers to expect.
+    pub phoenix: Phoenix,
 }
 
 impl Target {
@@ -37,6 +84,7 @@ impl Target {
                 .to_owned(),
             control: None,
             idle_timeout: None,
+            phoenix: Phoenix::default(),
         }
     }
 

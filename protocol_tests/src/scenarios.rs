@@ -1,5 +1,6 @@
-//! Every scenario of `shared/protocol/phoenix-1.7-transcripts.md`, as Phoenix 1.8.12 answers it
-//! (stale join_refs dropped, `phx_error` with `{"reason":"channel_crash"}`, 1001 on disconnect).
+//! Every scenario of `reference/phoenix-1.7-transcripts.md`, as Phoenix 1.8.12 answers it
+//! (stale join_refs dropped, `phx_error` with `{"reason":"channel_crash"}`, 1001 on disconnect),
+//! or, with [`crate::Phoenix::V1_7`], as the captured Phoenix 1.7.24 did.
 
 use crate::client::{http, unhex, Client, Frame, Result};
 use crate::matcher::Vars;
@@ -229,9 +230,16 @@ async fn v2_stale_join_ref_is_dropped(t: Target) -> Result {
         &mut v,
     )
     .await?;
-    // Phoenix 1.8.12 drops it (1.7.24 still answered).
+    // Phoenix 1.8.12 drops it; 1.7.24 still answered, with the current join_ref.
     a.send(r#"["99","2","community:feed","ping",{"x":1}]"#)
         .await?;
+    if !t.phoenix.drops_stale_join_refs() {
+        a.expect(
+            r#"["1","2","community:feed","phx_reply",{"response":{"x":1},"status":"ok"}]"#,
+            &mut v,
+        )
+        .await?;
+    }
     a.send(r#"["1","3","community:feed","ping",{"x":2}]"#)
         .await?;
     a.expect(
@@ -277,10 +285,18 @@ async fn v2_duplicate_join(t: Target) -> Result {
         &mut v,
     )
     .await?;
-    // The old join_ref is stale now: dropped.
+    // The old join_ref is stale now: dropped (answered by the new join in 1.7).
     a.send(r#"["1","4","community:feed","ping",{"old":"ref"}]"#)
         .await?;
-    a.expect_silence(200).await?;
+    if t.phoenix.drops_stale_join_refs() {
+        a.expect_silence(200).await?;
+    } else {
+        a.expect(
+            r#"["2","4","community:feed","phx_reply",{"response":{"old":"ref"},"status":"ok"}]"#,
+            &mut v,
+        )
+        .await?;
+    }
     // A duplicate join with the same join_ref.
     a.send(r#"["2","5","community:feed","phx_join",{}]"#)
         .await?;
@@ -501,8 +517,8 @@ async fn v2_disconnect_by_socket_id(t: Target) -> Result {
     )
     .await?;
     control.disconnect(&format!("users_socket:{token}"));
-    // 1001 (Phoenix 1.8.8+), so phoenix.js reconnects.
-    a.expect_close(1001).await?;
+    // 1001 (Phoenix 1.8.8+), so phoenix.js reconnects; 1000 before.
+    a.expect_close(t.phoenix.disconnect_code()).await?;
     // Only that socket.
     other.send(r#"[null,"1","phoenix","heartbeat",{}]"#).await?;
     other
@@ -568,7 +584,10 @@ async fn v2_channel_crash(t: Target) -> Result {
     a.send(r#"["5","6","collection:abc","whatever",{}]"#)
         .await?;
     a.expect(
-        r#"["5","5","collection:abc","phx_error",{"reason":"channel_crash"}]"#,
+        &format!(
+            r#"["5","5","collection:abc","phx_error",{}]"#,
+            t.phoenix.crash_payload()
+        ),
         &mut v,
     )
     .await?;
@@ -646,7 +665,10 @@ async fn v2_crash_with_presence(t: Target) -> Result {
     .await?;
     b.send(&f(r#"["2","3","TOPIC","boom",{}]"#)).await?;
     b.expect(
-        &f(r#"["2","2","TOPIC","phx_error",{"reason":"channel_crash"}]"#),
+        &f(&format!(
+            r#"["2","2","TOPIC","phx_error",{}]"#,
+            t.phoenix.crash_payload()
+        )),
         &mut v,
     )
     .await?;
@@ -907,6 +929,10 @@ async fn swift_phoenix_client_session(t: Target) -> Result {
     let mut v = Vars::new();
     // Swift puts vsn first.
     let mut s = open("Swift", &t, "vsn=2.0.0&token=abc").await?;
+    let crash = format!(
+        r#"["10","10","collection:abc","phx_error",{}]"#,
+        t.phoenix.crash_payload()
+    );
     let steps: &[(&str, &[&str])] = &[
         (
             r#"["4","4","community:feed","phx_join",{}]"#,
@@ -928,10 +954,7 @@ async fn swift_phoenix_client_session(t: Target) -> Result {
                 r#"["10","10","collection:abc","phx_reply",{"response":{"items":[]},"status":"ok"}]"#,
             ],
         ),
-        (
-            r#"["10","11","collection:abc","whatever",{}]"#,
-            &[r#"["10","10","collection:abc","phx_error",{"reason":"channel_crash"}]"#],
-        ),
+        (r#"["10","11","collection:abc","whatever",{}]"#, &[&crash]),
         // Rejoin after the 1 s backoff, with a fresh ref as join_ref.
         (
             r#"["12","12","collection:abc","phx_join",{}]"#,

@@ -1,5 +1,5 @@
 //! Signing in with tokens minted elsewhere, on SQLite and PostgreSQL: the real Phoenix.Tokens of
-//! `shared/protocol/phoenix-token.md` (minted by Phoenix 1.7.24), tokens Fawkes mints, and
+//! `reference/phoenix-token.md` (minted by Phoenix 1.7.24), tokens Fawkes mints, and
 //! HS256 / RS256 JWTs, over WebSocket, LongPoll and REST. A refused token is refused as an
 //! unknown API token is: 403 on connect, 401 on REST.
 

@@ -184,7 +184,7 @@ impl MaxAge {
 mod tests {
     use super::*;
 
-    // The worked example and the tokens of ../shared/protocol/phoenix-token.md, minted by
+    // The worked example and the tokens of protocol_tests/reference/phoenix-token.md, minted by
     // Phoenix 1.7.24 with this secret_key_base.
     const SKB: &str =
         "conformance-fixture-secret-key-base-0123456789abcdef0123456789abcdef0123456789";
