@@ -13,6 +13,7 @@ use crate::pubsub::{encode_frame, Broadcast, Dispatch, SubId, Subscriber};
 use async_trait::async_trait;
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,6 +179,8 @@ pub struct ChannelContext {
     pub(crate) tracked: Vec<String>,
     pub(crate) subscriptions: Vec<(String, SubId)>,
     pub(crate) timers: Vec<tokio::task::JoinHandle<()>>,
+    /// Recorded broadcasts at or below this seq are not sent: the join reply covered them.
+    pub(crate) covered: Arc<AtomicI64>,
 }
 
 /// Where to send a reply later: see [`ChannelContext::reply`].
@@ -292,6 +295,13 @@ impl ChannelContext {
         });
         ps.subscribe(topic, id, sub);
         self.subscriptions.push((topic.to_owned(), id));
+    }
+
+    /// From `join`: recorded broadcasts of this topic numbered `seq` or below are not sent to
+    /// this client, since the join reply covers them (see [`crate::history`]). Those above it
+    /// all are, so the reply and what follows neither overlap nor leave a gap.
+    pub fn skip_recorded_through(&self, seq: i64) {
+        self.covered.fetch_max(seq, Ordering::Relaxed);
     }
 
     /// Ends this channel the way a server-side leave does (the client gets `phx_close` and does
@@ -415,10 +425,16 @@ pub(crate) struct FastlaneSubscriber {
     pub conn: Arc<Connection>,
     pub channel: ChannelId,
     pub intercepts: &'static [&'static str],
+    /// Shared with the channel's context: see [`ChannelContext::skip_recorded_through`].
+    pub covered: Arc<AtomicI64>,
 }
 
 impl Subscriber for FastlaneSubscriber {
     fn deliver(&self, d: &Dispatch<'_>) {
+        let seq = d.broadcast.seq;
+        if seq.is_some_and(|s| s <= self.covered.load(Ordering::Relaxed)) {
+            return;
+        }
         if self.intercepts.contains(&d.broadcast.event.as_str()) {
             // Weighed by its encoded frame: built once per broadcast, shared by all.
             let bytes = d.frame(self.conn.serializer).map_or(0, |f| f.len());
@@ -430,7 +446,7 @@ impl Subscriber for FastlaneSubscriber {
                 bytes,
             );
         } else if let Some(frame) = d.frame(self.conn.serializer) {
-            self.conn.push_broadcast(self.channel, frame);
+            self.conn.push_broadcast(self.channel, frame, seq);
         }
     }
 

@@ -89,7 +89,8 @@ struct State {
     /// A channel whose join reply is not written yet: its broadcasts wait in `held`, so that
     /// the join reply always comes first.
     holding: Option<ChannelId>,
-    held: Vec<Bytes>,
+    /// With each frame, its recorded seq, if any: what the join reply covered is dropped.
+    held: Vec<(Bytes, Option<i64>)>,
     /// Channels the app has ended whose socket task has not caught up yet: their broadcasts
     /// are dropped from the moment of revocation.
     revoked: Vec<ChannelId>,
@@ -136,7 +137,8 @@ impl Connection {
     }
 
     /// Queues a broadcast frame for a channel, held back while that channel's join is pending.
-    pub fn push_broadcast(&self, channel: ChannelId, frame: Bytes) {
+    /// `seq`: the broadcast's place in its topic's recorded stream, if any.
+    pub fn push_broadcast(&self, channel: ChannelId, frame: Bytes, seq: Option<i64>) {
         let mut s = self.lock();
         if !s.revoked.is_empty() && s.revoked.contains(&channel) {
             return;
@@ -146,7 +148,7 @@ impl Connection {
                 self.overflow(&mut s);
             } else {
                 s.queued_bytes += frame.len();
-                s.held.push(frame);
+                s.held.push((frame, seq));
             }
         } else {
             self.enqueue(&mut s, frame);
@@ -199,23 +201,26 @@ impl Connection {
     pub fn hold(&self, channel: ChannelId) {
         let mut s = self.lock();
         s.holding = Some(channel);
-        let dropped: usize = s.held.drain(..).map(|f| f.len()).sum();
+        let dropped: usize = s.held.drain(..).map(|(f, _)| f.len()).sum();
         s.queued_bytes -= dropped;
     }
 
-    /// Ends holding: writes `first` (the join reply), then, if `keep`, what was held meanwhile.
-    pub fn release(&self, first: Option<Bytes>, keep: bool) {
+    /// Ends holding: writes `first` (the join reply), then, if `keep`, what was held meanwhile,
+    /// but for recorded broadcasts at or below `covered` (the reply has them).
+    pub fn release(&self, first: Option<Bytes>, keep: bool, covered: i64) {
         let mut s = self.lock();
         s.holding = None;
         let held = std::mem::take(&mut s.held);
         // Held frames move to the queue: count them again as they go in.
-        s.queued_bytes -= held.iter().map(Bytes::len).sum::<usize>();
+        s.queued_bytes -= held.iter().map(|(f, _)| f.len()).sum::<usize>();
         if let Some(f) = first {
             self.enqueue(&mut s, f);
         }
         if keep {
-            for f in held {
-                self.enqueue(&mut s, f);
+            for (f, seq) in held {
+                if seq.is_none_or(|n| n > covered) {
+                    self.enqueue(&mut s, f);
+                }
             }
         }
     }
@@ -229,7 +234,7 @@ impl Connection {
         }
         s.revoked.push(channel);
         if s.holding == Some(channel) {
-            let dropped: usize = s.held.drain(..).map(|f| f.len()).sum();
+            let dropped: usize = s.held.drain(..).map(|(f, _)| f.len()).sum();
             s.queued_bytes -= dropped;
         }
         self.post(&mut s, Mail::Stop { channel }, MAIL_OVERHEAD);
@@ -428,20 +433,26 @@ mod tests {
     fn held_broadcasts_follow_the_join_reply() {
         let c = Connection::new(1, Serializer::V2, 4, usize::MAX);
         c.hold(7);
-        c.push_broadcast(7, Bytes::from_static(b"b1"));
-        c.push_broadcast(8, Bytes::from_static(b"other"));
-        c.release(Some(Bytes::from_static(b"reply")), true);
+        c.push_broadcast(7, Bytes::from_static(b"b1"), None);
+        c.push_broadcast(8, Bytes::from_static(b"other"), None);
+        c.push_broadcast(7, Bytes::from_static(b"seq 3"), Some(3));
+        c.push_broadcast(7, Bytes::from_static(b"seq 4"), Some(4));
+        c.release(Some(Bytes::from_static(b"reply")), true, 3);
         let got: Vec<_> = c.drain();
-        assert_eq!(got, vec![&b"other"[..], b"reply", b"b1"]);
+        assert_eq!(
+            got,
+            vec![&b"other"[..], b"reply", b"b1", b"seq 4"],
+            "the reply covered seq 3"
+        );
     }
 
     #[test]
     fn a_revoked_channel_gets_no_more_broadcasts() {
         let c = Connection::new(1, Serializer::V2, 8, usize::MAX);
-        c.push_broadcast(7, Bytes::from_static(b"before"));
+        c.push_broadcast(7, Bytes::from_static(b"before"), None);
         c.revoke(7);
-        c.push_broadcast(7, Bytes::from_static(b"after"));
-        c.push_broadcast(8, Bytes::from_static(b"other"));
+        c.push_broadcast(7, Bytes::from_static(b"after"), None);
+        c.push_broadcast(8, Bytes::from_static(b"other"), None);
         c.push(Bytes::from_static(b"own"));
         assert_eq!(c.drain(), vec![&b"before"[..], b"other", b"own"]);
         let w = noop_waker();
@@ -450,7 +461,7 @@ mod tests {
             Poll::Ready(Some(Mail::Stop { channel: 7 }))
         ));
         c.forget(7);
-        c.push_broadcast(7, Bytes::from_static(b"a later join"));
+        c.push_broadcast(7, Bytes::from_static(b"a later join"), None);
         assert_eq!(c.drain(), vec![&b"a later join"[..]]);
     }
 

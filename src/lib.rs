@@ -15,6 +15,8 @@
 //! - [`server`]: actix-web wiring, descriptor limit, graceful shutdown.
 //! - [`store`]: Diesel over SQLite or PostgreSQL, pool, embedded migrations.
 //! - [`auth`]: Phoenix.Token and JWT verification (whom a token minted elsewhere names).
+//! - [`history`]: recorded topics: per-topic event streams in the database, replayed to a
+//!   client that rejoins with `since`.
 //! - [`etf`]: Erlang's External Term Format, as Phoenix.Token payloads carry it.
 //! - [`apps`]: what `fawkes serve` serves: accounts and the community feed (REST + channels).
 
@@ -25,6 +27,7 @@ pub mod config;
 pub mod connection;
 pub mod endpoint;
 pub mod etf;
+pub mod history;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;

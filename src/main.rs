@@ -6,6 +6,7 @@ use fawkes::apps::collections::rules::RuleBook;
 use fawkes::apps::collections::CollectionsConfig;
 use fawkes::apps::{self, accounts, AppLimits, AppState};
 use fawkes::auth::{jwt, phoenix_token, JwtConfig, JwtVerifier, PhoenixTokens, Subject, Verifiers};
+use fawkes::history::{History, HistoryConfig, Retention};
 use fawkes::store::{Store, DEFAULT_DATABASE_URL};
 use fawkes::{CheckOrigin, Config, Endpoint, Limits, Server};
 use std::path::{Path, PathBuf};
@@ -269,6 +270,16 @@ struct ServeArgs {
     rules: RulesArgs,
     #[command(flatten)]
     auth: AuthArgs,
+    /// Events kept per recorded topic (community:feed, channel:, thread:, user:) for replay.
+    #[arg(long, env = "FAWKES_HISTORY_MAX_EVENTS", default_value_t = Retention::default().max_events)]
+    history_max_events: i64,
+    /// Seconds a recorded event is kept for replay.
+    #[arg(long, env = "FAWKES_HISTORY_MAX_AGE", default_value_t = Retention::default().max_age.as_secs())]
+    history_max_age: u64,
+    /// Retention for topics with a prefix, `PREFIX=EVENTS/SECONDS` (e.g. `user:=200/3600`);
+    /// repeat or separate with commas. The longest matching prefix wins.
+    #[arg(long, env = "FAWKES_HISTORY_RETENTION", value_delimiter = ',', value_parser = HistoryConfig::parse_rule)]
+    history_retention: Vec<(String, Retention)>,
     #[arg(long, env = "FAWKES_HOST", default_value = "127.0.0.1")]
     host: String,
     #[arg(long, env = "FAWKES_PORT", default_value_t = 4000)]
@@ -463,6 +474,16 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
         ..ChatConfig::default()
     };
     state.auth = verifiers;
+    state.history = History::new(
+        state.store.clone(),
+        HistoryConfig {
+            default: Retention {
+                max_events: args.history_max_events.max(1),
+                max_age: Duration::from_secs(args.history_max_age.max(1)),
+            },
+            by_prefix: args.history_retention.clone(),
+        },
+    );
     let state = actix_web::web::Data::new(state);
     accounts::watch_revocations(state.clone());
     let socket = apps::socket(state.clone());

@@ -31,6 +31,9 @@ pub struct Broadcast {
     pub topic: String,
     pub event: String,
     pub payload: Payload,
+    /// Its place in the topic's recorded stream (see [`crate::history`]), if recorded: a
+    /// channel whose join reply covered it skips it.
+    pub seq: Option<i64>,
 }
 
 /// One delivery of a broadcast, with its lazily encoded frames (shared by every worker).
@@ -363,19 +366,32 @@ impl PubSub {
 
     /// Broadcasts to every subscriber of the topic, on this node and, through the adapter, others.
     pub fn broadcast(&self, topic: &str, event: &str, payload: Payload) {
-        self.publish(None, topic, event, payload);
+        self.publish(None, topic, event, payload, None);
     }
 
     /// Broadcasts to every subscriber but `from` (a channel's own subscription).
     pub fn broadcast_from(&self, from: SubId, topic: &str, event: &str, payload: Payload) {
-        self.publish(Some(from), topic, event, payload);
+        self.publish(Some(from), topic, event, payload, None);
     }
 
-    fn publish(&self, from: Option<SubId>, topic: &str, event: &str, payload: Payload) {
+    /// Broadcasts an event recorded as number `seq` of the topic's stream.
+    pub fn broadcast_recorded(&self, topic: &str, event: &str, payload: Payload, seq: i64) {
+        self.publish(None, topic, event, payload, Some(seq));
+    }
+
+    fn publish(
+        &self,
+        from: Option<SubId>,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        seq: Option<i64>,
+    ) {
         let b = Arc::new(Broadcast {
             topic: topic.to_owned(),
             event: event.to_owned(),
             payload,
+            seq,
         });
         self.dispatch(from, &b);
         if let Some(addr) = self.inner.remote.get() {

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 /// Why a socket ends.
@@ -227,6 +228,7 @@ impl SocketState {
         let ps = self.shared.endpoint.pubsub().clone();
         let id: ChannelId = ps.next_id();
         let conn = self.shared.conn.clone();
+        let covered = Arc::new(AtomicI64::new(0));
         // Subscribe before join runs, so that nothing published after the join's reads is
         // missed; hold those broadcasts until the reply is written.
         conn.hold(id);
@@ -237,6 +239,7 @@ impl SocketState {
                 conn: conn.clone(),
                 channel: id,
                 intercepts,
+                covered: covered.clone(),
             }),
         );
         let mut ctx = ChannelContext {
@@ -248,6 +251,7 @@ impl SocketState {
             tracked: Vec::new(),
             subscriptions: Vec::new(),
             timers: Vec::new(),
+            covered: covered.clone(),
         };
         let result = guarded(
             conn.id,
@@ -273,12 +277,12 @@ impl SocketState {
         );
         let ok = status == "ok";
         if ok {
-            conn.release(reply, true);
+            conn.release(reply, true, covered.load(Ordering::Relaxed));
             self.channels.insert(topic.clone(), Joined { channel, ctx });
         } else {
             ps.unsubscribe(&topic, id);
             ctx.cleanup();
-            conn.release(reply, false);
+            conn.release(reply, false, 0);
         }
         close_replaced(self);
     }
@@ -397,6 +401,10 @@ impl SocketState {
             Mail::Out { channel, broadcast } => {
                 if let Some(topic) = self.topic_of(channel) {
                     let joined = self.channels.get_mut(&topic).expect("joined");
+                    let covered = joined.ctx.covered.load(Ordering::Relaxed);
+                    if broadcast.seq.is_some_and(|s| s <= covered) {
+                        return None;
+                    }
                     let (ev, p) = (&broadcast.event, &broadcast.payload);
                     let conn = joined.ctx.socket.conn.id;
                     let r = catch(&topic, "handle_out", || {

@@ -21,8 +21,9 @@ async fn joined(app: &App, mount: &str, token: &str) -> Client {
     c.send(r#"["1","1","community:feed","phx_join",{}]"#)
         .await
         .unwrap();
+    // The reply carries the feed's latest seq (see tests/recovery.rs).
     c.expect(
-        r#"["1","1","community:feed","phx_reply",{"response":{},"status":"ok"}]"#,
+        r#"["1","1","community:feed","phx_reply",{"response":{"seq":"$seq"},"status":"ok"}]"#,
         &mut Vars::new(),
     )
     .await
@@ -30,9 +31,12 @@ async fn joined(app: &App, mount: &str, token: &str) -> Client {
     c
 }
 
-/// The broadcast frame for `event` with exactly this payload (keys sorted, as sent).
+/// The broadcast frame for `event` with exactly this payload (keys sorted, as sent), plus the
+/// `seq` the feed's stream gave it.
 async fn expect_event(c: &mut Client, event: &str, payload: &Value) {
-    let frame = format!(r#"[null,null,"community:feed","{event}",{payload}]"#);
+    let mut with_seq = payload.clone();
+    with_seq["seq"] = json!("$seq");
+    let frame = format!(r#"[null,null,"community:feed","{event}",{with_seq}]"#);
     c.expect(&frame, &mut Vars::new()).await.unwrap();
 }
 

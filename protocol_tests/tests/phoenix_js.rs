@@ -84,6 +84,18 @@ fn run_app_suite(backend: &str) {
             ..Default::default()
         };
         state.auth.phoenix = Some(verifier);
+        // A short thread: stream, so recovery.test.js can miss more than it keeps.
+        let history = fawkes::history::HistoryConfig {
+            by_prefix: vec![(
+                "thread:".into(),
+                fawkes::history::Retention {
+                    max_events: 2,
+                    ..Default::default()
+                },
+            )],
+            ..Default::default()
+        };
+        state.history = fawkes::history::History::new(state.store.clone(), history);
     });
     let (phx_id, _) = app.new_user(fawkes::apps::accounts::NewUser {
         name: "phx".into(),

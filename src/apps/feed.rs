@@ -1,10 +1,12 @@
 //! The community feed: posts, likes and comments over REST, live on `community:feed`.
-//! Every write broadcasts after its transaction commits, never for a write that failed.
+//! Every write records its event on the topic's stream (see [`crate::history`]) and broadcasts it,
+//! with its `seq`, after its transaction commits, never for a write that failed.
 
 use crate::apps::api::{
     authenticate, object_body, paging, path_id, text_field, ApiError, ApiResult,
 };
 use crate::apps::{accounts::User, current_user, AppState};
+use crate::history::Recorder;
 use crate::store::schema::{comments, post_likes, posts, users};
 use crate::store::{iso, now_ms, DbConnection, StoreError};
 use crate::{async_trait, Channel, ChannelContext, Payload, Reply};
@@ -144,8 +146,8 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
     let text = text_field(&object_body(&body)?, "body", state.limits.max_post_length)?;
     member(&user)?;
     let post = state
-        .store
-        .write(move |c| {
+        .history
+        .write(&state.endpoint, move |c, rec| {
             let now = now_ms();
             let id = diesel::insert_into(posts::table)
                 .values((
@@ -156,10 +158,11 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
                 ))
                 .returning(posts::id)
                 .get_result::<i64>(c)?;
-            load_post(c, id)
+            let post = load_post(c, id)?;
+            rec.record(c, TOPIC, "new_post", post.clone())?;
+            Ok(post)
         })
         .await?;
-    state.endpoint.broadcast(TOPIC, "new_post", post.clone());
     Ok(HttpResponse::Created().json(post))
 }
 
@@ -174,20 +177,19 @@ pub async fn update(
     let id = path_id(&id)?;
     let text = text_field(&object_body(&body)?, "body", state.limits.max_post_length)?;
     let post = state
-        .store
-        .write(move |c| {
+        .history
+        .write(&state.endpoint, move |c, rec| {
             if post_author(c, id)? != user.id {
                 return Err(ApiError::Forbidden.into());
             }
             diesel::update(posts::table.find(id))
                 .set((posts::body.eq(&text), posts::updated_at.eq(now_ms())))
                 .execute(c)?;
-            load_post(c, id)
+            let post = load_post(c, id)?;
+            rec.record(c, TOPIC, "post_updated", post.clone())?;
+            Ok(post)
         })
         .await?;
-    state
-        .endpoint
-        .broadcast(TOPIC, "post_updated", post.clone());
     Ok(HttpResponse::Ok().json(post))
 }
 
@@ -200,20 +202,18 @@ pub async fn delete(
     let user = authenticate(&state, &req).await?;
     let id = path_id(&id)?;
     state
-        .store
-        .write(move |c| {
+        .history
+        .write(&state.endpoint, move |c, rec| {
             if post_author(c, id)? != user.id {
                 return Err(ApiError::Forbidden.into());
             }
             diesel::delete(post_likes::table.filter(post_likes::post_id.eq(id))).execute(c)?;
             diesel::delete(comments::table.filter(comments::post_id.eq(id))).execute(c)?;
             diesel::delete(posts::table.find(id)).execute(c)?;
+            rec.record(c, TOPIC, "post_deleted", json!({ "id": id }))?;
             Ok(())
         })
         .await?;
-    state
-        .endpoint
-        .broadcast(TOPIC, "post_deleted", json!({ "id": id }));
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -227,8 +227,8 @@ pub async fn like(
     let id = path_id(&id)?;
     member(&user)?;
     let likes = state
-        .store
-        .write(move |c| {
+        .history
+        .write(&state.endpoint, move |c, rec| {
             post_author(c, id)?;
             let mine = post_likes::table
                 .filter(post_likes::post_id.eq(id))
@@ -243,16 +243,15 @@ pub async fn like(
                     .execute(c)?;
             }
             let post = load_post(c, id)?;
-            Ok(json!({
+            let likes = json!({
                 "id": id,
                 "likes_count": post["likes_count"],
                 "liked_by_user_ids": post["liked_by_user_ids"],
-            }))
+            });
+            rec.record(c, TOPIC, "post_likes_updated", likes.clone())?;
+            Ok(likes)
         })
         .await?;
-    state
-        .endpoint
-        .broadcast(TOPIC, "post_likes_updated", likes.clone());
     Ok(HttpResponse::Ok().json(likes))
 }
 
@@ -285,11 +284,19 @@ const COMMENT_COLUMNS: (
     users::name,
 );
 
-fn comments_count(c: &mut DbConnection, post_id: i64) -> Result<i64, StoreError> {
-    Ok(comments::table
+/// Records `post_comments_updated` with the post's comment count.
+fn comments_updated(
+    c: &mut DbConnection,
+    rec: &mut Recorder<'_>,
+    post_id: i64,
+) -> Result<(), StoreError> {
+    let count: i64 = comments::table
         .filter(comments::post_id.eq(post_id))
         .count()
-        .get_result(c)?)
+        .get_result(c)?;
+    let payload = json!({"id": post_id, "comments_count": count});
+    rec.record(c, TOPIC, "post_comments_updated", payload)?;
+    Ok(())
 }
 
 /// `GET /api/community/posts/:id/comments`: oldest first.
@@ -329,9 +336,9 @@ pub async fn create_comment(
     let post_id = path_id(&id)?;
     let text = text_field(&object_body(&body)?, "body", state.limits.max_post_length)?;
     member(&user)?;
-    let (comment, count) = state
-        .store
-        .write(move |c| {
+    let comment = state
+        .history
+        .write(&state.endpoint, move |c, rec| {
             post_author(c, post_id)?;
             let id = diesel::insert_into(comments::table)
                 .values((
@@ -347,14 +354,10 @@ pub async fn create_comment(
                 .filter(comments::id.eq(id))
                 .select(COMMENT_COLUMNS)
                 .first::<CommentRow>(c)?;
-            Ok((render_comment(row), comments_count(c, post_id)?))
+            comments_updated(c, rec, post_id)?;
+            Ok(render_comment(row))
         })
         .await?;
-    state.endpoint.broadcast(
-        TOPIC,
-        "post_comments_updated",
-        json!({"id": post_id, "comments_count": count}),
-    );
     Ok(HttpResponse::Created().json(comment))
 }
 
@@ -366,9 +369,9 @@ pub async fn delete_comment(
 ) -> ApiResult {
     let user = authenticate(&state, &req).await?;
     let id = path_id(&id)?;
-    let (post_id, count) = state
-        .store
-        .write(move |c| {
+    state
+        .history
+        .write(&state.endpoint, move |c, rec| {
             let (post_id, author) = comments::table
                 .find(id)
                 .select((comments::post_id, comments::user_id))
@@ -377,14 +380,9 @@ pub async fn delete_comment(
                 return Err(ApiError::Forbidden.into());
             }
             diesel::delete(comments::table.find(id)).execute(c)?;
-            Ok((post_id, comments_count(c, post_id)?))
+            comments_updated(c, rec, post_id)
         })
         .await?;
-    state.endpoint.broadcast(
-        TOPIC,
-        "post_comments_updated",
-        json!({"id": post_id, "comments_count": count}),
-    );
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -398,7 +396,7 @@ impl Channel for FeedChannel {
     async fn join(
         &mut self,
         _: &str,
-        _: Payload,
+        params: Payload,
         ctx: &mut ChannelContext,
     ) -> Result<Payload, Payload> {
         let unauthorized = || Payload::Json(json!({"reason": "unauthorized"}));
@@ -417,7 +415,8 @@ impl Channel for FeedChannel {
             Some(u) if u.community_member => {
                 // Leaving the community ends this channel.
                 ctx.stop_on(&crate::apps::accounts::community_member_topic(u.id));
-                Ok(Payload::empty())
+                let fields = self.state.history.join(ctx, &params).await?;
+                Ok(Payload::Json(Value::Object(fields)))
             }
             _ => Err(unauthorized()),
         }

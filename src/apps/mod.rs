@@ -43,6 +43,8 @@ pub struct AppState {
     pub chat: chat::ChatConfig,
     /// Phoenix.Token and JWT sign-in, when configured.
     pub auth: crate::auth::Verifiers,
+    /// The recorded streams of `community:feed`, `channel:`, `thread:` and `user:` topics.
+    pub history: crate::history::History,
     pub(crate) chat_rate: chat::RateLimiter,
     /// One writer per collection at a time, so `change` broadcasts leave in sequence order.
     pub(crate) collection_locks: dashmap::DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
@@ -56,6 +58,7 @@ impl AppState {
         collections: collections::CollectionsConfig,
     ) -> AppState {
         AppState {
+            history: crate::history::History::new(store.clone(), Default::default()),
             store,
             endpoint,
             limits,

@@ -164,6 +164,25 @@ impl Store {
         .map_err(|e| StoreError::Pool(format!("blocking pool: {e}")))?
     }
 
+    /// Runs reads in one transaction off the async executor: they all see the same commit
+    /// (REPEATABLE READ on PostgreSQL; a SQLite transaction reads one snapshot).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(move |c| {
+            c.transaction(|c| {
+                if let DbConnection::Postgres(pg) = c {
+                    diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                        .execute(pg)?;
+                }
+                f(c)
+            })
+        })
+        .await
+    }
+
     /// Runs a writing transaction off the async executor: committed when it returns `Ok`,
     /// rolled back otherwise.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>

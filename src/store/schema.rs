@@ -159,3 +159,23 @@ diesel::allow_tables_to_appear_in_same_query!(
     reactions,
     mentions
 );
+
+diesel::table! {
+    /// Each recorded topic's latest sequence number.
+    topic_seqs (topic) {
+        topic -> Text,
+        seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Recorded events, kept by count and age per topic (see `history`).
+    topic_events (topic, seq) {
+        topic -> Text,
+        seq -> BigInt,
+        event -> Text,
+        /// The broadcast payload, its `seq` included, as JSON.
+        payload -> Text,
+        inserted_at -> BigInt,
+    }
+}

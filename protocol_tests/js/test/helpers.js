@@ -198,3 +198,24 @@ export async function waitUntil(predicate, message, timeout = TIMEOUT_MS){
     await sleep(20)
   }
 }
+
+/**
+ * A recorded broadcast's payload (community:feed, channel:, thread:, user:) without its
+ * `seq`, after checking that the seq is there: a positive integer.
+ */
+export function recorded(payload){
+  if(!Number.isInteger(payload?.seq) || payload.seq < 1){
+    throw new Error(`expected a recorded event with a seq, got ${describe(payload)}`)
+  }
+  const {seq, ...rest} = payload
+  return rest
+}
+
+/** A join reply of a recorded topic without its latest `seq`, after checking it is there. */
+export function joined(reply){
+  if(!Number.isInteger(reply?.seq) || reply.seq < 0){
+    throw new Error(`expected a join reply with the topic's seq, got ${describe(reply)}`)
+  }
+  const {seq, ...rest} = reply
+  return rest
+}

@@ -6,6 +6,7 @@ use super::{
 };
 use crate::apps::accounts::User;
 use crate::apps::{current_user, AppState};
+use crate::history::{position, since_param, Recorder};
 use crate::store::schema::{mentions, messages, reactions, room_members};
 use crate::store::{iso, now_ms, DbConnection, StoreError};
 use crate::{async_trait, Channel, ChannelContext, Flow, Info, Payload, Reply, StopReason};
@@ -54,13 +55,15 @@ impl Fanout {
         self.room.push((topic, event.to_owned(), payload));
     }
 
-    fn send(self, state: &AppState) {
+    /// Records every event on its topic's stream; they are broadcast once the write commits.
+    fn record(self, c: &mut DbConnection, rec: &mut Recorder<'_>) -> Result<(), StoreError> {
         for (topic, event, payload) in self.room {
-            state.endpoint.broadcast(&topic, &event, payload);
+            rec.record(c, &topic, &event, payload)?;
         }
         for (user, event, payload) in self.users {
-            state.endpoint.broadcast(&user_topic(user), event, payload);
+            rec.record(c, &user_topic(user), event, payload)?;
         }
+        Ok(())
     }
 }
 
@@ -137,19 +140,17 @@ impl RoomChannel {
         let (user, room) = (self.user().clone(), self.room_id);
         let result = self
             .state
-            .store
-            .write(move |c| {
+            .history
+            .write(&self.state.endpoint, move |c, rec| {
                 membership(c, room, &user)?;
                 let mut out = Fanout::default();
                 let v = f(c, &user, room, &mut out)?;
-                Ok((v, out))
+                out.record(c, rec)?;
+                Ok(v)
             })
             .await;
         match result {
-            Ok((v, out)) => {
-                out.send(&self.state);
-                Reply::ok(v)
-            }
+            Ok(v) => Reply::ok(v),
             Err(e) => store_error(self.room_id, e),
         }
     }
@@ -406,22 +407,34 @@ impl Channel for RoomChannel {
     async fn join(
         &mut self,
         topic: &str,
-        _: Payload,
+        params: Payload,
         ctx: &mut ChannelContext,
     ) -> Result<Payload, Payload> {
         let user = current_user(ctx).ok_or_else(unauthorized)?;
         let room_id = topic_id(topic, "channel:").ok_or_else(unauthorized)?;
-        let u = user.clone();
-        let reply = self
+        let since = since_param(&params).map_err(reason)?;
+        let (u, t, config) = (
+            user.clone(),
+            topic.to_owned(),
+            self.state.history.config().clone(),
+        );
+        let (mut reply, pos) = self
             .state
             .store
-            .run(move |c| {
+            .read(move |c| {
                 let a = readable(c, room_id, &u)?;
                 let last = a.member.map(|_| a.last_read_id);
-                Ok(json!({"messages": history(c, room_id, None, 50)?, "last_read_id": last}))
+                let reply =
+                    json!({"messages": history(c, room_id, None, 50)?, "last_read_id": last});
+                Ok((reply, position(c, &config, &t, since)?))
             })
             .await
             .map_err(|_| unauthorized())?;
+        ctx.skip_recorded_through(pos.seq);
+        reply
+            .as_object_mut()
+            .expect("an object")
+            .extend(pos.reply_fields());
         ctx.stop_on(&room_member_topic(room_id, user.id));
         self.user = Some(user);
         self.room_id = room_id;
@@ -542,27 +555,35 @@ impl Channel for ThreadChannel {
     async fn join(
         &mut self,
         topic: &str,
-        _: Payload,
+        params: Payload,
         ctx: &mut ChannelContext,
     ) -> Result<Payload, Payload> {
         let user = current_user(ctx).ok_or_else(unauthorized)?;
         let parent = topic_id(topic, "thread:").ok_or_else(unauthorized)?;
+        let since = since_param(&params).map_err(reason)?;
         let user_id = user.id;
-        let (room, reply) = self
+        let (t, config) = (topic.to_owned(), self.state.history.config().clone());
+        let (room, mut reply, pos) = self
             .state
             .store
-            .run(move |c| {
+            .read(move |c| {
                 let room = messages::table
                     .find(parent)
                     .filter(messages::parent_id.is_null())
                     .select(messages::room_id)
                     .first::<i64>(c)?;
                 readable(c, room, &user)?;
-                Ok((room, json!({ "messages": thread(c, parent)? })))
+                let reply = json!({ "messages": thread(c, parent)? });
+                Ok((room, reply, position(c, &config, &t, since)?))
             })
             .await
             .map_err(|_| unauthorized())?;
         ctx.stop_on(&room_member_topic(room, user_id));
+        ctx.skip_recorded_through(pos.seq);
+        reply
+            .as_object_mut()
+            .expect("an object")
+            .extend(pos.reply_fields());
         Ok(Payload::Json(reply))
     }
 

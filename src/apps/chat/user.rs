@@ -1,7 +1,9 @@
-//! `user:<id>`: a user's own notifications (`mention`, `unread_updated`). Only that user joins.
+//! `user:<id>`: a user's own notifications (`mention`, `unread_updated`), recorded for replay.
+//! Only that user joins, so only that user ever sees the stream.
 
 use super::room::{topic_id, user_summary};
 use crate::apps::{current_user, AppState};
+use crate::history::{position, since_param};
 use crate::{async_trait, Channel, ChannelContext, Payload, Reply};
 use actix_web::web;
 use serde_json::json;
@@ -15,7 +17,7 @@ impl Channel for UserChannel {
     async fn join(
         &mut self,
         topic: &str,
-        _: Payload,
+        params: Payload,
         ctx: &mut ChannelContext,
     ) -> Result<Payload, Payload> {
         let unauthorized = || Payload::Json(json!({"reason": "unauthorized"}));
@@ -23,15 +25,23 @@ impl Channel for UserChannel {
         if topic_id(topic, "user:") != Some(me.id) {
             return Err(unauthorized());
         }
-        self.state
+        let since = since_param(&params).map_err(|r| Payload::Json(json!({ "reason": r })))?;
+        let (t, config) = (topic.to_owned(), self.state.history.config().clone());
+        let (mut reply, pos) = self
+            .state
             .store
-            .run(move |c| user_summary(c, me.id))
+            .read(move |c| Ok((user_summary(c, me.id)?, position(c, &config, &t, since)?)))
             .await
-            .map(Payload::Json)
             .map_err(|e| {
                 log::error!("user channel: {e}");
                 unauthorized()
-            })
+            })?;
+        ctx.skip_recorded_through(pos.seq);
+        reply
+            .as_object_mut()
+            .expect("an object")
+            .extend(pos.reply_fields());
+        Ok(Payload::Json(reply))
     }
 
     async fn handle_in(&mut self, event: &str, _: Payload, _: &mut ChannelContext) -> Reply {

@@ -9,7 +9,7 @@ import assert from "node:assert/strict"
 import {isDeepStrictEqual} from "node:util"
 import {Socket, Presence} from "phoenix"
 import {WebSocket} from "ws"
-import {awaitReply, disconnect, joinOk, nextEvent, openSocket, pushOk, recordEvents, sleep, uniqueId, waitUntil} from "../helpers.js"
+import {awaitReply, disconnect, joinOk, nextEvent, openSocket, pushOk, recordEvents, sleep, uniqueId, waitUntil, joined, recorded} from "../helpers.js"
 
 const BASE = process.env.FAWKES_APP_URL
 const USERS = JSON.parse(process.env.FAWKES_USERS || "null")
@@ -74,23 +74,23 @@ test("messages, edits, deletes, reactions and read receipts reach the room", asy
   assert.deepStrictEqual(Object.keys(msg).sort(), ["author_name", "body", "edited_at", "id", "inserted_at", "parent_id", "reactions", "reply_count", "room_id", "user_id"])
   assert.equal(msg.author_name, "alice")
   assert.equal(msg.edited_at, null)
-  assert.deepStrictEqual(await atB, msg)
-  assert.deepStrictEqual(await atC, msg)
+  assert.deepStrictEqual(recorded(await atB), msg)
+  assert.deepStrictEqual(recorded(await atC), msg)
 
   assert.deepStrictEqual(await pushError(rb, "edit_message", {id: msg.id, body: "not mine"}), {reason: "forbidden"})
   const updated = nextEvent(rc, "message_updated")
   const edited = await pushOk(ra, "edit_message", {id: msg.id, body: "hello, room"})
   assert.equal(edited.body, "hello, room")
   assert.ok(edited.edited_at)
-  assert.deepStrictEqual(await updated, edited)
+  assert.deepStrictEqual(recorded(await updated), edited)
 
   // Each toggle's reply carries the reactions, and the same payload reaches the others (an
   // earlier toggle's broadcast may still be on its way to them, so wait for this one's).
   const toggle = async (by, watcher, reactions) => {
     const expected = {message_id: msg.id, reactions}
-    const seen = nextEvent(watcher, "reactions_updated", {match: p => isDeepStrictEqual(p, expected)})
+    const seen = nextEvent(watcher, "reactions_updated", {match: p => isDeepStrictEqual(recorded(p), expected)})
     assert.deepStrictEqual(await pushOk(by, "react", {message_id: msg.id, emoji: "👍"}), expected)
-    assert.deepStrictEqual(await seen, expected)
+    assert.deepStrictEqual(recorded(await seen), expected)
   }
   await toggle(rb, rc, [{emoji: "👍", count: 1, user_ids: [bob.id]}])
   await toggle(rc, rb, [{emoji: "👍", count: 2, user_ids: [bob.id, carol.id]}])
@@ -98,12 +98,12 @@ test("messages, edits, deletes, reactions and read receipts reach the room", asy
 
   const receipt = nextEvent(ra, "read_receipt")
   await pushOk(rc, "mark_read", {message_id: msg.id})
-  assert.deepStrictEqual(await receipt, {user_id: carol.id, message_id: msg.id})
+  assert.deepStrictEqual(recorded(await receipt), {user_id: carol.id, message_id: msg.id})
 
   assert.deepStrictEqual(await pushError(rb, "delete_message", {id: msg.id}), {reason: "forbidden"})
   const deleted = nextEvent(rb, "message_deleted")
   assert.deepStrictEqual(await pushOk(ra, "delete_message", {id: msg.id}), {id: msg.id})
-  assert.deepStrictEqual(await deleted, {id: msg.id})
+  assert.deepStrictEqual(recorded(await deleted), {id: msg.id})
 
   const history = await pushOk(rb, "load_history", {limit: 10})
   assert.ok(history.messages.every(m => m.id !== msg.id))
@@ -118,15 +118,15 @@ test("a thread reply goes to thread:<id>, and the room gets thread_updated", asy
   await joinOk(ra); await joinOk(rc)
   const parent = await pushOk(ra, "new_message", {body: "thread starter"})
   const th = b.channel(`thread:${parent.id}`)
-  assert.deepStrictEqual(await joinOk(th), {messages: [parent]})
+  assert.deepStrictEqual(joined(await joinOk(th)), {messages: [parent]})
 
   const inThread = nextEvent(th, "new_message")
   const roomNews = recordEvents(ra, "new_message")
   const threadUpdated = nextEvent(ra, "thread_updated")
   const reply = await pushOk(rc, "new_message", {body: "a reply", parent_id: parent.id})
   assert.equal(reply.parent_id, parent.id)
-  assert.deepStrictEqual(await inThread, reply)
-  assert.deepStrictEqual(await threadUpdated, {message_id: parent.id, reply_count: 1, last_reply_at: reply.inserted_at})
+  assert.deepStrictEqual(recorded(await inThread), reply)
+  assert.deepStrictEqual(recorded(await threadUpdated), {message_id: parent.id, reply_count: 1, last_reply_at: reply.inserted_at})
   assert.equal(roomNews.payloads.length, 0, "a reply is not a room message")
   const [again] = (await pushOk(ra, "load_history", {limit: 1})).messages
   assert.equal(again.reply_count, 1)
@@ -184,7 +184,7 @@ test("@name, @here and @everyone notify on user:<id>, with unread counts", async
   const [a, b, c] = await Promise.all([alice, bob, carol].map(u => connect(t, u)))
   const ub = b.channel(`user:${bob.id}`), uc = c.channel(`user:${carol.id}`)
   const start = await joinOk(ub)
-  assert.deepStrictEqual(Object.keys(start).sort(), ["mentions", "unread"])
+  assert.deepStrictEqual(Object.keys(start).sort(), ["mentions", "seq", "unread"])
   assert.equal(typeof start.unread[String(general.id)], "number")
   await joinOk(uc)
   const room = a.channel(`channel:${general.id}`), bobRoom = b.channel(`channel:${general.id}`)
@@ -195,7 +195,7 @@ test("@name, @here and @everyone notify on user:<id>, with unread counts", async
   const carolUnread = nextEvent(uc, "unread_updated")
   const carolMentions = recordEvents(uc, "mention")
   const msg = await pushOk(room, "new_message", {body: "hey @bob, look"})
-  assert.deepStrictEqual(await mention, {message: msg, channel_id: general.id})
+  assert.deepStrictEqual(recorded(await mention), {message: msg, channel_id: general.id})
   const u1 = await unread
   assert.equal(u1.channel_id, general.id)
   assert.equal((await carolUnread).channel_id, general.id)
@@ -217,7 +217,7 @@ test("@name, @here and @everyone notify on user:<id>, with unread counts", async
   // mark_read clears them and the unread count.
   const cleared = nextEvent(ub, "unread_updated", {match: p => p.count === 0})
   const read = await pushOk(bobRoom, "mark_read", {message_id: all.id})
-  assert.deepStrictEqual(await cleared, {channel_id: general.id, count: 0})
+  assert.deepStrictEqual(recorded(await cleared), {channel_id: general.id, count: 0})
   assert.equal(read.mentions, 0)
 
   // Only bob may join user:<bob>.

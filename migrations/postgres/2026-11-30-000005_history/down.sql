@@ -1,0 +1,2 @@
+DROP TABLE topic_events;
+DROP TABLE topic_seqs;

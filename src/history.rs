@@ -1,0 +1,381 @@
+//! Recorded topics: a per-topic stream of events numbered 1, 2, 3, ... and kept in the database,
+//! so that a client coming back with `{"since": S}` gets exactly the events it missed, or is
+//! told to start over (`"reset": true`) when the stream no longer reaches back that far.
+//!
+//! A write records its events inside its transaction ([`Recorder::record`]) and they are
+//! broadcast, with their `"seq"`, once it commits; [`History::write`] keeps this process's
+//! recorded broadcasts in sequence order. A join reads the topic's position
+//! ([`position`]) and tells its channel to skip what the reply covers
+//! ([`crate::ChannelContext::skip_recorded_through`]): the reply and the broadcasts after it
+//! never overlap nor leave a gap.
+
+use crate::endpoint::Endpoint;
+use crate::store::schema::{topic_events, topic_seqs};
+use crate::store::{now_ms, DbConnection, Store, StoreError};
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// How much of a topic's stream is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_events: i64,
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_events: 1000,
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Retention per topic prefix (the longest matching prefix wins), and for the rest.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryConfig {
+    pub default: Retention,
+    pub by_prefix: Vec<(String, Retention)>,
+}
+
+impl HistoryConfig {
+    pub fn retention(&self, topic: &str) -> Retention {
+        self.by_prefix
+            .iter()
+            .filter(|(p, _)| topic.starts_with(p.as_str()))
+            .max_by_key(|(p, _)| p.len())
+            .map_or(self.default, |(_, r)| *r)
+    }
+
+    /// `PREFIX=EVENTS/SECONDS`, e.g. `user:=200/3600`.
+    pub fn parse_rule(s: &str) -> Result<(String, Retention), String> {
+        let bad = || format!("{s:?}: expected PREFIX=EVENTS/SECONDS, e.g. user:=200/3600");
+        let (prefix, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (events, secs) = rest.split_once('/').ok_or_else(bad)?;
+        let max_events = events
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(bad)?;
+        let secs = secs
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(bad)?;
+        Ok((
+            prefix.to_owned(),
+            Retention {
+                max_events,
+                max_age: Duration::from_secs(secs),
+            },
+        ))
+    }
+}
+
+/// An event recorded in a transaction, broadcast once the transaction commits.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub topic: String,
+    pub event: String,
+    /// The payload with its `"seq"`.
+    pub payload: Value,
+    pub seq: i64,
+}
+
+/// Records events inside one transaction.
+pub struct Recorder<'a> {
+    config: &'a HistoryConfig,
+    recorded: Vec<Recorded>,
+}
+
+impl Recorder<'_> {
+    /// Takes `topic`'s next sequence number, adds it to `payload` (a JSON object) as `"seq"`,
+    /// stores the event and trims the stream to its retention. Returns the payload with its seq.
+    pub fn record(
+        &mut self,
+        c: &mut DbConnection,
+        topic: &str,
+        event: &str,
+        mut payload: Value,
+    ) -> Result<Value, StoreError> {
+        let seq = next_seq(c, topic)?;
+        if let Value::Object(m) = &mut payload {
+            m.insert("seq".into(), json!(seq));
+        }
+        let now = now_ms();
+        diesel::insert_into(topic_events::table)
+            .values((
+                topic_events::topic.eq(topic),
+                topic_events::seq.eq(seq),
+                topic_events::event.eq(event),
+                topic_events::payload.eq(payload.to_string()),
+                topic_events::inserted_at.eq(now),
+            ))
+            .execute(c)?;
+        let keep = self.config.retention(topic);
+        let oldest = now - keep.max_age.as_millis() as i64;
+        diesel::delete(
+            topic_events::table
+                .filter(topic_events::topic.eq(topic))
+                .filter(
+                    topic_events::seq
+                        .le(seq - keep.max_events)
+                        .or(topic_events::inserted_at.lt(oldest)),
+                ),
+        )
+        .execute(c)?;
+        self.recorded.push(Recorded {
+            topic: topic.to_owned(),
+            event: event.to_owned(),
+            payload: payload.clone(),
+            seq,
+        });
+        Ok(payload)
+    }
+}
+
+/// The topic's next sequence number; the row it takes stays locked (PostgreSQL) or the write
+/// lock held (SQLite) until the transaction ends.
+fn next_seq(c: &mut DbConnection, topic: &str) -> Result<i64, StoreError> {
+    match c {
+        DbConnection::Sqlite(c) => diesel::sql_query(
+            "INSERT INTO topic_seqs (topic, seq) VALUES (?, 0) ON CONFLICT (topic) DO NOTHING",
+        )
+        .bind::<Text, _>(topic)
+        .execute(c)?,
+        DbConnection::Postgres(c) => diesel::sql_query(
+            "INSERT INTO topic_seqs (topic, seq) VALUES ($1, 0) ON CONFLICT (topic) DO NOTHING",
+        )
+        .bind::<Text, _>(topic)
+        .execute(c)?,
+    };
+    Ok(diesel::update(topic_seqs::table.find(topic))
+        .set(topic_seqs::seq.eq(topic_seqs::seq + 1))
+        .returning(topic_seqs::seq)
+        .get_result::<i64>(c)?)
+}
+
+/// Where a topic's stream stands for a joining client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Position {
+    /// The latest seq (0 before any event).
+    pub seq: i64,
+    /// For a join with `since`: the events after it, or `None` when the stream no longer
+    /// covers it (a reset).
+    pub missed: Option<Option<Vec<Value>>>,
+}
+
+impl Position {
+    /// What a join reply adds: `"seq"`, and `"missed"` or `"reset": true` for a `since`.
+    pub fn reply_fields(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("seq".into(), json!(self.seq));
+        match &self.missed {
+            None => {}
+            Some(Some(events)) => {
+                m.insert("missed".into(), Value::Array(events.clone()));
+            }
+            Some(None) => {
+                m.insert("reset".into(), json!(true));
+            }
+        }
+        m
+    }
+}
+
+/// Reads `topic`'s latest seq and, with `since`, the events after it: `{"event", "payload",
+/// "seq"}` in order. Run it in the transaction of the join's other reads, so that they all see
+/// the same commit.
+pub fn position(
+    c: &mut DbConnection,
+    config: &HistoryConfig,
+    topic: &str,
+    since: Option<i64>,
+) -> Result<Position, StoreError> {
+    let seq = topic_seqs::table
+        .find(topic)
+        .select(topic_seqs::seq)
+        .first::<i64>(c)
+        .optional()?
+        .unwrap_or(0);
+    let Some(since) = since else {
+        return Ok(Position { seq, missed: None });
+    };
+    if since > seq {
+        return Ok(Position {
+            seq,
+            missed: Some(None),
+        });
+    }
+    let oldest = now_ms() - config.retention(topic).max_age.as_millis() as i64;
+    let rows = topic_events::table
+        .filter(topic_events::topic.eq(topic))
+        .filter(topic_events::seq.gt(since))
+        .filter(topic_events::inserted_at.ge(oldest))
+        .order(topic_events::seq)
+        .select((
+            topic_events::seq,
+            topic_events::event,
+            topic_events::payload,
+        ))
+        .load::<(i64, String, String)>(c)?;
+    // Served only when the stream still holds every event after `since`.
+    if rows.len() as i64 != seq - since {
+        return Ok(Position {
+            seq,
+            missed: Some(None),
+        });
+    }
+    let events = rows
+        .into_iter()
+        .map(|(s, event, payload)| {
+            let payload: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
+            json!({"event": event, "payload": payload, "seq": s})
+        })
+        .collect();
+    Ok(Position {
+        seq,
+        missed: Some(Some(events)),
+    })
+}
+
+/// Reads the `since` of a join's params: absent or null is none; anything but a
+/// non-negative integer is an error, with the reason to reply.
+pub fn since_param(params: &crate::Payload) -> Result<Option<i64>, String> {
+    match params.json().and_then(|p| p.get("since")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .filter(|s| *s >= 0)
+            .map(Some)
+            .ok_or_else(|| "since must be a non-negative integer".to_owned()),
+    }
+}
+
+/// Recorded writes of one server: the store they go to, their retention, and the order their
+/// broadcasts leave in.
+pub struct History {
+    store: Store,
+    config: HistoryConfig,
+    /// Held from a write's start until its broadcasts are out: this process's recorded
+    /// broadcasts leave in commit order, so each topic's in seq order.
+    order: tokio::sync::Mutex<()>,
+}
+
+impl History {
+    pub fn new(store: Store, config: HistoryConfig) -> History {
+        History {
+            store,
+            config,
+            order: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn config(&self) -> &HistoryConfig {
+        &self.config
+    }
+
+    /// Runs a writing transaction that may record events, then broadcasts them in order.
+    pub async fn write<T, F>(&self, endpoint: &Endpoint, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection, &mut Recorder<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let _order = self.order.lock().await;
+        let config = self.config.clone();
+        let (value, recorded) = self
+            .store
+            .write(move |c| {
+                let mut rec = Recorder {
+                    config: &config,
+                    recorded: Vec::new(),
+                };
+                let v = f(c, &mut rec)?;
+                Ok((v, rec.recorded))
+            })
+            .await?;
+        for r in recorded {
+            endpoint
+                .pubsub()
+                .broadcast_recorded(&r.topic, &r.event, r.payload.into(), r.seq);
+        }
+        Ok(value)
+    }
+}
+
+impl History {
+    /// Records one event on `topic` in a transaction of its own and broadcasts it: the simple
+    /// case of [`History::write`].
+    pub async fn broadcast_recorded(
+        &self,
+        endpoint: &Endpoint,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) -> Result<Value, StoreError> {
+        let (topic, event) = (topic.to_owned(), event.to_owned());
+        self.write(endpoint, move |c, rec| {
+            rec.record(c, &topic, &event, payload)
+        })
+        .await
+    }
+
+    /// For a channel's `join`: reads the topic's position for the `since` in `params` and skips,
+    /// for this channel, what the reply covers. Returns the reply's fields (`"seq"`, and
+    /// `"missed"` or `"reset"`), or the error reply for a bad `since`.
+    pub async fn join(
+        &self,
+        ctx: &crate::ChannelContext,
+        params: &crate::Payload,
+    ) -> Result<Map<String, Value>, crate::Payload> {
+        let reason = |r: String| crate::Payload::Json(json!({ "reason": r }));
+        let since = since_param(params).map_err(reason)?;
+        let (config, topic) = (self.config.clone(), ctx.topic().to_owned());
+        let pos = self
+            .store
+            .read(move |c| position(c, &config, &topic, since))
+            .await
+            .map_err(|e| {
+                log::error!("history of {}: {e}", ctx.topic());
+                reason("could not read the topic's history".into())
+            })?;
+        ctx.skip_recorded_through(pos.seq);
+        Ok(pos.reply_fields())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_by_longest_prefix() {
+        let mut c = HistoryConfig::default();
+        c.by_prefix
+            .push(HistoryConfig::parse_rule("user:=200/3600").unwrap());
+        c.by_prefix
+            .push(HistoryConfig::parse_rule("user:1=5/60").unwrap());
+        assert_eq!(c.retention("community:feed"), Retention::default());
+        assert_eq!(c.retention("user:7").max_events, 200);
+        assert_eq!(c.retention("user:12").max_age, Duration::from_secs(60));
+        for bad in ["user:", "user:=0/10", "user:=5/0", "user:=x/1", "=5"] {
+            assert!(HistoryConfig::parse_rule(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reply_fields_for_each_case() {
+        let p = |missed| Position { seq: 7, missed };
+        assert_eq!(Value::Object(p(None).reply_fields()), json!({"seq": 7}));
+        assert_eq!(
+            Value::Object(p(Some(None)).reply_fields()),
+            json!({"seq": 7, "reset": true})
+        );
+        assert_eq!(
+            Value::Object(p(Some(Some(vec![json!(1)]))).reply_fields()),
+            json!({"seq": 7, "missed": [1]})
+        );
+    }
+}
