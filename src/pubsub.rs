@@ -189,6 +189,8 @@ struct Inner {
     counters: Counters,
     /// Each worker's inbox, by worker index.
     workers: RwLock<Vec<mpsc::Sender<Job>>>,
+    /// Broadcasts each inbox holds.
+    inbox_capacity: usize,
     remote: OnceLock<Addr<PubSubActor>>,
 }
 
@@ -249,6 +251,11 @@ impl Default for PubSub {
 
 impl PubSub {
     pub fn new() -> PubSub {
+        PubSub::with_inbox_capacity(INBOX_CAPACITY)
+    }
+
+    /// A PubSub whose worker inboxes hold `n` broadcasts each.
+    pub fn with_inbox_capacity(n: usize) -> PubSub {
         static IDS: AtomicU64 = AtomicU64::new(1);
         PubSub {
             inner: Arc::new(Inner {
@@ -257,6 +264,7 @@ impl PubSub {
                 next_id: AtomicU64::new(1),
                 counters: Counters::default(),
                 workers: RwLock::new(Vec::new()),
+                inbox_capacity: n.max(1),
                 remote: OnceLock::new(),
             }),
         }
@@ -269,7 +277,7 @@ impl PubSub {
         if self.worker().is_some() {
             return;
         }
-        let (tx, mut rx) = mpsc::channel::<Job>(INBOX_CAPACITY);
+        let (tx, mut rx) = mpsc::channel::<Job>(self.inner.inbox_capacity);
         let index = {
             let mut w = self
                 .inner
@@ -455,7 +463,10 @@ impl PubSub {
                         .inbox_overflows
                         .fetch_add(1, Ordering::Relaxed);
                     if n == 0 {
-                        log::warn!("worker {i}'s broadcast inbox is full ({INBOX_CAPACITY}); delivering from the publisher's thread");
+                        log::warn!(
+                            "worker {i}'s broadcast inbox is full ({}); delivering from the publisher's thread",
+                            self.inner.inbox_capacity
+                        );
                     }
                     self.run_job(&job, Some(i));
                 }
@@ -602,6 +613,41 @@ mod tests {
             .expect("subscribing to other topics waited for the fan-out");
         assert_eq!(ps.subscriber_count("busy"), 1);
         assert_eq!(ps.inner.topics.len(), 1, "emptied topics are removed");
+    }
+
+    #[actix_rt::test]
+    async fn a_full_worker_inbox_is_served_by_the_publisher_and_nothing_is_lost() {
+        let ps = PubSub::with_inbox_capacity(4);
+        ps.register_worker();
+        let sub: Arc<Collect> = Arc::default();
+        ps.subscribe("t", ps.next_id(), sub.clone());
+        // The worker's task cannot run while this one publishes: its inbox fills after 4.
+        for i in 0..10 {
+            ps.broadcast("t", &format!("e{i}"), Payload::empty());
+        }
+        assert_eq!(ps.counters().inbox_overflows.load(Ordering::Relaxed), 6);
+        assert_eq!(
+            sub.0.lock().unwrap().len(),
+            6,
+            "the overflow was delivered at once"
+        );
+        for _ in 0..100 {
+            if sub.0.lock().unwrap().len() == 10 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let mut got: Vec<String> = sub
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(e, _)| e.clone())
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+        want.sort();
+        assert_eq!(got, want, "every broadcast delivered once");
     }
 
     struct Relay(PubSub);

@@ -268,3 +268,101 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(phoenix_tokens_sign_users_in, jwts_sign_users_in);
+
+/// A database failure while checking a token is the server's fault: 500 on every transport,
+/// logged as an error, not a 403 that reads as a bad token.
+fn a_database_error_at_connect_is_a_500(backend: &str) {
+    use diesel::RunQueryDsl;
+    let app = start(backend);
+    let (_, token) = app.user("alice", false);
+    let mut c = app.state.store.conn().unwrap();
+    diesel::sql_query("ALTER TABLE api_tokens RENAME TO api_tokens_elsewhere")
+        .execute(&mut *c)
+        .unwrap();
+    rt().block_on(async {
+        let url = format!("ws://{}/socket", app.server.addr);
+        let err = Client::connect("ws", &url, &format!("token={token}&vsn=2.0.0"))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.contains("500"), "{err}");
+        let t = protocol_tests::Target::new(&url);
+        let (_, _, body) = longpoll(&t, "GET", &format!("token={token}&vsn=2.0.0"), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(body, json!({"status": 500}));
+        let (status, body) = app.api("GET", "/api/me", Some(&token), None).await;
+        assert_eq!(
+            (status, body),
+            (500, json!({"errors": {"detail": "Internal Server Error"}}))
+        );
+    });
+}
+
+/// Revocations are numbered in the order they commit, whatever the clocks of the processes
+/// that made them: a watcher that has seen number N has seen every one before it.
+fn revocations_are_numbered_in_commit_order(backend: &str) {
+    use fawkes::apps::accounts::{create_token, revoke_token, revoked_since};
+    let app = start(backend);
+    let (_, first) = app.user("alice", false);
+    let tokens: Vec<String> = {
+        let mut c = app.state.store.conn().unwrap();
+        (0..6)
+            .map(|_| create_token(&mut c, "alice").unwrap())
+            .collect()
+    };
+    let threads: Vec<_> = tokens
+        .into_iter()
+        .map(|t| {
+            let store = app.state.store.clone();
+            std::thread::spawn(move || revoke_token(&mut store.conn().unwrap(), &t).unwrap())
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap());
+    }
+    let mut c = app.state.store.conn().unwrap();
+    let seqs: Vec<i64> = revoked_since(&mut c, 0)
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(
+        seqs,
+        [1, 2, 3, 4, 5, 6],
+        "concurrent revocations get distinct, consecutive numbers"
+    );
+    assert_eq!(revoked_since(&mut c, 4).unwrap().len(), 2);
+    assert!(revoke_token(&mut c, &first).unwrap());
+    assert_eq!(
+        revoked_since(&mut c, 6)
+            .unwrap()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>(),
+        [7]
+    );
+}
+
+mod failures {
+    mod sqlite {
+        #[test]
+        fn a_database_error_at_connect_is_a_500() {
+            super::super::a_database_error_at_connect_is_a_500("sqlite")
+        }
+        #[test]
+        fn revocations_are_numbered_in_commit_order() {
+            super::super::revocations_are_numbered_in_commit_order("sqlite")
+        }
+    }
+    mod postgres {
+        #[test]
+        fn a_database_error_at_connect_is_a_500() {
+            super::super::a_database_error_at_connect_is_a_500("postgres")
+        }
+        #[test]
+        fn revocations_are_numbered_in_commit_order() {
+            super::super::revocations_are_numbered_in_commit_order("postgres")
+        }
+    }
+}

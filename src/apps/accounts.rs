@@ -12,6 +12,7 @@ use crate::Payload;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
 use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -182,30 +183,32 @@ pub fn create_token(c: &mut DbConnection, name: &str) -> Result<String, StoreErr
     insert_token(c, user.id)
 }
 
-/// Revokes a token; false if it was unknown or already revoked. Revocations are serialized
-/// (SQLite's one writer; a transaction-scoped advisory lock on PostgreSQL) and numbered in
-/// commit order, so a watcher that has seen number N has seen every revocation before it.
+/// Revokes a token; false if it was unknown or already revoked. Revocations are numbered in
+/// commit order, so a watcher that has seen number N has seen every revocation before it: one
+/// statement takes the next number (SQLite runs it under its write lock, waiting out other
+/// writers, even of other processes); on PostgreSQL a transaction-scoped advisory lock
+/// serializes them first.
 pub fn revoke_token(c: &mut DbConnection, token: &str) -> Result<bool, StoreError> {
-    c.transaction(|c| {
-        if let DbConnection::Postgres(pg) = c {
-            diesel::sql_query("SELECT pg_advisory_xact_lock(7461726576)").execute(pg)?;
+    const REVOKE: &str = "UPDATE api_tokens SET revoked_at = {at}, \
+         revoked_seq = (SELECT COALESCE(MAX(revoked_seq), 0) + 1 FROM api_tokens) \
+         WHERE token_hash = {hash} AND revoked_at IS NULL";
+    let (at, hash) = (now_ms(), hash_token(token));
+    let n = match c {
+        DbConnection::Sqlite(c) => {
+            diesel::sql_query(REVOKE.replace("{at}", "?").replace("{hash}", "?"))
+                .bind::<BigInt, _>(at)
+                .bind::<Text, _>(&hash)
+                .execute(c)?
         }
-        let last = api_tokens::table
-            .select(diesel::dsl::max(api_tokens::revoked_seq))
-            .first::<Option<i64>>(c)?
-            .unwrap_or(0);
-        let n = diesel::update(
-            api_tokens::table
-                .filter(api_tokens::token_hash.eq(hash_token(token)))
-                .filter(api_tokens::revoked_at.is_null()),
-        )
-        .set((
-            api_tokens::revoked_at.eq(now_ms()),
-            api_tokens::revoked_seq.eq(last + 1),
-        ))
-        .execute(c)?;
-        Ok(n > 0)
-    })
+        DbConnection::Postgres(c) => c.transaction(|c| {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(7461726576)").execute(c)?;
+            diesel::sql_query(REVOKE.replace("{at}", "$1").replace("{hash}", "$2"))
+                .bind::<BigInt, _>(at)
+                .bind::<Text, _>(&hash)
+                .execute(c)
+        })?,
+    };
+    Ok(n > 0)
 }
 
 pub fn user_by_name(c: &mut DbConnection, name: &str) -> Result<Option<User>, StoreError> {

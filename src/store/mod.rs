@@ -224,6 +224,48 @@ pub fn iso(ms: i64) -> String {
 mod tests {
     use super::*;
 
+    /// Writers queued for SQLite's write lock hold no pooled connection, so a read (a sign-in,
+    /// say) never waits for them: eight slow writers, and a pool of four.
+    #[actix_rt::test]
+    async fn queued_writers_never_starve_reads() {
+        let path = std::env::temp_dir().join(format!("fawkes-store-{}.db", std::process::id()));
+        let store = Store::open(path.to_str().unwrap()).unwrap();
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                actix_rt::spawn(async move {
+                    store
+                        .write(|_| {
+                            std::thread::sleep(Duration::from_millis(300));
+                            Ok(())
+                        })
+                        .await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let one: i64 = store
+            .run(|c| {
+                Ok(
+                    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>("1"))
+                        .get_result(c)?,
+                )
+            })
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        assert_eq!(one, 1);
+        assert!(
+            waited < Duration::from_millis(250),
+            "the read waited {waited:?}"
+        );
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
     #[test]
     fn times_render_as_iso_8601_utc_with_milliseconds() {
         assert_eq!(iso(0), "1970-01-01T00:00:00.000Z");
