@@ -90,7 +90,20 @@ pub struct Recorder<'a> {
     recorded: Vec<Recorded>,
 }
 
-impl Recorder<'_> {
+impl<'a> Recorder<'a> {
+    /// A recorder for a transaction of one's own (what [`History::write`] hands its closure).
+    pub fn new(config: &'a HistoryConfig) -> Recorder<'a> {
+        Recorder {
+            config,
+            recorded: Vec::new(),
+        }
+    }
+
+    /// What was recorded, in order, to broadcast once the transaction commits.
+    pub fn into_recorded(self) -> Vec<Recorded> {
+        self.recorded
+    }
+
     /// Takes `topic`'s next sequence number, adds it to `payload` (a JSON object) as `"seq"`,
     /// stores the event and trims the stream to its retention. Returns the payload with its seq.
     pub fn record(
@@ -98,7 +111,20 @@ impl Recorder<'_> {
         c: &mut DbConnection,
         topic: &str,
         event: &str,
+        payload: Value,
+    ) -> Result<Value, StoreError> {
+        let keep = self.config.retention(topic);
+        self.record_kept(c, topic, event, payload, keep)
+    }
+
+    /// [`Recorder::record`] with a retention of the caller's own (a collection's change log).
+    pub fn record_kept(
+        &mut self,
+        c: &mut DbConnection,
+        topic: &str,
+        event: &str,
         mut payload: Value,
+        keep: Retention,
     ) -> Result<Value, StoreError> {
         let seq = next_seq(c, topic)?;
         if let Value::Object(m) = &mut payload {
@@ -114,8 +140,8 @@ impl Recorder<'_> {
                 topic_events::inserted_at.eq(now),
             ))
             .execute(c)?;
-        let keep = self.config.retention(topic);
-        let oldest = now - keep.max_age.as_millis() as i64;
+        let oldest =
+            now.saturating_sub(i64::try_from(keep.max_age.as_millis()).unwrap_or(i64::MAX));
         diesel::delete(
             topic_events::table
                 .filter(topic_events::topic.eq(topic))
@@ -134,6 +160,37 @@ impl Recorder<'_> {
         });
         Ok(payload)
     }
+}
+
+/// The topic's latest sequence number, 0 before any event.
+pub fn latest_seq(c: &mut DbConnection, topic: &str) -> Result<i64, StoreError> {
+    Ok(topic_seqs::table
+        .find(topic)
+        .select(topic_seqs::seq)
+        .first::<i64>(c)
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// A topic's stored events after `since`, in order: (seq, event, payload).
+pub fn events_after(
+    c: &mut DbConnection,
+    topic: &str,
+    since: i64,
+) -> Result<Vec<(i64, String, Value)>, StoreError> {
+    Ok(topic_events::table
+        .filter(topic_events::topic.eq(topic))
+        .filter(topic_events::seq.gt(since))
+        .order(topic_events::seq)
+        .select((
+            topic_events::seq,
+            topic_events::event,
+            topic_events::payload,
+        ))
+        .load::<(i64, String, String)>(c)?
+        .into_iter()
+        .map(|(s, e, p)| (s, e, serde_json::from_str(&p).unwrap_or(Value::Null)))
+        .collect())
 }
 
 /// The topic's next sequence number; the row it takes stays locked (PostgreSQL) or the write
@@ -194,12 +251,7 @@ pub fn position(
     topic: &str,
     since: Option<i64>,
 ) -> Result<Position, StoreError> {
-    let seq = topic_seqs::table
-        .find(topic)
-        .select(topic_seqs::seq)
-        .first::<i64>(c)
-        .optional()?
-        .unwrap_or(0);
+    let seq = latest_seq(c, topic)?;
     let Some(since) = since else {
         return Ok(Position { seq, missed: None });
     };
@@ -209,7 +261,8 @@ pub fn position(
             missed: Some(None),
         });
     }
-    let oldest = now_ms() - config.retention(topic).max_age.as_millis() as i64;
+    let max_age = config.retention(topic).max_age.as_millis();
+    let oldest = now_ms().saturating_sub(i64::try_from(max_age).unwrap_or(i64::MAX));
     let rows = topic_events::table
         .filter(topic_events::topic.eq(topic))
         .filter(topic_events::seq.gt(since))
@@ -288,12 +341,9 @@ impl History {
         let (value, recorded) = self
             .store
             .write(move |c| {
-                let mut rec = Recorder {
-                    config: &config,
-                    recorded: Vec::new(),
-                };
+                let mut rec = Recorder::new(&config);
                 let v = f(c, &mut rec)?;
-                Ok((v, rec.recorded))
+                Ok((v, rec.into_recorded()))
             })
             .await?;
         for r in recorded {

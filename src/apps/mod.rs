@@ -46,8 +46,6 @@ pub struct AppState {
     /// The recorded streams of `community:feed`, `channel:`, `thread:` and `user:` topics.
     pub history: crate::history::History,
     pub(crate) chat_rate: chat::RateLimiter,
-    /// One writer per collection at a time, so `change` broadcasts leave in sequence order.
-    pub(crate) collection_locks: dashmap::DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl AppState {
@@ -66,7 +64,6 @@ impl AppState {
             chat: chat::ChatConfig::default(),
             auth: Default::default(),
             chat_rate: Default::default(),
-            collection_locks: Default::default(),
         }
     }
 }

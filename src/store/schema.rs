@@ -77,25 +77,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    collection_seqs (collection) {
-        collection -> Text,
-        seq -> BigInt,
-    }
-}
-
-diesel::table! {
-    collection_changes (collection, seq) {
-        collection -> Text,
-        seq -> BigInt,
-        action -> Text,
-        /// The record after the change (before it, for a delete), as the API shows it.
-        record -> Text,
-        /// The record's creator, so a `since` replay honours the `owner` rule.
-        owner -> Nullable<BigInt>,
-    }
-}
-
-diesel::table! {
     rooms (id) {
         id -> BigInt,
         name -> Text,

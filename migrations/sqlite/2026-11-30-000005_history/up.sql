@@ -12,3 +12,10 @@ CREATE TABLE topic_events (
     inserted_at BIGINT NOT NULL,
     PRIMARY KEY (topic, seq)
 );
+
+-- Collections' change logs become their topics' streams (`collection:<name>`, event `change`).
+INSERT INTO topic_seqs (topic, seq) SELECT 'collection:' || collection, seq FROM collection_seqs;
+INSERT INTO topic_events (topic, seq, event, payload, inserted_at)
+    SELECT 'collection:' || collection, seq, 'change', json_object('action', action, 'record', json(record), 'owner', owner, 'seq', seq), 0 FROM collection_changes;
+DROP TABLE collection_changes;
+DROP TABLE collection_seqs;

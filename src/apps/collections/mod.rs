@@ -1,10 +1,10 @@
 //! Generic collections: JSON records under a name, written through a PocketBase-style REST API,
 //! kept live on `collection:<name>`.
 //!
-//! Every write takes the collection's next sequence number in its own transaction, so numbers
-//! are gap-free and strictly increasing however writers race; a bounded log of recent changes
-//! lets a client that reconnects with `{"since": S}` get exactly what it missed. Writes to one
-//! collection are also serialized in this process, so their `change` broadcasts go out in
+//! A collection's change log is its topic's recorded stream ([`crate::history`]): every write
+//! takes the next sequence number in its own transaction, so numbers are gap-free and strictly
+//! increasing however writers race, and the last `log_size` changes let a client that
+//! reconnects with `{"since": S}` get exactly what it missed. `change` broadcasts go out in
 //! sequence order.
 //!
 //! [`rules`] decide who may list, view, create, update and delete records; each record keeps
@@ -16,17 +16,17 @@ pub mod rules;
 use crate::apps::accounts::User;
 use crate::apps::api::{object_body, optional_user, ApiError, ApiResult};
 use crate::apps::{current_user, AppState};
+use crate::history::{self, Recorder, Retention};
 use crate::protocol::json_len;
-use crate::store::schema::{collection_changes, collection_records, collection_seqs};
+use crate::store::schema::collection_records;
 use crate::store::{iso, now_ms, DbConnection, StoreError};
 use crate::{async_trait, Channel, ChannelContext, Flow, Payload, Reply};
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel::prelude::*;
-use diesel::sql_types::Text;
 use rand::Rng;
 use rules::{Decision, Rule, RuleBook};
 use serde_json::{json, Map, Value};
-use std::sync::Arc;
+use std::time::Duration;
 
 /// Settings of the collections app.
 #[derive(Debug, Clone)]
@@ -130,28 +130,6 @@ fn check(decision: Decision) -> Result<(), ApiError> {
     }
 }
 
-/// Takes the collection's next sequence number. The row lock (PostgreSQL) or the write lock
-/// (SQLite) this takes holds other writers of the collection until the transaction ends.
-fn next_seq(c: &mut DbConnection, name: &str) -> Result<i64, StoreError> {
-    // Upserts are not in Diesel's shared dialect: one statement per backend.
-    match c {
-        DbConnection::Sqlite(c) => diesel::sql_query(
-            "INSERT INTO collection_seqs (collection, seq) VALUES (?, 0) ON CONFLICT (collection) DO NOTHING",
-        )
-        .bind::<Text, _>(name)
-        .execute(c)?,
-        DbConnection::Postgres(c) => diesel::sql_query(
-            "INSERT INTO collection_seqs (collection, seq) VALUES ($1, 0) ON CONFLICT (collection) DO NOTHING",
-        )
-        .bind::<Text, _>(name)
-        .execute(c)?,
-    };
-    Ok(diesel::update(collection_seqs::table.find(name))
-        .set(collection_seqs::seq.eq(collection_seqs::seq + 1))
-        .returning(collection_seqs::seq)
-        .get_result::<i64>(c)?)
-}
-
 /// Who writes, and under which rule (the one for the write's action).
 pub struct Writer<'a> {
     pub user: Option<&'a User>,
@@ -165,11 +143,19 @@ pub struct Change {
     pub owner: Option<i64>,
 }
 
-/// Applies a write if the writer's rule allows it, logs it and trims the log. Run it inside a
-/// transaction ([`crate::store::Store::write`]): the sequence number is taken, used and logged
-/// in the same one, and a refusal rolls it all back.
+/// The topic of a collection, whose recorded stream is its change log.
+pub fn topic(name: &str) -> String {
+    format!("collection:{name}")
+}
+
+/// Applies a write if the writer's rule allows it and records its `change` on the collection's
+/// stream, which keeps the last `log_size` changes. Run it inside a transaction
+/// ([`crate::history::History::write`]): the sequence number is taken, used and logged in the
+/// same one, and a refusal rolls it all back. The recorded change also names the record's
+/// owner ([`OWNER_KEY`]), for the channels to filter on; they never send it.
 pub fn apply(
     c: &mut DbConnection,
+    rec: &mut Recorder<'_>,
     name: &str,
     write: Write,
     log_size: i64,
@@ -185,7 +171,6 @@ pub fn apply(
                 .rule
                 .decide(writer.user, existing.as_ref().map(|(_, o)| *o)),
         )?;
-        let seq = next_seq(c, name)?;
         let now = now_ms();
         let mut owner = existing.as_ref().and_then(|(_, o)| *o);
         let (action, record) = match write {
@@ -234,25 +219,17 @@ pub fn apply(
                 ("delete", render(&id, &data, created, updated))
             }
         };
-        diesel::insert_into(collection_changes::table)
-            .values((
-                collection_changes::collection.eq(name),
-                collection_changes::seq.eq(seq),
-                collection_changes::action.eq(action),
-                collection_changes::record.eq(record.to_string()),
-                collection_changes::owner.eq(owner),
-            ))
-            .execute(c)?;
-        diesel::delete(
-            collection_changes::table
-                .filter(collection_changes::collection.eq(name))
-                .filter(collection_changes::seq.le(seq - log_size)),
-        )
-        .execute(c)?;
-        Ok(Change {
-            payload: json!({"action": action, "record": record, "seq": seq}),
-            owner,
-        })
+        // A count-only log: a collection's changes do not age out.
+        let keep = Retention {
+            max_events: log_size,
+            max_age: Duration::from_secs(100 * 365 * 24 * 3600),
+        };
+        let change = json!({"action": action, "record": record, OWNER_KEY: owner});
+        let mut payload = rec.record_kept(c, &topic(name), "change", change, keep)?;
+        if let Value::Object(m) = &mut payload {
+            m.remove(OWNER_KEY);
+        }
+        Ok(Change { payload, owner })
     }
 }
 
@@ -286,26 +263,22 @@ pub fn snapshot(
             // Both reads must see the same commit.
             diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(pg)?;
         }
-        let seq = collection_seqs::table
-            .find(name)
-            .select(collection_seqs::seq)
-            .first::<i64>(c)
-            .optional()?
-            .unwrap_or(0);
+        let seq = history::latest_seq(c, &topic(name))?;
         if let Some(since) = since.filter(|&s| s <= seq) {
-            let changes = collection_changes::table
-                .filter(collection_changes::collection.eq(name))
-                .filter(collection_changes::seq.gt(since))
-                .order(collection_changes::seq)
-                .select((collection_changes::seq, collection_changes::action, collection_changes::record, collection_changes::owner))
-                .load::<(i64, String, String, Option<i64>)>(c)?;
+            let changes = history::events_after(c, &topic(name), since)?;
             // Served only if the log still holds every change after `since`.
             if changes.len() as i64 == seq - since {
                 let changes = changes
                     .into_iter()
-                    .filter(|(.., owner)| only_owner.is_none() || *owner == only_owner)
-                    .map(|(s, action, record, _)| {
-                        json!({"action": action, "record": serde_json::from_str::<Value>(&record).unwrap_or_default(), "seq": s})
+                    .map(|(_, _, change)| change)
+                    .filter(|change| {
+                        only_owner.is_none() || change[OWNER_KEY].as_i64() == only_owner
+                    })
+                    .map(|mut change| {
+                        if let Value::Object(m) = &mut change {
+                            m.remove(OWNER_KEY);
+                        }
+                        change
                     })
                     .collect();
                 return Ok(Snapshot::Changes { changes, seq });
@@ -336,20 +309,8 @@ pub fn snapshot(
 }
 
 impl AppState {
-    /// Collections with a writer right now (their ordering locks); idle ones hold none.
-    pub fn collections_being_written(&self) -> usize {
-        self.collection_locks.len()
-    }
-
-    fn collection_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.collection_locks
-            .entry(name.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    /// Writes if `user` may, then broadcasts the change: one writer per collection at a time
-    /// in this process, so broadcasts leave in sequence order. The broadcast also carries the
+    /// Writes if `user` may, then broadcasts the change in sequence order (the recorded
+    /// streams' order, see [`crate::history::History::write`]). The broadcast also carries the
     /// record's `owner`, which [`CollectionChannel`] uses and takes out before pushing.
     pub async fn write_collection(
         &self,
@@ -363,31 +324,18 @@ impl AppState {
             Write::Update(..) => rules.update,
             Write::Delete(_) => rules.delete,
         };
-        let lock = self.collection_lock(name);
-        let order = lock.lock().await;
         let (n, log) = (name.to_owned(), self.collections.log_size);
         let change = self
-            .store
-            .write(move |c| {
+            .history
+            .write(&self.endpoint, move |c, rec| {
                 let writer = Writer {
                     user: user.as_ref(),
                     rule,
                 };
-                apply(c, &n, write, log, &writer)
+                apply(c, rec, &n, write, log, &writer)
             })
-            .await;
-        if let Ok(change) = &change {
-            let mut event = change.payload.clone();
-            event[OWNER_KEY] = json!(change.owner);
-            self.endpoint
-                .broadcast(&format!("collection:{name}"), "change", event);
-        }
-        drop(order);
-        // The lock leaves the map when no other writer holds or waits for it (the map's
-        // reference and ours are all there is), so the map only holds busy collections.
-        self.collection_locks
-            .remove_if(name, |_, l| Arc::strong_count(l) == 2);
-        Ok(change?.payload)
+            .await?;
+        Ok(change.payload)
     }
 }
 
@@ -399,9 +347,9 @@ fn checked_name(name: &str) -> ApiResult<&str> {
     }
 }
 
-/// The key of a `change` broadcast that names the record's creator, for the channels to
+/// The key of a recorded `change` that names the record's creator, for the channels to
 /// filter on; never sent to clients.
-const OWNER_KEY: &str = "owner";
+pub const OWNER_KEY: &str = "owner";
 
 /// The caller, and whether `rule` lets them read (anonymous callers are asked to sign in).
 async fn reader(state: &AppState, req: &HttpRequest, rule: Rule) -> ApiResult<Option<User>> {
@@ -517,8 +465,6 @@ pub async fn delete(
 pub struct CollectionChannel {
     pub state: web::Data<AppState>,
     name: String,
-    /// The sequence number the client is current to: older changes are not sent again.
-    seq: i64,
     /// Under an `owner` list rule, the only creator whose records this client sees.
     only_owner: Option<i64>,
 }
@@ -528,7 +474,6 @@ impl CollectionChannel {
         CollectionChannel {
             state,
             name: String::new(),
-            seq: 0,
             only_owner: None,
         }
     }
@@ -546,7 +491,13 @@ impl CollectionChannel {
             })
     }
 
-    fn answer(&mut self, snap: Snapshot, reset: bool) -> Result<Payload, Payload> {
+    /// The reply for a snapshot; the changes it covers are not sent again.
+    fn answer(
+        &self,
+        snap: Snapshot,
+        reset: bool,
+        ctx: &ChannelContext,
+    ) -> Result<Payload, Payload> {
         let (reply, seq) = match snap {
             Snapshot::Full { items, seq } => {
                 let mut v = json!({"items": items, "seq": seq});
@@ -569,7 +520,7 @@ impl CollectionChannel {
                 "the reply would be {bytes} bytes, over the limit of {max}: page through the REST API instead"
             )));
         }
-        self.seq = self.seq.max(seq);
+        ctx.skip_recorded_through(seq);
         Ok(Payload::Json(reply))
     }
 }
@@ -608,7 +559,7 @@ impl Channel for CollectionChannel {
         let snap = self.read(since).await?;
         // A `since` that could not be served gets everything, marked as a reset.
         let reset = since.is_some() && matches!(snap, Snapshot::Full { .. });
-        self.answer(snap, reset)
+        self.answer(snap, reset, ctx)
     }
 
     fn intercepts(&self) -> &'static [&'static str] {
@@ -616,31 +567,28 @@ impl Channel for CollectionChannel {
     }
 
     fn handle_out(&mut self, event: &str, payload: &Payload, ctx: &mut ChannelContext) -> Flow {
+        // Changes a join reply (or a reload) covered never get here (the engine drops them).
         let Some(Value::Object(change)) = payload.json() else {
             return Flow::Continue;
         };
-        // Changes the join reply (or a reload) already covered are not sent again.
-        let seq = change
-            .get("seq")
-            .and_then(Value::as_i64)
-            .unwrap_or(i64::MAX);
-        if event != "change" || seq > self.seq {
-            self.seq = self.seq.max(seq.min(i64::MAX - 1));
-            let owner = change.get(OWNER_KEY).and_then(Value::as_i64);
-            if self.only_owner.is_none() || owner == self.only_owner {
-                let mut change = change.clone();
-                change.remove(OWNER_KEY);
-                ctx.push(event, Value::Object(change));
-            }
+        let owner = change.get(OWNER_KEY).and_then(Value::as_i64);
+        if self.only_owner.is_none() || owner == self.only_owner {
+            let mut change = change.clone();
+            change.remove(OWNER_KEY);
+            ctx.push(event, Value::Object(change));
         }
         Flow::Continue
     }
 
-    async fn handle_in(&mut self, event: &str, _: Payload, _: &mut ChannelContext) -> Reply {
+    async fn handle_in(&mut self, event: &str, _: Payload, ctx: &mut ChannelContext) -> Reply {
         if event != "reload" {
             return Reply::error(reason(&format!("unknown event {event:?}")));
         }
-        match self.read(None).await.and_then(|s| self.answer(s, false)) {
+        match self
+            .read(None)
+            .await
+            .and_then(|s| self.answer(s, false, ctx))
+        {
             Ok(p) => Reply::ok(p),
             Err(p) => Reply::error(p),
         }
