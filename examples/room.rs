@@ -27,8 +27,7 @@ impl Channel for Room {
             return Err(json!({"reason": "unauthorized"}).into());
         }
         // `{"seq": N}`, plus `"missed"` (or `"reset": true`) for a join with `since`.
-        let fields = self.history.join(ctx, &params).await?;
-        Ok(Value::Object(fields).into())
+        self.history.join(ctx, &params).await
     }
 
     async fn handle_in(

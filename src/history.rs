@@ -225,6 +225,18 @@ pub struct Position {
 }
 
 impl Position {
+    /// The join reply: `reply`'s fields (a JSON object) and [`Position::reply_fields`]. The
+    /// channel skips from now on the recorded broadcasts the reply covers.
+    pub fn join_reply(&self, ctx: &crate::ChannelContext, reply: Value) -> crate::Payload {
+        ctx.skip_recorded_through(self.seq);
+        let mut fields = match reply {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        fields.extend(self.reply_fields());
+        crate::Payload::Json(Value::Object(fields))
+    }
+
     /// What a join reply adds: `"seq"`, and `"missed"` or `"reset": true` for a `since`.
     pub fn reply_fields(&self) -> Map<String, Value> {
         let mut m = Map::new();
@@ -373,13 +385,13 @@ impl History {
     }
 
     /// For a channel's `join`: reads the topic's position for the `since` in `params` and skips,
-    /// for this channel, what the reply covers. Returns the reply's fields (`"seq"`, and
-    /// `"missed"` or `"reset"`), or the error reply for a bad `since`.
+    /// for this channel, what the reply covers. Returns the reply (`"seq"`, and `"missed"` or
+    /// `"reset"`), or the error reply for a bad `since`.
     pub async fn join(
         &self,
         ctx: &crate::ChannelContext,
         params: &crate::Payload,
-    ) -> Result<Map<String, Value>, crate::Payload> {
+    ) -> Result<crate::Payload, crate::Payload> {
         let reason = |r: String| crate::Payload::Json(json!({ "reason": r }));
         let since = since_param(params).map_err(reason)?;
         let (config, topic) = (self.config.clone(), ctx.topic().to_owned());
@@ -391,8 +403,7 @@ impl History {
                 log::error!("history of {}: {e}", ctx.topic());
                 reason("could not read the topic's history".into())
             })?;
-        ctx.skip_recorded_through(pos.seq);
-        Ok(pos.reply_fields())
+        Ok(pos.join_reply(ctx, Value::Object(Map::new())))
     }
 }
 

@@ -415,8 +415,7 @@ impl Channel for FeedChannel {
             Some(u) if u.community_member => {
                 // Leaving the community ends this channel.
                 ctx.stop_on(&crate::apps::accounts::community_member_topic(u.id));
-                let fields = self.state.history.join(ctx, &params).await?;
-                Ok(Payload::Json(Value::Object(fields)))
+                self.state.history.join(ctx, &params).await
             }
             _ => Err(unauthorized()),
         }

@@ -418,7 +418,7 @@ impl Channel for RoomChannel {
             topic.to_owned(),
             self.state.history.config().clone(),
         );
-        let (mut reply, pos) = self
+        let (reply, pos) = self
             .state
             .store
             .read(move |c| {
@@ -430,16 +430,11 @@ impl Channel for RoomChannel {
             })
             .await
             .map_err(|_| unauthorized())?;
-        ctx.skip_recorded_through(pos.seq);
-        reply
-            .as_object_mut()
-            .expect("an object")
-            .extend(pos.reply_fields());
         ctx.stop_on(&room_member_topic(room_id, user.id));
         self.user = Some(user);
         self.room_id = room_id;
         ctx.send_self(AfterJoin);
-        Ok(Payload::Json(reply))
+        Ok(pos.join_reply(ctx, reply))
     }
 
     async fn handle_info(&mut self, info: Info, ctx: &mut ChannelContext) -> Flow {
@@ -563,7 +558,7 @@ impl Channel for ThreadChannel {
         let since = since_param(&params).map_err(reason)?;
         let user_id = user.id;
         let (t, config) = (topic.to_owned(), self.state.history.config().clone());
-        let (room, mut reply, pos) = self
+        let (room, reply, pos) = self
             .state
             .store
             .read(move |c| {
@@ -579,12 +574,7 @@ impl Channel for ThreadChannel {
             .await
             .map_err(|_| unauthorized())?;
         ctx.stop_on(&room_member_topic(room, user_id));
-        ctx.skip_recorded_through(pos.seq);
-        reply
-            .as_object_mut()
-            .expect("an object")
-            .extend(pos.reply_fields());
-        Ok(Payload::Json(reply))
+        Ok(pos.join_reply(ctx, reply))
     }
 
     async fn handle_in(&mut self, event: &str, _: Payload, _: &mut ChannelContext) -> Reply {

@@ -27,7 +27,7 @@ impl Channel for UserChannel {
         }
         let since = since_param(&params).map_err(|r| Payload::Json(json!({ "reason": r })))?;
         let (t, config) = (topic.to_owned(), self.state.history.config().clone());
-        let (mut reply, pos) = self
+        let (reply, pos) = self
             .state
             .store
             .read(move |c| Ok((user_summary(c, me.id)?, position(c, &config, &t, since)?)))
@@ -36,12 +36,7 @@ impl Channel for UserChannel {
                 log::error!("user channel: {e}");
                 unauthorized()
             })?;
-        ctx.skip_recorded_through(pos.seq);
-        reply
-            .as_object_mut()
-            .expect("an object")
-            .extend(pos.reply_fields());
-        Ok(Payload::Json(reply))
+        Ok(pos.join_reply(ctx, reply))
     }
 
     async fn handle_in(&mut self, event: &str, _: Payload, _: &mut ChannelContext) -> Reply {
