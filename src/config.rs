@@ -29,10 +29,10 @@ pub struct Limits {
     /// Largest LongPoll POST body.
     pub max_longpoll_body: usize,
     /// LongPoll sessions alive at once on one mount; a new one beyond is refused (HTTP 503,
-    /// `{"status":500}`: phoenix.js retries later).
+    /// `{"status":500}`: phoenix.js retries later). 0: no limit.
     pub max_longpoll_sessions: usize,
     /// New LongPoll sessions one client IP may open per second; beyond, refused (HTTP 429,
-    /// `{"status":500}`).
+    /// `{"status":500}`). 0: no limit (behind a proxy every client shares its address).
     pub max_longpoll_opens_per_ip: u32,
 }
 

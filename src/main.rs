@@ -260,7 +260,8 @@ struct ServeArgs {
     /// LongPoll sessions alive at once (per mount); more are refused with 503.
     #[arg(long, env = "FAWKES_MAX_LONGPOLL_SESSIONS", default_value_t = Limits::default().max_longpoll_sessions)]
     max_longpoll_sessions: usize,
-    /// New LongPoll sessions one client address may open per second; more get 429.
+    /// New LongPoll sessions one client address may open per second; more get 429. 0: no
+    /// limit (behind a proxy, every client has the proxy's address).
     #[arg(long, env = "FAWKES_MAX_LONGPOLL_OPENS_PER_IP", default_value_t = Limits::default().max_longpoll_opens_per_ip)]
     max_longpoll_opens_per_ip: u32,
     /// Longest topic a client may join, in bytes.

@@ -216,7 +216,8 @@ async fn open(req: &HttpRequest, mount: &Mount) -> HttpResponse {
         *res.status_mut() = status;
         res
     };
-    if mount.sessions.map.len() >= limits.max_longpoll_sessions {
+    let max_sessions = limits.max_longpoll_sessions;
+    if max_sessions > 0 && mount.sessions.map.len() >= max_sessions {
         return too_many(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
             &format!(
@@ -225,11 +226,9 @@ async fn open(req: &HttpRequest, mount: &Mount) -> HttpResponse {
             ),
         );
     }
-    if let Some(peer) = req.peer_addr() {
-        if !mount
-            .sessions
-            .take_open(peer.ip(), limits.max_longpoll_opens_per_ip)
-        {
+    let per_ip = limits.max_longpoll_opens_per_ip;
+    if let Some(peer) = req.peer_addr().filter(|_| per_ip > 0) {
+        if !mount.sessions.take_open(peer.ip(), per_ip) {
             return too_many(
                 actix_web::http::StatusCode::TOO_MANY_REQUESTS,
                 &format!(
