@@ -15,6 +15,7 @@ use crate::store::{now_ms, DbConnection, Store, StoreError};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How much of a topic's stream is kept.
@@ -79,9 +80,10 @@ impl HistoryConfig {
 pub struct Recorded {
     pub topic: String,
     pub event: String,
-    /// The payload with its `"seq"`.
+    /// The payload, with its `"seq"` when recorded.
     pub payload: Value,
-    pub seq: i64,
+    /// `None` for a broadcast that is only ordered with the recorded ones, not recorded.
+    pub seq: Option<i64>,
 }
 
 /// Records events inside one transaction.
@@ -156,9 +158,20 @@ impl<'a> Recorder<'a> {
             topic: topic.to_owned(),
             event: event.to_owned(),
             payload: payload.clone(),
-            seq,
+            seq: Some(seq),
         });
         Ok(payload)
+    }
+
+    /// Broadcasts an event once the transaction commits, in order with the recorded ones,
+    /// without recording it (a control message such as a membership's end).
+    pub fn broadcast_after_commit(&mut self, topic: &str, event: &str, payload: Value) {
+        self.recorded.push(Recorded {
+            topic: topic.to_owned(),
+            event: event.to_owned(),
+            payload,
+            seq: None,
+        });
     }
 }
 
@@ -326,7 +339,7 @@ pub struct History {
     config: HistoryConfig,
     /// Held from a write's start until its broadcasts are out: this process's recorded
     /// broadcasts leave in commit order, so each topic's in seq order.
-    order: tokio::sync::Mutex<()>,
+    order: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl History {
@@ -334,7 +347,7 @@ impl History {
         History {
             store,
             config,
-            order: tokio::sync::Mutex::new(()),
+            order: Default::default(),
         }
     }
 
@@ -342,28 +355,41 @@ impl History {
         &self.config
     }
 
-    /// Runs a writing transaction that may record events, then broadcasts them in order.
+    /// Runs a writing transaction that may record events, then broadcasts them in order. It
+    /// runs as a task of its own: a caller that goes away (a client hanging up on a REST call)
+    /// cannot leave a committed event unbroadcast. The calling connection still gets what it
+    /// broadcasts ahead of its reply, as from any handler.
     pub async fn write<T, F>(&self, endpoint: &Endpoint, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConnection, &mut Recorder<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let _order = self.order.lock().await;
-        let config = self.config.clone();
-        let (value, recorded) = self
-            .store
-            .write(move |c| {
-                let mut rec = Recorder::new(&config);
-                let v = f(c, &mut rec)?;
-                Ok((v, rec.into_recorded()))
-            })
-            .await?;
-        for r in recorded {
-            endpoint
-                .pubsub()
-                .broadcast_recorded(&r.topic, &r.event, r.payload.into(), r.seq);
-        }
-        Ok(value)
+        let (order, store, config) = (self.order.clone(), self.store.clone(), self.config.clone());
+        let endpoint = endpoint.clone();
+        let task = async move {
+            let _order = order.lock().await;
+            let (value, recorded) = store
+                .write(move |c| {
+                    let mut rec = Recorder::new(&config);
+                    let v = f(c, &mut rec)?;
+                    Ok((v, rec.into_recorded()))
+                })
+                .await?;
+            let pubsub = endpoint.pubsub();
+            for r in recorded {
+                match r.seq {
+                    Some(seq) => {
+                        pubsub.broadcast_recorded(&r.topic, &r.event, r.payload.into(), seq)
+                    }
+                    None => pubsub.broadcast(&r.topic, &r.event, r.payload.into()),
+                }
+            }
+            Ok(value)
+        };
+        let conn = crate::pubsub::current_origin();
+        actix_rt::spawn(crate::pubsub::Origin { conn, fut: task })
+            .await
+            .map_err(|e| StoreError::Pool(format!("write task: {e}")))?
     }
 }
 

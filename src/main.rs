@@ -110,6 +110,14 @@ impl PhoenixTokenArgs {
             &self.phoenix_secret_key_base,
             &self.phoenix_secret_key_base_file,
         )?;
+        match base.as_deref().map(str::len) {
+            // Anyone could sign with an empty key.
+            Some(0) => return Err("the Phoenix secret_key_base is empty".into()),
+            Some(n) if n < 64 => {
+                log::warn!("the Phoenix secret_key_base has {n} bytes; Phoenix asks for 64 or more")
+            }
+            _ => {}
+        }
         Ok(base.map(|b| PhoenixTokens::new(&b, &self.phoenix_token_salt, max_age)))
     }
 }

@@ -206,6 +206,11 @@ thread_local! {
     static ORIGIN: Cell<u64> = const { Cell::new(0) };
 }
 
+/// The connection whose handler this thread is running, 0 for none.
+pub(crate) fn current_origin() -> u64 {
+    ORIGIN.with(Cell::get)
+}
+
 /// Runs `f` as the handler of connection `conn`: what it broadcasts reaches that connection at
 /// once, ahead of anything `f` then sends it directly (a reply, a push).
 pub(crate) fn with_origin<T>(conn: u64, f: impl FnOnce() -> T) -> T {

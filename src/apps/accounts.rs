@@ -8,7 +8,6 @@ use crate::apps::AppState;
 use crate::auth::{Subject, Verdict};
 use crate::store::schema::{api_tokens, users};
 use crate::store::{now_ms, DbConnection, StoreError};
-use crate::Payload;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use diesel::prelude::*;
@@ -405,19 +404,20 @@ pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
 pub async fn join_community(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
     let member = req.method() == actix_web::http::Method::POST;
     let user = authenticate(&state, &req).await?;
+    // In the recorded streams' order: no feed event committed after a leave reaches the user.
     state
-        .store
-        .run(move |c| set_community_member(c, user.id, member))
+        .history
+        .write(&state.endpoint, move |c, rec| {
+            set_community_member(c, user.id, member)?;
+            if !member {
+                // Ends the user's open `community:feed` channels: they are no longer members.
+                let topic = community_member_topic(user.id);
+                rec.broadcast_after_commit(&topic, "removed", json!({}));
+            }
+            Ok(())
+        })
         .await
         .map_err(ApiError::from)?;
-    if !member {
-        // Ends the user's open `community:feed` channels: they are no longer members.
-        state.endpoint.broadcast(
-            &community_member_topic(user.id),
-            "removed",
-            Payload::empty(),
-        );
-    }
     Ok(HttpResponse::NoContent().finish())
 }
 

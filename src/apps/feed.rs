@@ -401,6 +401,9 @@ impl Channel for FeedChannel {
     ) -> Result<Payload, Payload> {
         let unauthorized = || Payload::Json(json!({"reason": "unauthorized"}));
         let user = current_user(ctx).ok_or_else(unauthorized)?;
+        // Leaving the community ends this channel; listening before the check below means a
+        // leave that lands in between is not missed.
+        ctx.stop_on(&crate::apps::accounts::community_member_topic(user.id));
         // Membership may have changed since connect: ask the database.
         let fresh = self
             .state
@@ -412,11 +415,7 @@ impl Channel for FeedChannel {
                 unauthorized()
             })?;
         match fresh {
-            Some(u) if u.community_member => {
-                // Leaving the community ends this channel.
-                ctx.stop_on(&crate::apps::accounts::community_member_topic(u.id));
-                self.state.history.join(ctx, &params).await
-            }
+            Some(u) if u.community_member => self.state.history.join(ctx, &params).await,
             _ => Err(unauthorized()),
         }
     }

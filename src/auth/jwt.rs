@@ -56,6 +56,12 @@ pub fn looks_like(token: &str) -> bool {
 impl JwtVerifier {
     /// Fails on a key that is not a PEM RSA public key, or on no key at all.
     pub fn new(config: JwtConfig) -> Result<JwtVerifier, String> {
+        match config.hs256_secret.as_deref().map(<[u8]>::len) {
+            // Anyone could sign with an empty key.
+            Some(0) => return Err("the HS256 secret is empty".into()),
+            Some(n) if n < 32 => log::warn!("the HS256 secret has {n} bytes; use 32 or more"),
+            _ => {}
+        }
         let hs256 = config.hs256_secret.as_deref().map(DecodingKey::from_secret);
         let rs256 =
             match &config.rs256_public_key {
@@ -88,6 +94,7 @@ impl JwtVerifier {
         let key = key.ok_or_else(|| format!("alg {alg:?} is not accepted"))?;
         let mut v = Validation::new(alg);
         v.leeway = self.config.leeway;
+        v.validate_nbf = true;
         // A configured issuer or audience must be present, not only right when present.
         let mut required = vec!["exp"];
         required.extend(self.config.issuer.as_ref().map(|_| "iss"));
@@ -193,6 +200,12 @@ mod tests {
                 .is_err(),
             "no sub"
         );
+        let later = now() + 600;
+        let early = hs(
+            json!({"sub": "a", "exp": later + 60, "nbf": later}),
+            b"hs-secret",
+        );
+        assert!(v.verify(&early).is_err(), "not valid yet");
     }
 
     #[test]
@@ -226,6 +239,11 @@ mod tests {
         assert!(only_rs.verify(&hs(claims.clone(), PUBLIC)).is_err());
         assert!(only_rs.verify(&hs(claims, b"hs-secret")).is_err());
         assert!(JwtVerifier::new(JwtConfig::default()).is_err());
+        let empty = JwtConfig {
+            hs256_secret: Some(Vec::new()),
+            ..Default::default()
+        };
+        assert!(JwtVerifier::new(empty).is_err(), "an empty secret");
         assert!(JwtVerifier::new(JwtConfig {
             rs256_public_key: Some(b"not a pem".to_vec()),
             ..Default::default()

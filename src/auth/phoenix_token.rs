@@ -103,6 +103,12 @@ impl PhoenixTokens {
                 etf::as_i64(&t.elements[1]).ok_or(Refusal::Invalid)?,
                 MaxAge::of(&t.elements[2]).ok_or(Refusal::Invalid)?,
             ),
+            // Tokens signed before the max age was stored: the default one applies.
+            Term::Tuple(t) if t.elements.len() == 2 => (
+                &t.elements[0],
+                etf::as_i64(&t.elements[1]).ok_or(Refusal::Invalid)?,
+                MaxAge::Secs(DEFAULT_MAX_AGE as f64),
+            ),
             // Plug.Crypto still reads tokens of its 1.x format.
             Term::Map(m) => {
                 let get = |k: &str| m.map.get(&etf::atom(k));
@@ -273,6 +279,23 @@ mod tests {
         }
         assert!(looks_like(EXAMPLE_42) && looks_like("SFM1MTI.a.b"));
         assert!(!looks_like("eyJhbGciOiJIUzI1NiJ9.e30.x") && !looks_like("plain-api-token"));
+    }
+
+    #[test]
+    fn tokens_without_a_stored_max_age_get_the_default() {
+        let t = tokens();
+        let payload = etf::encode(&etf::tuple(vec![etf::int(9), etf::int(SIGNED_AT)]));
+        let signed = format!("SFMyNTY.{}", URL_SAFE_NO_PAD.encode(payload));
+        let mac = t.mac("SFMyNTY", signed.as_bytes()).unwrap();
+        let token = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac));
+        assert_eq!(
+            t.verify(&token, SIGNED_AT + 86_400_000),
+            Ok(Subject::Int(9))
+        );
+        assert_eq!(
+            t.verify(&token, SIGNED_AT + 86_400_001),
+            Err(Refusal::Expired)
+        );
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Sessions {
     key: Vec<u8>,
     /// Sessions opened per client IP in the current second.
     opens: DashMap<IpAddr, (u64, u32)>,
+    /// The second `opens` was last swept in: at most one sweep a second.
+    swept: std::sync::atomic::AtomicU64,
 }
 
 /// Entries of `opens` kept before stale ones (from past seconds) are swept.
@@ -73,13 +75,15 @@ impl Sessions {
             map: DashMap::new(),
             key,
             opens: DashMap::new(),
+            swept: Default::default(),
         }
     }
 
     /// Takes one of `ip`'s session opens for this second; false when it has had `max`.
     fn take_open(&self, ip: IpAddr, max: u32) -> bool {
         let now = unix_now();
-        if self.opens.len() >= OPENS_SWEEP_AT {
+        let ordering = std::sync::atomic::Ordering::Relaxed;
+        if self.opens.len() >= OPENS_SWEEP_AT && self.swept.swap(now, ordering) != now {
             self.opens.retain(|_, (second, _)| *second == now);
         }
         let mut e = self.opens.entry(ip).or_insert((now, 0));

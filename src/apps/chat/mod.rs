@@ -51,9 +51,20 @@ impl Default for ChatConfig {
 }
 
 /// Per-user message timestamps for the rate limit, shared by all of a user's sockets.
-#[derive(Default)]
 pub struct RateLimiter {
     sent: dashmap::DashMap<i64, VecDeque<Instant>>,
+    /// When idle users were last swept out: at most once a window, so a sweep's cost is
+    /// not paid on every message.
+    swept: std::sync::Mutex<Instant>,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter {
+            sent: Default::default(),
+            swept: std::sync::Mutex::new(Instant::now()),
+        }
+    }
 }
 
 /// Users tracked before those idle for a whole window are swept out.
@@ -64,9 +75,13 @@ impl RateLimiter {
     pub fn take(&self, user: i64, count: usize, window: Duration) -> Result<(), u64> {
         let now = Instant::now();
         if self.sent.len() >= RATE_SWEEP_AT {
-            // Users who sent nothing for a window have nothing to remember.
-            self.sent
-                .retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+            let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+            if now.duration_since(*swept) >= window {
+                *swept = now;
+                // Users who sent nothing for a window have nothing to remember.
+                self.sent
+                    .retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+            }
         }
         let mut q = self.sent.entry(user).or_default();
         while q.front().is_some_and(|t| now.duration_since(*t) >= window) {

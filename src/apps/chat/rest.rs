@@ -167,9 +167,11 @@ pub async fn remove(
     let user = authenticate(&state, &req).await?;
     let room_id = path_id(&path.0)?;
     let target = path_id(&path.1)?;
+    // Through the recorded streams' order, so no message committed after the removal can be
+    // broadcast before it.
     state
-        .store
-        .write(move |c| {
+        .history
+        .write(&state.endpoint, move |c, rec| {
             let a = readable(c, room_id, &user)?;
             if !(a.is_admin() || target == user.id) {
                 return Err(ApiError::Forbidden.into());
@@ -183,14 +185,10 @@ pub async fn remove(
             if gone == 0 {
                 return Err(ApiError::NotFound.into());
             }
+            rec.broadcast_after_commit(&room_member_topic(room_id, target), "removed", json!({}));
             Ok(())
         })
         .await?;
-    state.endpoint.broadcast(
-        &room_member_topic(room_id, target),
-        "removed",
-        crate::Payload::empty(),
-    );
     Ok(HttpResponse::NoContent().finish())
 }
 

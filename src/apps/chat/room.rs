@@ -413,6 +413,8 @@ impl Channel for RoomChannel {
         let user = current_user(ctx).ok_or_else(unauthorized)?;
         let room_id = topic_id(topic, "channel:").ok_or_else(unauthorized)?;
         let since = since_param(&params).map_err(reason)?;
+        // Listen for a removal before checking access: one that lands in between is not missed.
+        ctx.stop_on(&room_member_topic(room_id, user.id));
         let (u, t, config) = (
             user.clone(),
             topic.to_owned(),
@@ -430,7 +432,6 @@ impl Channel for RoomChannel {
             })
             .await
             .map_err(|_| unauthorized())?;
-        ctx.stop_on(&room_member_topic(room_id, user.id));
         self.user = Some(user);
         self.room_id = room_id;
         ctx.send_self(AfterJoin);
@@ -556,24 +557,32 @@ impl Channel for ThreadChannel {
         let user = current_user(ctx).ok_or_else(unauthorized)?;
         let parent = topic_id(topic, "thread:").ok_or_else(unauthorized)?;
         let since = since_param(&params).map_err(reason)?;
-        let user_id = user.id;
-        let (t, config) = (topic.to_owned(), self.state.history.config().clone());
-        let (room, reply, pos) = self
+        // A thread's room never changes: find it, listen for a removal from it, and only then
+        // check access, so a removal that lands in between is not missed.
+        let room = self
             .state
             .store
-            .read(move |c| {
-                let room = messages::table
+            .run(move |c| {
+                Ok(messages::table
                     .find(parent)
                     .filter(messages::parent_id.is_null())
                     .select(messages::room_id)
-                    .first::<i64>(c)?;
-                readable(c, room, &user)?;
-                let reply = json!({ "messages": thread(c, parent)? });
-                Ok((room, reply, position(c, &config, &t, since)?))
+                    .first::<i64>(c)?)
             })
             .await
             .map_err(|_| unauthorized())?;
-        ctx.stop_on(&room_member_topic(room, user_id));
+        ctx.stop_on(&room_member_topic(room, user.id));
+        let (t, config) = (topic.to_owned(), self.state.history.config().clone());
+        let (reply, pos) = self
+            .state
+            .store
+            .read(move |c| {
+                readable(c, room, &user)?;
+                let reply = json!({ "messages": thread(c, parent)? });
+                Ok((reply, position(c, &config, &t, since)?))
+            })
+            .await
+            .map_err(|_| unauthorized())?;
         Ok(pos.join_reply(ctx, reply))
     }
 

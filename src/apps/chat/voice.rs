@@ -53,13 +53,14 @@ impl Channel for VoiceChannel {
     ) -> Result<Payload, Payload> {
         let user = current_user(ctx).ok_or_else(|| reason("unauthorized"))?;
         let room_id = topic_id(topic, "voice:").ok_or_else(|| reason("unauthorized"))?;
+        // Listen for a removal before checking access: one that lands in between is not missed.
+        ctx.stop_on(&room_member_topic(room_id, user.id));
         let u = user.clone();
         self.state
             .store
             .run(move |c| readable(c, room_id, &u).map(|_| ()))
             .await
             .map_err(|_| reason("unauthorized"))?;
-        ctx.stop_on(&room_member_topic(room_id, user.id));
         self.user = Some(user);
         self.room_id = room_id;
         ctx.subscribe(&self.inbox(self.me()));
