@@ -108,8 +108,10 @@ pub struct Counters {
     pub broadcasts: AtomicU64,
     pub encodes: AtomicU64,
     pub deliveries: AtomicU64,
-    /// Broadcasts a full worker inbox made the publisher deliver itself.
+    /// Broadcasts queued behind a full worker inbox (delivered later, in order).
     pub inbox_overflows: AtomicU64,
+    /// Broadcasts not delivered on a worker over twice its inbox behind.
+    pub inbox_drops: AtomicU64,
 }
 
 struct Entry {
@@ -188,16 +190,37 @@ struct Inner {
     next_id: AtomicU64,
     counters: Counters,
     /// Each worker's inbox, by worker index.
-    workers: RwLock<Vec<mpsc::Sender<Job>>>,
-    /// Broadcasts each inbox holds.
+    workers: RwLock<Vec<Arc<Inbox>>>,
+    /// Broadcasts each inbox holds (and its overflow, again as many).
     inbox_capacity: usize,
     remote: OnceLock<Addr<PubSubActor>>,
 }
 
-/// Broadcasts a worker's inbox holds. A worker that far behind has its broadcasts delivered
-/// by the publishers' threads instead (counted in [`Counters::inbox_overflows`]): memory stays
-/// bounded and nothing is dropped.
+/// Broadcasts a worker's inbox holds. A worker that far behind gets later broadcasts in its
+/// overflow, which it takes in order once the inbox is drained (counted in
+/// [`Counters::inbox_overflows`]); past as many again, a broadcast is not delivered on that
+/// worker (counted in [`Counters::inbox_drops`], logged): memory stays bounded.
 const INBOX_CAPACITY: usize = 65_536;
+
+/// A worker's inbox: a bounded channel, and the overflow that keeps order behind it.
+struct Inbox {
+    tx: mpsc::Sender<Job>,
+    overflow: std::sync::Mutex<Overflow>,
+}
+
+/// While `active`, every new job goes here, after the channel's: the worker takes these once
+/// the channel is empty, so its jobs run in the order they were published.
+#[derive(Default)]
+struct Overflow {
+    active: bool,
+    jobs: std::collections::VecDeque<Job>,
+}
+
+impl Inbox {
+    fn overflow(&self) -> std::sync::MutexGuard<'_, Overflow> {
+        self.overflow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 thread_local! {
     /// Which PubSub's worker this thread is, and its index there.
@@ -283,13 +306,17 @@ impl PubSub {
             return;
         }
         let (tx, mut rx) = mpsc::channel::<Job>(self.inner.inbox_capacity);
+        let inbox = Arc::new(Inbox {
+            tx,
+            overflow: Default::default(),
+        });
         let index = {
             let mut w = self
                 .inner
                 .workers
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
-            w.push(tx);
+            w.push(inbox.clone());
             w.len() - 1
         };
         WORKER.with(|c| c.set(Some((self.inner.id, index))));
@@ -297,6 +324,17 @@ impl PubSub {
         actix_rt::spawn(async move {
             while let Some(job) = rx.recv().await {
                 ps.run_job(&job, Some(index));
+                if rx.is_empty() {
+                    // The channel is drained: what overflowed comes next, in order.
+                    let late = {
+                        let mut o = inbox.overflow();
+                        o.active = false;
+                        std::mem::take(&mut o.jobs)
+                    };
+                    for job in late {
+                        ps.run_job(&job, Some(index));
+                    }
+                }
             }
         });
     }
@@ -458,29 +496,48 @@ impl PubSub {
                 from,
                 served: if Some(i) == me { origin } else { 0 },
             };
-            match workers[i].try_send(job) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(job)) => {
-                    // The worker is far behind: serve its share here rather than drop it.
-                    let n = self
-                        .inner
-                        .counters
-                        .inbox_overflows
-                        .fetch_add(1, Ordering::Relaxed);
-                    if n == 0 {
-                        log::warn!(
-                            "worker {i}'s broadcast inbox is full ({}); delivering from the publisher's thread",
-                            self.inner.inbox_capacity
-                        );
-                    }
-                    self.run_job(&job, Some(i));
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => log::warn!(
-                    "worker {i} is gone; broadcast on {} not delivered there",
-                    b.topic
-                ),
-            }
+            self.send_job(i, &workers[i], job);
         }
+    }
+
+    /// Hands a job to worker `i`: its channel, or behind it its overflow, so that the worker
+    /// runs its jobs in the order they were published.
+    fn send_job(&self, i: usize, inbox: &Inbox, job: Job) {
+        let c = &self.inner.counters;
+        let mut o = inbox.overflow();
+        let job = if o.active {
+            job
+        } else {
+            match inbox.tx.try_send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(job)) => {
+                    o.active = true;
+                    log::warn!(
+                        "worker {i} is {} broadcasts behind; queueing the next ones behind them",
+                        self.inner.inbox_capacity
+                    );
+                    job
+                }
+                Err(mpsc::error::TrySendError::Closed(job)) => {
+                    log::warn!(
+                        "worker {i} is gone; a broadcast on {} is not delivered there",
+                        job.broadcast.topic
+                    );
+                    return;
+                }
+            }
+        };
+        if o.jobs.len() >= self.inner.inbox_capacity {
+            if c.inbox_drops.fetch_add(1, Ordering::Relaxed) == 0 {
+                log::error!(
+                    "worker {i} is over {} broadcasts behind: broadcasts on it are being dropped",
+                    2 * self.inner.inbox_capacity
+                );
+            }
+            return;
+        }
+        c.inbox_overflows.fetch_add(1, Ordering::Relaxed);
+        o.jobs.push_back(job);
     }
 
     /// Delivers to the subscribers of one group of a topic that `pick` selects, on the thread
@@ -621,38 +678,40 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn a_full_worker_inbox_is_served_by_the_publisher_and_nothing_is_lost() {
+    async fn a_full_worker_inbox_keeps_order_in_its_overflow() {
         let ps = PubSub::with_inbox_capacity(4);
         ps.register_worker();
         let sub: Arc<Collect> = Arc::default();
         ps.subscribe("t", ps.next_id(), sub.clone());
-        // The worker's task cannot run while this one publishes: its inbox fills after 4.
+        // The worker's task cannot run while this one publishes: 4 fill its inbox, 4 its
+        // overflow, and 2 more are beyond both bounds.
         for i in 0..10 {
             ps.broadcast("t", &format!("e{i}"), Payload::empty());
         }
-        assert_eq!(ps.counters().inbox_overflows.load(Ordering::Relaxed), 6);
-        assert_eq!(
-            sub.0.lock().unwrap().len(),
-            6,
-            "the overflow was delivered at once"
-        );
+        let c = ps.counters();
+        assert_eq!(c.inbox_overflows.load(Ordering::Relaxed), 4);
+        assert_eq!(c.inbox_drops.load(Ordering::Relaxed), 2);
+        assert!(sub.0.lock().unwrap().is_empty(), "all left to the worker");
         for _ in 0..100 {
-            if sub.0.lock().unwrap().len() == 10 {
+            if sub.0.lock().unwrap().len() == 8 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let mut got: Vec<String> = sub
+        let got: Vec<String> = sub
             .0
             .lock()
             .unwrap()
             .iter()
             .map(|(e, _)| e.clone())
             .collect();
-        got.sort();
-        let mut want: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
-        want.sort();
-        assert_eq!(got, want, "every broadcast delivered once");
+        let want: Vec<String> = (0..8).map(|i| format!("e{i}")).collect();
+        assert_eq!(got, want, "in the order published");
+        // Drained: the next broadcast goes through the inbox again.
+        ps.broadcast("t", "after", Payload::empty());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(sub.0.lock().unwrap().last().unwrap().0, "after");
+        assert_eq!(c.inbox_overflows.load(Ordering::Relaxed), 4);
     }
 
     struct Relay(PubSub);
