@@ -133,6 +133,7 @@ impl<'a> Recorder<'a> {
             m.insert("seq".into(), json!(seq));
         }
         let now = now_ms();
+        let max_age = i64::try_from(keep.max_age.as_millis()).unwrap_or(i64::MAX);
         diesel::insert_into(topic_events::table)
             .values((
                 topic_events::topic.eq(topic),
@@ -140,17 +141,16 @@ impl<'a> Recorder<'a> {
                 topic_events::event.eq(event),
                 topic_events::payload.eq(payload.to_string()),
                 topic_events::inserted_at.eq(now),
+                topic_events::expires_at.eq(now.saturating_add(max_age)),
             ))
             .execute(c)?;
-        let oldest =
-            now.saturating_sub(i64::try_from(keep.max_age.as_millis()).unwrap_or(i64::MAX));
         diesel::delete(
             topic_events::table
                 .filter(topic_events::topic.eq(topic))
                 .filter(
                     topic_events::seq
                         .le(seq - keep.max_events)
-                        .or(topic_events::inserted_at.lt(oldest)),
+                        .or(topic_events::expires_at.le(now)),
                 ),
         )
         .execute(c)?;
@@ -272,7 +272,6 @@ impl Position {
 /// the same commit.
 pub fn position(
     c: &mut DbConnection,
-    config: &HistoryConfig,
     topic: &str,
     since: Option<i64>,
 ) -> Result<Position, StoreError> {
@@ -286,12 +285,10 @@ pub fn position(
             missed: Some(None),
         });
     }
-    let max_age = config.retention(topic).max_age.as_millis();
-    let oldest = now_ms().saturating_sub(i64::try_from(max_age).unwrap_or(i64::MAX));
     let rows = topic_events::table
         .filter(topic_events::topic.eq(topic))
         .filter(topic_events::seq.gt(since))
-        .filter(topic_events::inserted_at.ge(oldest))
+        .filter(topic_events::expires_at.gt(now_ms()))
         .order(topic_events::seq)
         .select((
             topic_events::seq,
@@ -317,6 +314,15 @@ pub fn position(
         seq,
         missed: Some(Some(events)),
     })
+}
+
+/// Deletes every expired event, of every topic: a topic without new events is not trimmed
+/// by its writes. Returns how many went.
+pub fn sweep_expired(c: &mut DbConnection) -> Result<usize, StoreError> {
+    Ok(
+        diesel::delete(topic_events::table.filter(topic_events::expires_at.le(now_ms())))
+            .execute(c)?,
+    )
 }
 
 /// Reads the `since` of a join's params: absent or null is none; anything but a
@@ -353,6 +359,22 @@ impl History {
 
     pub fn config(&self) -> &HistoryConfig {
         &self.config
+    }
+
+    /// Sweeps expired events every `every`, for as long as the server runs.
+    pub fn sweep_every(&self, every: Duration) {
+        let store = self.store.clone();
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match store.write(sweep_expired).await {
+                    Ok(0) => {}
+                    Ok(n) => log::debug!("history: swept {n} expired events"),
+                    Err(e) => log::warn!("history: sweeping expired events: {e}"),
+                }
+            }
+        });
     }
 
     /// Runs a writing transaction that may record events, then broadcasts them in order. It
@@ -420,10 +442,10 @@ impl History {
     ) -> Result<crate::Payload, crate::Payload> {
         let reason = |r: String| crate::Payload::Json(json!({ "reason": r }));
         let since = since_param(params).map_err(reason)?;
-        let (config, topic) = (self.config.clone(), ctx.topic().to_owned());
+        let topic = ctx.topic().to_owned();
         let pos = self
             .store
-            .read(move |c| position(c, &config, &topic, since))
+            .read(move |c| position(c, &topic, since))
             .await
             .map_err(|e| {
                 log::error!("history of {}: {e}", ctx.topic());

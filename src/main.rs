@@ -493,6 +493,7 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
             by_prefix: args.history_retention.clone(),
         },
     );
+    state.history.sweep_every(Duration::from_secs(60));
     let state = actix_web::web::Data::new(state);
     accounts::watch_revocations(state.clone());
     let socket = apps::socket(state.clone());

@@ -214,6 +214,17 @@ fn past_retention_a_rejoin_is_told_to_reset(backend: &str) {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let stale = join(&mut b, "2", &format!("user:{bob_id}"), json!({"since": 0})).await;
         assert_eq!(stale["reset"], true, "{stale}");
+        // A topic with no new event is not trimmed by its writes: the sweep deletes its
+        // expired events (here the two of user:<bob>), and nothing else.
+        let mut c = app.state.store.conn().unwrap();
+        assert_eq!(fawkes::history::sweep_expired(&mut c).unwrap(), 2);
+        assert_eq!(fawkes::history::sweep_expired(&mut c).unwrap(), 0);
+        let reply = join(&mut b, "3", "community:feed", json!({"since": 1})).await;
+        assert_eq!(
+            reply["missed"].as_array().unwrap().len(),
+            2,
+            "the feed keeps its events"
+        );
     });
 }
 

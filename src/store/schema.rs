@@ -158,5 +158,7 @@ diesel::table! {
         /// The broadcast payload, its `seq` included, as JSON.
         payload -> Text,
         inserted_at -> BigInt,
+        /// When it stops being replayed and may be deleted (its topic's retention by age).
+        expires_at -> BigInt,
     }
 }

@@ -10,12 +10,14 @@ CREATE TABLE topic_events (
     event TEXT NOT NULL,
     payload TEXT NOT NULL,
     inserted_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
     PRIMARY KEY (topic, seq)
 );
+CREATE INDEX topic_events_expires_at ON topic_events(expires_at);
 
 -- Collections' change logs become their topics' streams (`collection:<name>`, event `change`).
 INSERT INTO topic_seqs (topic, seq) SELECT 'collection:' || collection, seq FROM collection_seqs;
-INSERT INTO topic_events (topic, seq, event, payload, inserted_at)
-    SELECT 'collection:' || collection, seq, 'change', json_build_object('action', action, 'record', record::json, 'owner', owner, 'seq', seq)::text, 0 FROM collection_changes;
+INSERT INTO topic_events (topic, seq, event, payload, inserted_at, expires_at)
+    SELECT 'collection:' || collection, seq, 'change', json_build_object('action', action, 'record', record::json, 'owner', owner, 'seq', seq)::text, 0, 9223372036854775807 FROM collection_changes;
 DROP TABLE collection_changes;
 DROP TABLE collection_seqs;

@@ -415,11 +415,7 @@ impl Channel for RoomChannel {
         let since = since_param(&params).map_err(reason)?;
         // Listen for a removal before checking access: one that lands in between is not missed.
         ctx.stop_on(&room_member_topic(room_id, user.id));
-        let (u, t, config) = (
-            user.clone(),
-            topic.to_owned(),
-            self.state.history.config().clone(),
-        );
+        let (u, t) = (user.clone(), topic.to_owned());
         let (reply, pos) = self
             .state
             .store
@@ -428,7 +424,7 @@ impl Channel for RoomChannel {
                 let last = a.member.map(|_| a.last_read_id);
                 let reply =
                     json!({"messages": history(c, room_id, None, 50)?, "last_read_id": last});
-                Ok((reply, position(c, &config, &t, since)?))
+                Ok((reply, position(c, &t, since)?))
             })
             .await
             .map_err(|_| unauthorized())?;
@@ -572,14 +568,14 @@ impl Channel for ThreadChannel {
             .await
             .map_err(|_| unauthorized())?;
         ctx.stop_on(&room_member_topic(room, user.id));
-        let (t, config) = (topic.to_owned(), self.state.history.config().clone());
+        let t = topic.to_owned();
         let (reply, pos) = self
             .state
             .store
             .read(move |c| {
                 readable(c, room, &user)?;
                 let reply = json!({ "messages": thread(c, parent)? });
-                Ok((reply, position(c, &config, &t, since)?))
+                Ok((reply, position(c, &t, since)?))
             })
             .await
             .map_err(|_| unauthorized())?;

@@ -26,11 +26,11 @@ impl Channel for UserChannel {
             return Err(unauthorized());
         }
         let since = since_param(&params).map_err(|r| Payload::Json(json!({ "reason": r })))?;
-        let (t, config) = (topic.to_owned(), self.state.history.config().clone());
+        let t = topic.to_owned();
         let (reply, pos) = self
             .state
             .store
-            .read(move |c| Ok((user_summary(c, me.id)?, position(c, &config, &t, since)?)))
+            .read(move |c| Ok((user_summary(c, me.id)?, position(c, &t, since)?)))
             .await
             .map_err(|e| {
                 log::error!("user channel: {e}");
