@@ -200,10 +200,50 @@ impl Store {
                 .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
             let mut conn = store.conn()?;
             let c: &mut DbConnection = &mut conn;
-            c.transaction(f)
+            match sqlite(c) {
+                Some(_) => immediate(c, f),
+                None => c.transaction(f),
+            }
         })
         .await
         .map_err(|e| StoreError::Pool(format!("blocking pool: {e}")))?
+    }
+}
+
+fn sqlite(c: &mut DbConnection) -> Option<&mut SqliteConnection> {
+    match c {
+        DbConnection::Sqlite(s) => Some(s),
+        DbConnection::Postgres(_) => None,
+    }
+}
+
+/// A SQLite transaction begun with `BEGIN IMMEDIATE`: it takes the database's write lock at
+/// once, waiting out another process's writer (busy_timeout), instead of at its first write,
+/// where a commit by another process in between fails it with "database is locked". Nested
+/// `transaction` calls inside `f` become savepoints, as usual.
+fn immediate<T>(
+    c: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    type Manager = AnsiTransactionManager;
+    let Some(s) = sqlite(c) else {
+        return c.transaction(f);
+    };
+    Manager::begin_transaction_sql(s, "BEGIN IMMEDIATE")?;
+    let result = f(c);
+    let Some(s) = sqlite(c) else {
+        return result;
+    };
+    match result {
+        Ok(v) => {
+            <Manager as TransactionManager<SqliteConnection>>::commit_transaction(s)?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = <Manager as TransactionManager<SqliteConnection>>::rollback_transaction(s);
+            Err(e)
+        }
     }
 }
 
@@ -263,6 +303,54 @@ mod tests {
         for w in writers {
             w.await.unwrap().unwrap();
         }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Two stores on one SQLite file are what two processes are (the server and the CLI):
+    /// read-then-write transactions from both interleave, and none fails as locked.
+    #[actix_rt::test]
+    async fn writers_of_two_processes_wait_for_each_other() {
+        use crate::store::schema::users;
+        let path = std::env::temp_dir().join(format!("fawkes-store2-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let url = path.to_str().unwrap();
+        let (a, b) = (Store::open(url).unwrap(), Store::open(url).unwrap());
+        let tasks: Vec<_> = [a, b]
+            .into_iter()
+            .enumerate()
+            .flat_map(|(s, store)| {
+                (0..10).map(move |i| {
+                    let store = store.clone();
+                    actix_rt::spawn(async move {
+                        store
+                            .write(move |c| {
+                                // Read first, then write: the pattern a deferred transaction
+                                // could not upgrade once the other store had committed.
+                                let n: i64 = users::table.count().get_result(c)?;
+                                std::thread::sleep(Duration::from_millis(5));
+                                diesel::insert_into(users::table)
+                                    .values((
+                                        users::name.eq(format!("u{s}_{i}_{n}")),
+                                        users::name_key.eq(format!("u{s}_{i}_{n}")),
+                                        users::inserted_at.eq(0),
+                                    ))
+                                    .execute(c)?;
+                                Ok(())
+                            })
+                            .await
+                    })
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let count: i64 = Store::open(url)
+            .unwrap()
+            .run(|c| Ok(users::table.count().get_result(c)?))
+            .await
+            .unwrap();
+        assert_eq!(count, 20);
         let _ = std::fs::remove_file(&path);
     }
 
