@@ -284,15 +284,20 @@ impl ChannelContext {
     /// Subscribes this channel to another topic: its broadcasts arrive in `handle_info` as
     /// [`Info::Broadcast`]. Undone when the channel ends.
     pub fn subscribe(&mut self, topic: &str) {
+        let sub = Arc::new(InfoSubscriber {
+            conn: self.socket.conn.clone(),
+            channel: self.id,
+        });
+        self.add_subscription(topic, sub);
+    }
+
+    /// Subscribes `sub` to `topic` for as long as the channel lives (once per topic).
+    fn add_subscription(&mut self, topic: &str, sub: Arc<dyn Subscriber>) {
         if self.subscriptions.iter().any(|(t, _)| t == topic) {
             return;
         }
         let ps = self.socket.endpoint.pubsub();
         let id = ps.next_id();
-        let sub = Arc::new(InfoSubscriber {
-            conn: self.socket.conn.clone(),
-            channel: self.id,
-        });
         ps.subscribe(topic, id, sub);
         self.subscriptions.push((topic.to_owned(), id));
     }
@@ -309,17 +314,11 @@ impl ChannelContext {
     /// to the channel after that broadcast reaches the client. How an app takes a channel away
     /// from a user who lost access to it.
     pub fn stop_on(&mut self, topic: &str) {
-        if self.subscriptions.iter().any(|(t, _)| t == topic) {
-            return;
-        }
-        let ps = self.socket.endpoint.pubsub();
-        let id = ps.next_id();
         let sub = Arc::new(StopSubscriber {
             conn: self.socket.conn.clone(),
             channel: self.id,
         });
-        ps.subscribe(topic, id, sub);
-        self.subscriptions.push((topic.to_owned(), id));
+        self.add_subscription(topic, sub);
     }
 
     pub fn unsubscribe(&mut self, topic: &str) {

@@ -201,8 +201,7 @@ impl Connection {
     pub fn hold(&self, channel: ChannelId) {
         let mut s = self.lock();
         s.holding = Some(channel);
-        let dropped: usize = s.held.drain(..).map(|(f, _)| f.len()).sum();
-        s.queued_bytes -= dropped;
+        drop_held(&mut s);
     }
 
     /// Ends holding: writes `first` (the join reply), then, if `keep`, what was held meanwhile,
@@ -234,8 +233,7 @@ impl Connection {
         }
         s.revoked.push(channel);
         if s.holding == Some(channel) {
-            let dropped: usize = s.held.drain(..).map(|(f, _)| f.len()).sum();
-            s.queued_bytes -= dropped;
+            drop_held(&mut s);
         }
         self.post(&mut s, Mail::Stop { channel }, MAIL_OVERHEAD);
     }
@@ -380,6 +378,12 @@ impl Connection {
         })
         .await
     }
+}
+
+/// Drops the frames held for a joining channel, and their bytes.
+fn drop_held(s: &mut State) {
+    let dropped: usize = s.held.drain(..).map(|(f, _)| f.len()).sum();
+    s.queued_bytes -= dropped;
 }
 
 /// An emptied queue gives back what a burst made it grow to: idle connections stay small.

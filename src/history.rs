@@ -357,10 +357,6 @@ impl History {
         }
     }
 
-    pub fn config(&self) -> &HistoryConfig {
-        &self.config
-    }
-
     /// Sweeps expired events every `every`, for as long as the server runs.
     pub fn sweep_every(&self, every: Duration) {
         let store = self.store.clone();

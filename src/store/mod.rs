@@ -199,11 +199,7 @@ impl Store {
                 .as_ref()
                 .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
             let mut conn = store.conn()?;
-            let c: &mut DbConnection = &mut conn;
-            match sqlite(c) {
-                Some(_) => immediate(c, f),
-                None => c.transaction(f),
-            }
+            write_transaction(&mut conn, f)
         })
         .await
         .map_err(|e| StoreError::Pool(format!("blocking pool: {e}")))?
@@ -217,11 +213,11 @@ fn sqlite(c: &mut DbConnection) -> Option<&mut SqliteConnection> {
     }
 }
 
-/// A SQLite transaction begun with `BEGIN IMMEDIATE`: it takes the database's write lock at
-/// once, waiting out another process's writer (busy_timeout), instead of at its first write,
-/// where a commit by another process in between fails it with "database is locked". Nested
-/// `transaction` calls inside `f` become savepoints, as usual.
-fn immediate<T>(
+/// A writing transaction. On SQLite it begins `BEGIN IMMEDIATE`: it takes the database's
+/// write lock at once, waiting out another process's writer (busy_timeout), instead of at its
+/// first write, where a commit by another process in between fails it with "database is
+/// locked". Nested `transaction` calls inside `f` become savepoints, as usual.
+fn write_transaction<T>(
     c: &mut DbConnection,
     f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {

@@ -248,9 +248,10 @@ pub enum Snapshot {
     TooLarge(i64),
 }
 
-/// Reads the collection in one consistent snapshot: the records (oldest first) or the changes
-/// after `since`, with the sequence number they are current to; with `only_owner`, only that
-/// user's records and changes.
+/// Reads the collection: the records (oldest first) or the changes after `since`, with the
+/// sequence number they are current to; with `only_owner`, only that user's records and
+/// changes. Run it in one read transaction ([`crate::store::Store::read`]), so all its reads
+/// see the same commit.
 pub fn snapshot(
     c: &mut DbConnection,
     name: &str,
@@ -258,54 +259,46 @@ pub fn snapshot(
     limit: i64,
     only_owner: Option<i64>,
 ) -> Result<Snapshot, StoreError> {
-    c.transaction(|c| {
-        if let DbConnection::Postgres(pg) = c {
-            // Both reads must see the same commit.
-            diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(pg)?;
+    let seq = history::latest_seq(c, &topic(name))?;
+    if let Some(since) = since.filter(|&s| s <= seq) {
+        let changes = history::events_after(c, &topic(name), since)?;
+        // Served only if the log still holds every change after `since`.
+        if changes.len() as i64 == seq - since {
+            let changes = changes
+                .into_iter()
+                .map(|(_, _, change)| change)
+                .filter(|change| only_owner.is_none() || change[OWNER_KEY].as_i64() == only_owner)
+                .map(|mut change| {
+                    if let Value::Object(m) = &mut change {
+                        m.remove(OWNER_KEY);
+                    }
+                    change
+                })
+                .collect();
+            return Ok(Snapshot::Changes { changes, seq });
         }
-        let seq = history::latest_seq(c, &topic(name))?;
-        if let Some(since) = since.filter(|&s| s <= seq) {
-            let changes = history::events_after(c, &topic(name), since)?;
-            // Served only if the log still holds every change after `since`.
-            if changes.len() as i64 == seq - since {
-                let changes = changes
-                    .into_iter()
-                    .map(|(_, _, change)| change)
-                    .filter(|change| {
-                        only_owner.is_none() || change[OWNER_KEY].as_i64() == only_owner
-                    })
-                    .map(|mut change| {
-                        if let Value::Object(m) = &mut change {
-                            m.remove(OWNER_KEY);
-                        }
-                        change
-                    })
-                    .collect();
-                return Ok(Snapshot::Changes { changes, seq });
-            }
+    }
+    let records = || {
+        let mut q = collection_records::table
+            .filter(collection_records::collection.eq(name))
+            .into_boxed();
+        if let Some(o) = only_owner {
+            q = q.filter(collection_records::owner.eq(o));
         }
-        let records = || {
-            let mut q = collection_records::table
-                .filter(collection_records::collection.eq(name))
-                .into_boxed();
-            if let Some(o) = only_owner {
-                q = q.filter(collection_records::owner.eq(o));
-            }
-            q
-        };
-        let total = records().count().get_result::<i64>(c)?;
-        if total > limit {
-            return Ok(Snapshot::TooLarge(total));
-        }
-        let items = records()
-            .order((collection_records::created, collection_records::id))
-            .select(RECORD_COLUMNS)
-            .load::<RecordRow>(c)?
-            .iter()
-            .map(|(id, data, cr, up)| render(id, data, *cr, *up))
-            .collect();
-        Ok(Snapshot::Full { items, seq })
-    })
+        q
+    };
+    let total = records().count().get_result::<i64>(c)?;
+    if total > limit {
+        return Ok(Snapshot::TooLarge(total));
+    }
+    let items = records()
+        .order((collection_records::created, collection_records::id))
+        .select(RECORD_COLUMNS)
+        .load::<RecordRow>(c)?
+        .iter()
+        .map(|(id, data, cr, up)| render(id, data, *cr, *up))
+        .collect();
+    Ok(Snapshot::Full { items, seq })
 }
 
 impl AppState {
@@ -483,7 +476,7 @@ impl CollectionChannel {
         let only_owner = self.only_owner;
         self.state
             .store
-            .run(move |c| snapshot(c, &name, since, limit, only_owner))
+            .read(move |c| snapshot(c, &name, since, limit, only_owner))
             .await
             .map_err(|e| {
                 log::error!("collection {}: {e}", self.name);
@@ -548,14 +541,7 @@ impl Channel for CollectionChannel {
             return Err(reason("unauthorized"));
         }
         self.only_owner = rule.only_owner(user.as_ref());
-        let since = match params.json().and_then(|p| p.get("since")) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_i64()
-                    .filter(|s| *s >= 0)
-                    .ok_or_else(|| reason("since must be a non-negative integer"))?,
-            ),
-        };
+        let since = history::since_param(&params).map_err(|r| reason(&r))?;
         let snap = self.read(since).await?;
         // A `since` that could not be served gets everything, marked as a reset.
         let reset = since.is_some() && matches!(snap, Snapshot::Full { .. });
