@@ -307,6 +307,10 @@ impl ChannelContext {
     /// all are, so the reply and what follows neither overlap nor leave a gap.
     pub fn skip_recorded_through(&self, seq: i64) {
         self.covered.fetch_max(seq, Ordering::Relaxed);
+        self.socket
+            .endpoint
+            .pubsub()
+            .anchor_recorded(self.topic(), seq);
     }
 
     /// Ends this channel the way a server-side leave does (the client gets `phx_close` and does

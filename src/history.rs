@@ -206,6 +206,30 @@ pub fn events_after(
         .collect())
 }
 
+/// The change log as a cluster node's [`crate::cluster::Backfill`]: a gap in a recorded topic's
+/// broadcasts (one lost while Redis was away, say) is filled from it.
+pub struct ChangeLog(pub Store);
+
+impl crate::cluster::Backfill for ChangeLog {
+    fn events(
+        &self,
+        topic: &str,
+        after: i64,
+        upto: i64,
+    ) -> futures_util::future::LocalBoxFuture<'static, Result<Vec<(i64, String, Value)>, String>>
+    {
+        let (store, topic) = (self.0.clone(), topic.to_owned());
+        Box::pin(async move {
+            let mut events = store
+                .read(move |c| events_after(c, &topic, after))
+                .await
+                .map_err(|e| e.to_string())?;
+            events.retain(|(s, _, _)| *s <= upto);
+            Ok(events)
+        })
+    }
+}
+
 /// The topic's next sequence number; the row it takes stays locked (PostgreSQL) or the write
 /// lock held (SQLite) until the transaction ends.
 fn next_seq(c: &mut DbConnection, topic: &str) -> Result<i64, StoreError> {

@@ -10,6 +10,8 @@
 //! - [`channel`]: the app-facing [`Channel`] trait, its context and the topic [`Router`].
 //! - [`pubsub`]: sharded topic registry, fan-out that encodes once, the node-to-node adapter.
 //! - [`presence`]: who is on a topic, as `presence_state` / `presence_diff`.
+//! - [`cluster`]: several nodes over Redis: broadcasts in phoenix_pubsub_redis's format,
+//!   presence replication, recorded broadcasts in seq order on every node.
 //! - [`endpoint`]: config, PubSub, Presence and live connections of one server; socket definitions.
 //! - [`config`]: limits and their defaults.
 //! - [`server`]: actix-web wiring, descriptor limit, graceful shutdown.
@@ -23,6 +25,7 @@
 pub mod apps;
 pub mod auth;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod endpoint;

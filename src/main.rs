@@ -330,6 +330,8 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "FAWKES_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: fawkes::cluster::ClusterArgs,
     /// Seconds shutdown waits for connections to close.
     #[arg(long, env = "FAWKES_SHUTDOWN_TIMEOUT", default_value_t = Config::default().shutdown_timeout.as_secs())]
     shutdown_timeout: u64,
@@ -494,6 +496,18 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
         },
     );
     state.history.sweep_every(Duration::from_secs(60));
+    let cluster = args.cluster.config().map_err(std::io::Error::other)?;
+    if let Some(mut c) = cluster {
+        if !args.db.database_url.starts_with("postgres") {
+            log::warn!("cluster: nodes on SQLite do not share their data; several nodes need one PostgreSQL database");
+        }
+        c.recorded_prefixes = apps::RECORDED_PREFIXES
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let backfill = std::sync::Arc::new(fawkes::history::ChangeLog(state.store.clone()));
+        fawkes::cluster::Cluster::start(&endpoint, c, Some(backfill));
+    }
     let state = actix_web::web::Data::new(state);
     accounts::watch_revocations(state.clone());
     let socket = apps::socket(state.clone());

@@ -6,6 +6,10 @@
 //! broadcast with `joins` and `leaves`; a joiner gets the whole state from [`Presence::list`],
 //! conventionally pushed as `presence_state`. The official clients' `Presence` classes build
 //! their lists from exactly these two events.
+//!
+//! On several nodes, each node owns the entries its own channels track and hears of the others'
+//! through [`Replication`] (`crate::cluster::tracker`); [`Presence::list`] is their union, and
+//! each node sends `presence_diff` to its own subscribers only, as Phoenix.Tracker does.
 
 use crate::protocol::Payload;
 use crate::pubsub::{PubSub, SubId};
@@ -15,7 +19,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Who tracked an entry: a channel join's id. Its entries leave when it ends.
 pub type Owner = SubId;
@@ -51,8 +55,38 @@ struct TopicState {
     keys: BTreeMap<String, Vec<Meta>>,
 }
 
+/// A presence change made on this node, for the others.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// `meta` as sent, with its `phx_ref`.
+    Join {
+        topic: String,
+        key: String,
+        meta: Value,
+    },
+    Leave {
+        topic: String,
+        key: String,
+        phx_ref: String,
+    },
+}
+
+/// Tells the other nodes of this node's changes; must not block.
+pub trait Replication: Send + Sync + 'static {
+    fn changed(&self, change: Change);
+}
+
+/// Another node's entry, known by its node (incarnation) and `phx_ref`.
+struct RemoteMeta {
+    node: Arc<str>,
+    rendered: Value,
+}
+
 struct Inner {
     topics: DashMap<String, TopicState>,
+    /// Other nodes' entries: topic -> key -> metas.
+    remote: DashMap<String, BTreeMap<String, Vec<RemoteMeta>>>,
+    replication: OnceLock<Box<dyn Replication>>,
     pubsub: PubSub,
     counter: AtomicU32,
 }
@@ -71,6 +105,8 @@ impl Presence {
         Presence {
             inner: Arc::new(Inner {
                 topics: DashMap::new(),
+                remote: DashMap::new(),
+                replication: OnceLock::new(),
                 pubsub,
                 counter: AtomicU32::new(0),
             }),
@@ -123,6 +159,11 @@ impl Presence {
                 rendered: rendered.clone(),
             });
         }
+        self.replicate(|| Change::Join {
+            topic: topic.to_owned(),
+            key: key.to_owned(),
+            meta: rendered.clone(),
+        });
         self.send_diff(topic, entry(key, vec![rendered]), Diff::new());
         Ok(r)
     }
@@ -152,6 +193,12 @@ impl Presence {
             let old = std::mem::replace(&mut slot.rendered, rendered.clone());
             (old, rendered, r)
         };
+        self.replicate(|| Change::Join {
+            topic: topic.to_owned(),
+            key: key.to_owned(),
+            meta: new.clone(),
+        });
+        self.replicate_leaves(topic, &entry(key, vec![old.clone()]));
         self.send_diff(topic, entry(key, vec![new]), entry(key, vec![old]));
         Ok(r)
     }
@@ -162,6 +209,7 @@ impl Presence {
         if left.is_empty() {
             return Err(PresenceError::NotTracked);
         }
+        self.replicate_leaves(topic, &left);
         self.send_diff(topic, Diff::new(), left);
         Ok(())
     }
@@ -170,6 +218,7 @@ impl Presence {
     pub fn untrack_all(&self, topic: &str, owner: Owner) {
         let left = self.remove(topic, |_, m| m.owner == owner);
         if !left.is_empty() {
+            self.replicate_leaves(topic, &left);
             self.send_diff(topic, Diff::new(), left);
         }
     }
@@ -196,24 +245,216 @@ impl Presence {
         left
     }
 
-    /// The whole state of a topic: `{key: {"metas": [...]}}`, what `presence_state` carries.
+    /// The whole state of a topic, on every node: `{key: {"metas": [...]}}`, what
+    /// `presence_state` carries.
     pub fn list(&self, topic: &str) -> Value {
-        let mut out = Map::new();
+        let mut keys: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         if let Some(t) = self.inner.topics.get(topic) {
             for (k, metas) in &t.keys {
-                out.extend(entry(k, metas.iter().map(|m| m.rendered.clone()).collect()));
+                keys.entry(k.clone())
+                    .or_default()
+                    .extend(metas.iter().map(|m| m.rendered.clone()));
             }
         }
+        if let Some(r) = self.inner.remote.get(topic) {
+            for (k, metas) in r.iter() {
+                keys.entry(k.clone())
+                    .or_default()
+                    .extend(metas.iter().map(|m| m.rendered.clone()));
+            }
+        }
+        let mut out = Map::new();
+        for (k, metas) in keys {
+            out.extend(entry(&k, metas));
+        }
         Value::Object(out)
+    }
+
+    /// Entries tracked here and on other nodes.
+    pub fn entry_count(&self) -> usize {
+        let local: usize = (self.inner.topics.iter())
+            .map(|t| t.keys.values().map(Vec::len).sum::<usize>())
+            .sum();
+        let remote: usize = (self.inner.remote.iter())
+            .map(|t| t.values().map(Vec::len).sum::<usize>())
+            .sum();
+        local + remote
     }
 
     fn send_diff(&self, topic: &str, joins: Diff, leaves: Diff) {
         let mut p = Map::new();
         p.insert("joins".into(), Value::Object(joins));
         p.insert("leaves".into(), Value::Object(leaves));
-        self.inner
-            .pubsub
-            .broadcast(topic, "presence_diff", Payload::Json(Value::Object(p)));
+        let payload = Payload::Json(Value::Object(p));
+        let ps = &self.inner.pubsub;
+        if self.inner.replication.get().is_some() {
+            // Every node tells its own subscribers, from what it has replicated.
+            ps.local_broadcast(crate::pubsub::Broadcast {
+                topic: topic.to_owned(),
+                event: "presence_diff".to_owned(),
+                payload,
+                seq: None,
+            });
+        } else {
+            ps.broadcast(topic, "presence_diff", payload);
+        }
+    }
+
+    /// Replicates this node's changes from now on (once).
+    pub fn set_replication(&self, r: impl Replication) {
+        if self.inner.replication.set(Box::new(r)).is_err() {
+            log::warn!("presence replication already set; ignoring the new one");
+        }
+    }
+
+    fn replicate(&self, change: impl FnOnce() -> Change) {
+        if let Some(r) = self.inner.replication.get() {
+            r.changed(change());
+        }
+    }
+
+    fn replicate_leaves(&self, topic: &str, left: &Diff) {
+        if self.inner.replication.get().is_none() {
+            return;
+        }
+        for (key, metas) in left {
+            for m in metas["metas"].as_array().into_iter().flatten() {
+                if let Some(r) = m["phx_ref"].as_str() {
+                    self.replicate(|| Change::Leave {
+                        topic: topic.to_owned(),
+                        key: key.clone(),
+                        phx_ref: r.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Every entry tracked on this node: (topic, key, meta), for another node's full sync.
+    pub fn local_entries(&self) -> Vec<(String, String, Value)> {
+        let mut out = Vec::new();
+        for t in self.inner.topics.iter() {
+            for (k, metas) in &t.keys {
+                for m in metas {
+                    out.push((t.key().clone(), k.clone(), m.rendered.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Applies another node's changes and tells this node's subscribers. A join already known
+    /// or a leave of an unknown entry changes nothing (a full sync may overlap deltas).
+    pub fn apply_remote(&self, node: &Arc<str>, changes: Vec<Change>) {
+        let mut diffs: BTreeMap<String, (Diff, Diff)> = BTreeMap::new();
+        for c in changes {
+            match c {
+                Change::Join { topic, key, meta } => {
+                    let Some(r) = meta.get("phx_ref").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let mut t = self.inner.remote.entry(topic.clone()).or_default();
+                    let metas = t.entry(key.clone()).or_default();
+                    if metas
+                        .iter()
+                        .any(|m| m.node == *node && m.rendered["phx_ref"] == r)
+                    {
+                        continue;
+                    }
+                    metas.push(RemoteMeta {
+                        node: node.clone(),
+                        rendered: meta.clone(),
+                    });
+                    drop(t);
+                    push_meta(&mut diffs.entry(topic).or_default().0, &key, meta);
+                }
+                Change::Leave {
+                    topic,
+                    key,
+                    phx_ref,
+                } => {
+                    let gone = self.remove_remote(&topic, |k, m| {
+                        k == key && m.node == *node && m.rendered["phx_ref"] == phx_ref.as_str()
+                    });
+                    merge(&mut diffs.entry(topic).or_default().1, gone);
+                }
+            }
+        }
+        for (topic, (joins, leaves)) in diffs {
+            if !joins.is_empty() || !leaves.is_empty() {
+                self.send_diff(&topic, joins, leaves);
+            }
+        }
+    }
+
+    /// Another node's entries, all at once: what it no longer has leaves, what is new joins.
+    pub fn replace_remote(&self, node: &Arc<str>, entries: Vec<(String, String, Value)>) {
+        let fresh: std::collections::HashSet<(String, String, String)> = entries
+            .iter()
+            .filter_map(|(t, k, m)| Some((t.clone(), k.clone(), m["phx_ref"].as_str()?.to_owned())))
+            .collect();
+        let mut leaves = Vec::new();
+        for t in self.inner.remote.iter() {
+            for (k, metas) in t.iter() {
+                for m in metas.iter().filter(|m| m.node == *node) {
+                    let r = m.rendered["phx_ref"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    if !fresh.contains(&(t.key().clone(), k.clone(), r.clone())) {
+                        leaves.push(Change::Leave {
+                            topic: t.key().clone(),
+                            key: k.clone(),
+                            phx_ref: r,
+                        });
+                    }
+                }
+            }
+        }
+        let joins = entries
+            .into_iter()
+            .map(|(topic, key, meta)| Change::Join { topic, key, meta });
+        self.apply_remote(node, leaves.into_iter().chain(joins).collect());
+    }
+
+    /// A node is down or gone: its entries leave, one diff per topic.
+    pub fn drop_remote_node(&self, node: &Arc<str>) {
+        self.replace_remote(node, Vec::new());
+    }
+
+    fn remove_remote(&self, topic: &str, mut gone: impl FnMut(&str, &RemoteMeta) -> bool) -> Diff {
+        let mut left = Diff::new();
+        self.inner.remote.remove_if_mut(topic, |_, keys| {
+            keys.retain(|k, metas| {
+                metas.retain(|m| {
+                    let g = gone(k, m);
+                    if g {
+                        push_meta(&mut left, k, m.rendered.clone());
+                    }
+                    !g
+                });
+                !metas.is_empty()
+            });
+            keys.is_empty()
+        });
+        left
+    }
+}
+
+fn push_meta(diff: &mut Diff, key: &str, meta: Value) {
+    let e = diff
+        .entry(key.to_owned())
+        .or_insert_with(|| serde_json::json!({"metas": []}));
+    if let Some(a) = e["metas"].as_array_mut() {
+        a.push(meta);
+    }
+}
+
+fn merge(into: &mut Diff, from: Diff) {
+    for (k, v) in from {
+        for m in v["metas"].as_array().into_iter().flatten() {
+            push_meta(into, &k, m.clone());
+        }
     }
 }
 

@@ -9,12 +9,12 @@
 //! Only the connection whose handler is publishing is served at once, on the publisher's thread,
 //! which keeps Phoenix's ordering: a broadcast made while handling a push precedes its reply.
 //!
-//! Traffic to other nodes goes through an [`Adapter`], owned by the [`PubSubActor`], so a slow or
-//! remote adapter never blocks a publisher.
+//! Traffic to other nodes goes through an [`Adapter`], which hands it off without waiting, so a
+//! slow or remote link never blocks a publisher. When several nodes number a topic's recorded
+//! broadcasts, a [`Sequencer`] puts them in order before they are delivered here.
 
 use crate::protocol::{Outbound, Payload, Serializer};
 use crate::transport::frame;
-use actix::prelude::*;
 use bytes::Bytes;
 use dashmap::DashMap;
 use std::cell::Cell;
@@ -95,11 +95,23 @@ pub trait Subscriber: Send + Sync {
     }
 }
 
-/// Carries broadcasts between nodes. `publish` is called by the [`PubSubActor`], off the hot path;
-/// messages from other nodes come back in through [`PubSub::local_broadcast`].
-pub trait Adapter: Send + 'static {
-    /// Sends a broadcast made on this node to the others.
-    fn publish(&mut self, broadcast: &Broadcast);
+/// Carries broadcasts between nodes; messages from other nodes come back in through
+/// [`PubSub::local_broadcast`].
+pub trait Adapter: Send + Sync + 'static {
+    /// Sends a broadcast made on this node to the others. Called on the publisher's thread:
+    /// hand it off, never wait.
+    fn publish(&self, broadcast: &Arc<Broadcast>);
+}
+
+/// Orders recorded broadcasts (those with a seq) before they are delivered on this node, when
+/// more than one node writes a topic's stream (see `crate::cluster::order`).
+pub trait Sequencer: Send + Sync + 'static {
+    /// Takes a recorded broadcast and delivers it, now or once those before it are in, with
+    /// [`PubSub::deliver_in_order`]; drops one already delivered.
+    fn admit(&self, pubsub: &PubSub, from: Option<SubId>, broadcast: Arc<Broadcast>);
+
+    /// A channel joined `topic` with a reply covering seq `seq`: a topic's order starts there.
+    fn anchor(&self, pubsub: &PubSub, topic: &str, seq: i64);
 }
 
 /// Counts what fan-out did, to show that a broadcast is encoded once per serializer.
@@ -193,7 +205,8 @@ struct Inner {
     workers: RwLock<Vec<Arc<Inbox>>>,
     /// Broadcasts each inbox holds (and its overflow, again as many).
     inbox_capacity: usize,
-    remote: OnceLock<Addr<PubSubActor>>,
+    remote: OnceLock<Box<dyn Adapter>>,
+    sequencer: OnceLock<Arc<dyn Sequencer>>,
 }
 
 /// Broadcasts a worker's inbox holds. A worker that far behind gets later broadcasts in its
@@ -294,6 +307,7 @@ impl PubSub {
                 workers: RwLock::new(Vec::new()),
                 inbox_capacity: n.max(1),
                 remote: OnceLock::new(),
+                sequencer: OnceLock::new(),
             }),
         }
     }
@@ -444,15 +458,34 @@ impl PubSub {
             payload,
             seq,
         });
-        self.dispatch(from, &b);
-        if let Some(addr) = self.inner.remote.get() {
-            addr.do_send(Publish(b));
+        if let Some(remote) = self.inner.remote.get() {
+            remote.publish(&b);
         }
+        self.deliver_here(from, b);
     }
 
     /// Delivers on this node only (what an adapter calls for messages from other nodes).
     pub fn local_broadcast(&self, broadcast: Broadcast) {
-        self.dispatch(None, &Arc::new(broadcast));
+        self.deliver_here(None, Arc::new(broadcast));
+    }
+
+    fn deliver_here(&self, from: Option<SubId>, b: Arc<Broadcast>) {
+        match (b.seq, self.inner.sequencer.get()) {
+            (Some(_), Some(s)) => s.admit(self, from, b),
+            _ => self.dispatch(from, &b),
+        }
+    }
+
+    /// Delivers a recorded broadcast the [`Sequencer`] lets through.
+    pub fn deliver_in_order(&self, from: Option<SubId>, b: &Arc<Broadcast>) {
+        self.dispatch(from, b);
+    }
+
+    /// See [`Sequencer::anchor`]; nothing without a sequencer.
+    pub fn anchor_recorded(&self, topic: &str, seq: i64) {
+        if let Some(s) = self.inner.sequencer.get() {
+            s.anchor(self, topic, seq);
+        }
     }
 
     fn dispatch(&self, from: Option<SubId>, b: &Arc<Broadcast>) {
@@ -568,37 +601,18 @@ impl PubSub {
         &self.inner.counters
     }
 
-    /// Connects this node to others. Starts the actor that owns the adapter; call it once,
-    /// from within an actix system.
+    /// Connects this node to others (once).
     pub fn set_adapter(&self, adapter: impl Adapter) {
-        let addr = PubSubActor {
-            adapter: Box::new(adapter),
-        }
-        .start();
-        if self.inner.remote.set(addr).is_err() {
+        if self.inner.remote.set(Box::new(adapter)).is_err() {
             log::warn!("PubSub adapter already set; ignoring the new one");
         }
     }
-}
 
-/// Owns the node-to-node adapter, so publishing to other nodes happens off the publisher's path.
-pub struct PubSubActor {
-    adapter: Box<dyn Adapter>,
-}
-
-impl Actor for PubSubActor {
-    type Context = Context<Self>;
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Publish(Arc<Broadcast>);
-
-impl Handler<Publish> for PubSubActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
-        self.adapter.publish(&msg.0);
+    /// Orders recorded broadcasts from here on (once).
+    pub fn set_sequencer(&self, sequencer: Arc<dyn Sequencer>) {
+        if self.inner.sequencer.set(sequencer).is_err() {
+            log::warn!("PubSub sequencer already set; ignoring the new one");
+        }
     }
 }
 
@@ -717,8 +731,8 @@ mod tests {
     struct Relay(PubSub);
 
     impl Adapter for Relay {
-        fn publish(&mut self, b: &Broadcast) {
-            self.0.local_broadcast(b.clone());
+        fn publish(&self, b: &Arc<Broadcast>) {
+            self.0.local_broadcast((**b).clone());
         }
     }
 

@@ -13,6 +13,8 @@ struct Args {
     host: String,
     #[arg(long, default_value_t = 4000)]
     port: u16,
+    #[command(flatten)]
+    cluster: fawkes::cluster::ClusterArgs,
 }
 
 #[actix_web::main]
@@ -20,6 +22,9 @@ async fn main() -> std::io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     let endpoint = Endpoint::new(Config::default());
+    if let Some(c) = args.cluster.config().map_err(std::io::Error::other)? {
+        fawkes::cluster::Cluster::start(&endpoint, c, None);
+    }
     let server = Server::new(endpoint)
         .socket("/socket", fixture::socket())
         .bind((args.host.as_str(), args.port))?;

@@ -76,6 +76,11 @@ pub fn current_user(ctx: &ChannelContext) -> Option<User> {
     ctx.assigns().get::<SocketUser>().map(|u| u.0.clone())
 }
 
+/// Topics whose broadcasts are recorded (numbered by `"seq"` in the change log): on several
+/// nodes, each delivers them in seq order.
+pub const RECORDED_PREFIXES: &[&str] =
+    &[feed::TOPIC, "collection:", "channel:", "thread:", "user:"];
+
 /// The apps' socket: `?token=` (or phoenix.js's `authToken`) is an API token, a Phoenix.Token
 /// or a JWT (see [`accounts::sign_in`]); a bad one is refused (403), none at all gives an
 /// anonymous socket. A socket's id comes from its token, so revoking the token closes it.

@@ -1,0 +1,183 @@
+//! Several nodes as one: broadcasts, disconnects and presence over Redis.
+//!
+//! Broadcasts travel in phoenix_pubsub_redis 3.x's format on its channel
+//! (`phx:Elixir.<pubsub-name>.Adapter`), so Fawkes nodes and Phoenix nodes of one app share
+//! them: each broadcast is published once and every node fans it out to its own sockets
+//! ([`message`], on the term codec of [`term`]). Presence is replicated between Fawkes nodes on a
+//! channel of their own, Phoenix.Tracker's way: per-node deltas, heartbeats, and a node silent
+//! too long counted as down ([`tracker`]). Recorded broadcasts, which several nodes number from
+//! one database, are delivered in seq order, a gap filled from the change log ([`order`]).
+//! [`link`] owns the Redis connections and survives Redis going away.
+//!
+//! Without a Redis URL none of this runs: one node needs nothing but itself.
+
+pub mod link;
+pub mod message;
+pub mod order;
+pub mod term;
+pub mod tracker;
+
+pub use order::Backfill;
+
+use crate::endpoint::Endpoint;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a node joins the others.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub redis_url: String,
+    /// This node's name, unique in the cluster: Phoenix nodes drop what they sent by it.
+    pub node_name: String,
+    /// The PubSub server's name; `MyApp.PubSub` joins the Phoenix app whose PubSub it is.
+    pub pubsub_name: String,
+    /// A node heard from for this long is down: its presences leave.
+    pub presence_down_after: Duration,
+    /// Largest message read from Redis; larger ones are ignored and counted.
+    pub max_message_bytes: usize,
+    /// Messages waiting to be published; past it they are dropped and counted.
+    pub publish_queue: usize,
+    /// Topic prefixes whose broadcasts carry a `"seq"` from the shared change log.
+    pub recorded_prefixes: Vec<String>,
+    /// How long an early recorded broadcast waits for the ones before it.
+    pub reorder_hold: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(redis_url: impl Into<String>) -> ClusterConfig {
+        ClusterConfig {
+            redis_url: redis_url.into(),
+            node_name: default_node_name(),
+            pubsub_name: DEFAULT_PUBSUB_NAME.to_owned(),
+            presence_down_after: Duration::from_secs(30),
+            max_message_bytes: 8 * 1024 * 1024,
+            publish_queue: 65_536,
+            recorded_prefixes: Vec::new(),
+            reorder_hold: Duration::from_millis(250),
+        }
+    }
+}
+
+pub const DEFAULT_PUBSUB_NAME: &str = "Fawkes.PubSub";
+
+/// The host's name and a random suffix: two starts never share a name.
+pub fn default_node_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let host = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "fawkes".to_owned()
+    };
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+/// The `--redis-url` family of flags, shared by `fawkes serve` and the conformance fixture.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Join other nodes over Redis: `redis://[user:password@]host:port[/db]`. Unset: one node.
+    #[arg(long, env = "FAWKES_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// This node's name, unique among the nodes (default: host name and a random suffix).
+    #[arg(long, env = "FAWKES_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The PubSub server's name: the Redis channel is `phx:Elixir.<name>.Adapter`, as
+    /// phoenix_pubsub_redis names it (`MyApp.PubSub` joins that Phoenix app).
+    #[arg(long, env = "FAWKES_PUBSUB_NAME", default_value = DEFAULT_PUBSUB_NAME)]
+    pub pubsub_name: String,
+    /// Seconds without a heartbeat after which another node counts as down.
+    #[arg(long, env = "FAWKES_PRESENCE_DOWN_AFTER", default_value_t = 30)]
+    pub presence_down_after: u64,
+    /// Largest message read from Redis, in bytes (larger: ignored and counted).
+    #[arg(long, env = "FAWKES_CLUSTER_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub cluster_max_message_bytes: usize,
+}
+
+impl ClusterArgs {
+    /// The configuration, or `None` without a Redis URL.
+    pub fn config(&self) -> Result<Option<ClusterConfig>, String> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        redis::Client::open(url.as_str()).map_err(|e| format!("--redis-url: {e}"))?;
+        let mut c = ClusterConfig::new(url.clone());
+        if let Some(n) = &self.node_name {
+            if n.is_empty() || n.len() > 255 {
+                return Err("--node-name must be 1 to 255 bytes".into());
+            }
+            c.node_name = n.clone();
+        }
+        if self.pubsub_name.is_empty() || self.pubsub_name.len() > 200 {
+            return Err("--pubsub-name must be 1 to 200 bytes".into());
+        }
+        c.pubsub_name = self.pubsub_name.clone();
+        c.presence_down_after = Duration::from_secs(self.presence_down_after.max(1));
+        c.max_message_bytes = self.cluster_max_message_bytes.max(1024);
+        Ok(Some(c))
+    }
+}
+
+/// What the cluster link did, for logs, tests and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connected to Redis right now.
+    pub up: AtomicBool,
+    /// Times the link was lost.
+    pub outages: AtomicU64,
+    pub published: AtomicU64,
+    /// Messages that could not be published (Redis down, or the queue full).
+    pub unpublished: AtomicU64,
+    /// Channel broadcasts from other nodes delivered here.
+    pub received: AtomicU64,
+    /// Messages that were not for this node or not channel broadcasts, or could not be read.
+    pub ignored: AtomicU64,
+    /// Channel broadcasts whose payload JSON cannot carry (not delivered).
+    pub not_json: AtomicU64,
+    /// Recorded broadcasts dropped as already delivered.
+    pub duplicates: AtomicU64,
+    /// Recorded broadcasts fetched from the change log to fill a gap.
+    pub backfilled: AtomicU64,
+    /// Presence replication messages sent and received.
+    pub presence_sent: AtomicU64,
+    pub presence_received: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// A running cluster link.
+#[derive(Clone)]
+pub struct Cluster {
+    pub config: Arc<ClusterConfig>,
+    pub stats: Arc<Stats>,
+}
+
+impl Cluster {
+    /// Connects `endpoint` to the other nodes: its broadcasts are published, theirs delivered,
+    /// presence replicated. `backfill` fills gaps in recorded topics (none: gaps are waited
+    /// out, then skipped). Call from within the server's runtime; the link runs as its tasks
+    /// and keeps retrying while Redis is away.
+    pub fn start(
+        endpoint: &Endpoint,
+        config: ClusterConfig,
+        backfill: Option<Arc<dyn Backfill>>,
+    ) -> Cluster {
+        let config = Arc::new(config);
+        let stats = Arc::new(Stats::default());
+        log::info!(
+            "cluster: node {} on {} (PubSub {})",
+            config.node_name,
+            message::redis_channel(&config.pubsub_name),
+            config.pubsub_name
+        );
+        link::start(endpoint, config.clone(), stats.clone(), backfill);
+        Cluster { config, stats }
+    }
+}

@@ -1,0 +1,630 @@
+//! Erlang's External Term Format as it crosses Redis: a bounded decoder for what any Redis
+//! client may publish, and an encoder from JSON that writes what OTP 26 writes. Pure, no IO.
+//!
+//! Written here rather than on `eetf` (which `crate::etf` uses for signed tokens, whose bytes are
+//! trusted): a reader of a shared Redis channel must not allocate by a length it has not seen,
+//! recurse without bound or panic on a tag it does not know, and the encoder must write map keys
+//! in the order OTP does (sorted), which a `HashMap` cannot.
+
+use serde_json::{Map, Number, Value};
+use std::io::Read;
+
+const VERSION: u8 = 131;
+const COMPRESSED: u8 = 80;
+const NEW_FLOAT: u8 = 70;
+const NEW_PID: u8 = 88;
+const NEW_PORT: u8 = 89;
+const NEWER_REFERENCE: u8 = 90;
+const SMALL_INTEGER: u8 = 97;
+const INTEGER: u8 = 98;
+const FLOAT: u8 = 99;
+const ATOM: u8 = 100;
+const PID: u8 = 103;
+const SMALL_TUPLE: u8 = 104;
+const LARGE_TUPLE: u8 = 105;
+const NIL: u8 = 106;
+const STRING: u8 = 107;
+const LIST: u8 = 108;
+const BINARY: u8 = 109;
+const SMALL_BIG: u8 = 110;
+const LARGE_BIG: u8 = 111;
+const NEW_REFERENCE: u8 = 114;
+const SMALL_ATOM: u8 = 115;
+const MAP: u8 = 116;
+const ATOM_UTF8: u8 = 118;
+const SMALL_ATOM_UTF8: u8 = 119;
+const V4_PORT: u8 = 120;
+
+/// A decoded term. Pids, ports and references are kept only as what they are: nothing here
+/// needs their contents, and JSON cannot carry them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Term {
+    Int(i128),
+    /// An integer too large for 128 bits, as a float (its magnitude is all JSON could keep).
+    BigInt(f64),
+    Float(f64),
+    Atom(String),
+    Binary(Vec<u8>),
+    List(Vec<Term>),
+    /// A list whose tail is not `[]`.
+    ImproperList,
+    Tuple(Vec<Term>),
+    Map(Vec<(Term, Term)>),
+    /// A pid, port or reference.
+    Opaque(&'static str),
+}
+
+impl Term {
+    pub fn atom(&self) -> Option<&str> {
+        match self {
+            Term::Atom(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn binary(&self) -> Option<&[u8]> {
+        match self {
+            Term::Binary(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The value under an atom key of a map.
+    pub fn get(&self, key: &str) -> Option<&Term> {
+        match self {
+            Term::Map(pairs) => pairs
+                .iter()
+                .find(|(k, _)| k.atom() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+/// How much one message may cost to decode.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Largest message, compressed or not, and largest decompressed term, in bytes.
+    pub max_bytes: usize,
+    /// Deepest nesting of lists, tuples and maps.
+    pub max_depth: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            max_bytes: 8 * 1024 * 1024,
+            max_depth: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    TooLarge,
+    TooDeep,
+    Truncated,
+    /// A tag this decoder does not read (funs, bit strings, the atom cache...).
+    Unsupported(u8),
+    BadVersion,
+    BadCompression,
+    TrailingBytes,
+    BadAtom,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::TooLarge => f.write_str("term over the size limit"),
+            DecodeError::TooDeep => f.write_str("term nested over the depth limit"),
+            DecodeError::Truncated => f.write_str("truncated term"),
+            DecodeError::Unsupported(t) => write!(f, "unsupported term tag {t}"),
+            DecodeError::BadVersion => f.write_str("not an external term (version byte)"),
+            DecodeError::BadCompression => f.write_str("bad compressed term"),
+            DecodeError::TrailingBytes => f.write_str("bytes after the term"),
+            DecodeError::BadAtom => f.write_str("atom is not valid text"),
+        }
+    }
+}
+
+/// Decodes one whole message: the version byte, then a term, compressed or not.
+pub fn decode(bytes: &[u8], bounds: Bounds) -> Result<Term, DecodeError> {
+    if bytes.len() > bounds.max_bytes {
+        return Err(DecodeError::TooLarge);
+    }
+    let body = match bytes {
+        [VERSION, COMPRESSED, rest @ ..] => {
+            let (size, stream) = rest
+                .split_first_chunk::<4>()
+                .ok_or(DecodeError::Truncated)?;
+            let size = u32::from_be_bytes(*size) as usize;
+            if size > bounds.max_bytes {
+                return Err(DecodeError::TooLarge);
+            }
+            // Read one byte past the declared size, to see a stream that lies about it.
+            let mut out = Vec::with_capacity(size);
+            flate2::read::ZlibDecoder::new(stream)
+                .take(size as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|_| DecodeError::BadCompression)?;
+            if out.len() != size {
+                return Err(DecodeError::BadCompression);
+            }
+            std::borrow::Cow::Owned(out)
+        }
+        [VERSION, rest @ ..] => std::borrow::Cow::Borrowed(rest),
+        _ => return Err(DecodeError::BadVersion),
+    };
+    let mut r = Reader {
+        buf: &body,
+        at: 0,
+        max_depth: bounds.max_depth,
+    };
+    let term = r.term(0)?;
+    if r.at != r.buf.len() {
+        return Err(DecodeError::TrailingBytes);
+    }
+    Ok(term)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+    max_depth: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.at.checked_add(n).ok_or(DecodeError::Truncated)?;
+        let s = self.buf.get(self.at..end).ok_or(DecodeError::Truncated)?;
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<usize, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]) as usize)
+    }
+
+    fn u32(&mut self) -> Result<usize, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    /// A count of elements each at least `min` bytes long: refused before any allocation if
+    /// the rest of the buffer cannot hold them.
+    fn count(&mut self, n: usize, min: usize) -> Result<usize, DecodeError> {
+        if n.saturating_mul(min) > self.buf.len() - self.at {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(n)
+    }
+
+    fn atom_text(&mut self, len: usize, latin1: bool) -> Result<String, DecodeError> {
+        let raw = self.take(len)?;
+        if latin1 {
+            Ok(raw.iter().map(|&b| char::from(b)).collect())
+        } else {
+            std::str::from_utf8(raw)
+                .map(str::to_owned)
+                .map_err(|_| DecodeError::BadAtom)
+        }
+    }
+
+    fn term(&mut self, depth: usize) -> Result<Term, DecodeError> {
+        if depth > self.max_depth {
+            return Err(DecodeError::TooDeep);
+        }
+        let tag = self.u8()?;
+        Ok(match tag {
+            SMALL_INTEGER => Term::Int(i128::from(self.u8()?)),
+            INTEGER => {
+                let b = self.take(4)?;
+                Term::Int(i128::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+            }
+            SMALL_BIG | LARGE_BIG => {
+                let n = if tag == SMALL_BIG {
+                    usize::from(self.u8()?)
+                } else {
+                    self.u32()?
+                };
+                let sign = self.u8()?;
+                let digits = self.take(n)?;
+                big(sign != 0, digits)
+            }
+            NEW_FLOAT => {
+                let b = self.take(8)?;
+                Term::Float(f64::from_be_bytes(b.try_into().expect("8 bytes")))
+            }
+            FLOAT => {
+                // The old 31-byte text form, "%.20e" padded with zeros.
+                let raw = self.take(31)?;
+                let text = std::str::from_utf8(raw).map_err(|_| DecodeError::BadAtom)?;
+                let n = text.trim_end_matches('\0').trim().parse::<f64>();
+                Term::Float(n.map_err(|_| DecodeError::BadAtom)?)
+            }
+            ATOM | ATOM_UTF8 => {
+                let len = self.u16()?;
+                Term::Atom(self.atom_text(len, tag == ATOM)?)
+            }
+            SMALL_ATOM | SMALL_ATOM_UTF8 => {
+                let len = usize::from(self.u8()?);
+                Term::Atom(self.atom_text(len, tag == SMALL_ATOM)?)
+            }
+            BINARY => {
+                let len = self.u32()?;
+                Term::Binary(self.take(len)?.to_vec())
+            }
+            STRING => {
+                // A list of bytes (an Erlang charlist).
+                let len = self.u16()?;
+                let raw = self.take(len)?;
+                Term::List(raw.iter().map(|&b| Term::Int(i128::from(b))).collect())
+            }
+            NIL => Term::List(Vec::new()),
+            LIST => {
+                let n = self.u32()?;
+                let n = self.count(n, 1)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.term(depth + 1)?);
+                }
+                match self.term(depth + 1)? {
+                    Term::List(tail) if tail.is_empty() => Term::List(items),
+                    _ => Term::ImproperList,
+                }
+            }
+            SMALL_TUPLE | LARGE_TUPLE => {
+                let n = if tag == SMALL_TUPLE {
+                    usize::from(self.u8()?)
+                } else {
+                    self.u32()?
+                };
+                let n = self.count(n, 1)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.term(depth + 1)?);
+                }
+                Term::Tuple(items)
+            }
+            MAP => {
+                let n = self.u32()?;
+                let n = self.count(n, 2)?;
+                let mut pairs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = self.term(depth + 1)?;
+                    let v = self.term(depth + 1)?;
+                    pairs.push((k, v));
+                }
+                Term::Map(pairs)
+            }
+            PID | NEW_PID => {
+                self.node(depth)?;
+                self.take(if tag == PID { 9 } else { 12 })?;
+                Term::Opaque("pid")
+            }
+            NEW_PORT | V4_PORT => {
+                self.node(depth)?;
+                self.take(if tag == NEW_PORT { 8 } else { 12 })?;
+                Term::Opaque("port")
+            }
+            NEW_REFERENCE | NEWER_REFERENCE => {
+                let words = self.u16()?;
+                self.node(depth)?;
+                self.take(if tag == NEW_REFERENCE { 1 } else { 4 })?;
+                self.take(words.saturating_mul(4))?;
+                Term::Opaque("reference")
+            }
+            other => return Err(DecodeError::Unsupported(other)),
+        })
+    }
+
+    /// The node atom inside a pid, port or reference.
+    fn node(&mut self, depth: usize) -> Result<(), DecodeError> {
+        match self.term(depth + 1)? {
+            Term::Atom(_) => Ok(()),
+            _ => Err(DecodeError::BadAtom),
+        }
+    }
+}
+
+fn big(negative: bool, digits_le: &[u8]) -> Term {
+    let significant = digits_le.iter().rposition(|&d| d != 0).map_or(0, |i| i + 1);
+    if significant <= 15 {
+        let mut v: i128 = 0;
+        for &d in digits_le[..significant].iter().rev() {
+            v = (v << 8) | i128::from(d);
+        }
+        return Term::Int(if negative { -v } else { v });
+    }
+    let mut f = 0.0f64;
+    for &d in digits_le[..significant].iter().rev() {
+        f = f * 256.0 + f64::from(d);
+    }
+    Term::BigInt(if negative { -f } else { f })
+}
+
+/// What JSON cannot carry, named for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotJson(pub &'static str);
+
+/// A term as JSON, the way Phoenix's JSON serializer (Jason) writes it: maps with binary or
+/// atom keys as objects, `nil`/`true`/`false` as null and booleans, other atoms as strings.
+pub fn to_json(t: &Term) -> Result<Value, NotJson> {
+    Ok(match t {
+        Term::Int(i) => match (i64::try_from(*i), u64::try_from(*i)) {
+            (Ok(v), _) => Value::from(v),
+            (_, Ok(v)) => Value::from(v),
+            // Beyond 64 bits JSON numbers here are floats.
+            _ => float(*i as f64)?,
+        },
+        Term::BigInt(f) | Term::Float(f) => float(*f)?,
+        Term::Atom(a) => match a.as_str() {
+            "nil" => Value::Null,
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            other => Value::String(other.to_owned()),
+        },
+        Term::Binary(b) => Value::String(
+            String::from_utf8(b.clone()).map_err(|_| NotJson("a binary that is not UTF-8"))?,
+        ),
+        Term::List(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        Term::ImproperList => return Err(NotJson("an improper list")),
+        Term::Tuple(_) => return Err(NotJson("a tuple")),
+        Term::Map(pairs) => {
+            let mut m = Map::new();
+            for (k, v) in pairs {
+                let key = match k {
+                    Term::Binary(b) => std::str::from_utf8(b)
+                        .map_err(|_| NotJson("a map key that is not UTF-8"))?
+                        .to_owned(),
+                    Term::Atom(a) => a.clone(),
+                    _ => return Err(NotJson("a map key that is not a string or an atom")),
+                };
+                m.insert(key, to_json(v)?);
+            }
+            Value::Object(m)
+        }
+        Term::Opaque(what) => return Err(NotJson(what)),
+    })
+}
+
+fn float(f: f64) -> Result<Value, NotJson> {
+    Number::from_f64(f)
+        .map(Value::Number)
+        .ok_or(NotJson("a float JSON cannot hold"))
+}
+
+/// Writes terms in OTP 26's encoding: UTF-8 atoms (SMALL_ATOM_UTF8_EXT), the smallest integer
+/// encoding, NEW_FLOAT_EXT, map keys in Erlang's term order.
+pub struct Encoder {
+    out: Vec<u8>,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder::new()
+    }
+}
+
+impl Encoder {
+    /// Starts a message: the version byte.
+    pub fn new() -> Encoder {
+        Encoder { out: vec![VERSION] }
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.out
+    }
+
+    pub fn atom(&mut self, name: &str) -> &mut Self {
+        // Atoms are at most 255 characters in Erlang; every atom written here is short.
+        let len = u8::try_from(name.len()).expect("short atom");
+        self.out.extend_from_slice(&[SMALL_ATOM_UTF8, len]);
+        self.out.extend_from_slice(name.as_bytes());
+        self
+    }
+
+    pub fn binary(&mut self, bytes: &[u8]) -> &mut Self {
+        self.out.push(BINARY);
+        self.out
+            .extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        self.out.extend_from_slice(bytes);
+        self
+    }
+
+    pub fn tuple(&mut self, arity: u8) -> &mut Self {
+        self.out.extend_from_slice(&[SMALL_TUPLE, arity]);
+        self
+    }
+
+    pub fn map(&mut self, pairs: u32) -> &mut Self {
+        self.out.push(MAP);
+        self.out.extend_from_slice(&pairs.to_be_bytes());
+        self
+    }
+
+    pub fn int(&mut self, i: i128) -> &mut Self {
+        if (0..=255).contains(&i) {
+            self.out.extend_from_slice(&[SMALL_INTEGER, i as u8]);
+        } else if let Ok(v) = i32::try_from(i) {
+            self.out.push(INTEGER);
+            self.out.extend_from_slice(&v.to_be_bytes());
+        } else {
+            let digits: Vec<u8> = {
+                let mut m = i.unsigned_abs();
+                let mut d = Vec::new();
+                while m > 0 {
+                    d.push(m as u8);
+                    m >>= 8;
+                }
+                d
+            };
+            self.out
+                .extend_from_slice(&[SMALL_BIG, digits.len() as u8, u8::from(i < 0)]);
+            self.out.extend_from_slice(&digits);
+        }
+        self
+    }
+
+    /// A JSON value, as Phoenix's JSON decoder would have built it: objects as maps with
+    /// binary keys, strings as binaries, null and booleans as atoms.
+    pub fn json(&mut self, v: &Value) -> &mut Self {
+        match v {
+            Value::Null => self.atom("nil"),
+            Value::Bool(b) => self.atom(if *b { "true" } else { "false" }),
+            Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => self.int(i128::from(i)),
+                (_, Some(u), _) => self.int(i128::from(u)),
+                (_, _, Some(f)) => {
+                    self.out.push(NEW_FLOAT);
+                    self.out.extend_from_slice(&f.to_be_bytes());
+                    self
+                }
+                _ => self.atom("nil"),
+            },
+            Value::String(s) => self.binary(s.as_bytes()),
+            Value::Array(items) => {
+                if items.is_empty() {
+                    self.out.push(NIL);
+                    return self;
+                }
+                self.out.push(LIST);
+                self.out
+                    .extend_from_slice(&(items.len() as u32).to_be_bytes());
+                for i in items {
+                    self.json(i);
+                }
+                self.out.push(NIL);
+                self
+            }
+            Value::Object(m) => {
+                self.map(m.len() as u32);
+                // Binary keys in term order are byte order; sort in case the map keeps
+                // insertion order.
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort_unstable();
+                for k in keys {
+                    self.binary(k.as_bytes());
+                    self.json(&m[k]);
+                }
+                self
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn roundtrip(v: Value) -> Value {
+        let mut e = Encoder::new();
+        e.json(&v);
+        to_json(&decode(&e.finish(), Bounds::default()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn json_roundtrips() {
+        let v = json!({"s": "héllo ✓", "i": 42, "neg": -7, "int32": 100000, "big": 12345678901234567890u64,
+            "min": i64::MIN, "f": 1.5, "n": null, "t": true, "fa": false, "l": [1, "two", 3.25, null, {"x": 1}],
+            "m": {"empty": {}, "nested": {"k": "v"}}, "e": []});
+        assert_eq!(roundtrip(v.clone()), v);
+    }
+
+    #[test]
+    fn integers_in_the_smallest_encoding() {
+        let enc = |i: i128| {
+            let mut e = Encoder::new();
+            e.int(i);
+            e.finish()
+        };
+        assert_eq!(enc(42), [131, 97, 42]);
+        assert_eq!(enc(-7), [131, 98, 255, 255, 255, 249]);
+        assert_eq!(enc(256), [131, 98, 0, 0, 1, 0]);
+        // SMALL_BIG_EXT, digits little-endian: the bytes of capture 01.
+        assert_eq!(
+            enc(12345678901234567890),
+            [131, 110, 8, 0, 0xd2, 0x0a, 0x1f, 0xeb, 0x8c, 0xa9, 0x54, 0xab]
+        );
+        assert_eq!(enc(-(1 << 40)), [131, 110, 6, 1, 0, 0, 0, 0, 0, 1]);
+        for i in [
+            0i128,
+            255,
+            256,
+            -1,
+            i128::from(i32::MIN),
+            1 << 40,
+            -(1 << 70),
+        ] {
+            assert_eq!(decode(&enc(i), Bounds::default()), Ok(Term::Int(i)));
+        }
+    }
+
+    #[test]
+    fn what_json_cannot_carry_is_named() {
+        let not = |t: Term| to_json(&t).unwrap_err().0;
+        assert_eq!(not(Term::Binary(vec![0xff])), "a binary that is not UTF-8");
+        assert_eq!(not(Term::Tuple(vec![])), "a tuple");
+        assert_eq!(not(Term::Opaque("pid")), "pid");
+        assert_eq!(
+            not(Term::Map(vec![(Term::Int(1), Term::Int(1))])),
+            "a map key that is not a string or an atom"
+        );
+        assert_eq!(to_json(&Term::Atom("ok".into())), Ok(json!("ok")));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_bound() {
+        let b = Bounds {
+            max_bytes: 64,
+            max_depth: 3,
+        };
+        // A list that claims four billion elements in nine bytes.
+        assert_eq!(
+            decode(&[131, 108, 255, 255, 255, 255, 106], b),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            decode(&[131, 109, 0, 0, 0, 9, 1], b),
+            Err(DecodeError::Truncated)
+        );
+        let mut deep = vec![131];
+        deep.extend([108, 0, 0, 0, 1].repeat(5));
+        deep.extend([106; 6]);
+        assert_eq!(decode(&deep, b), Err(DecodeError::TooDeep));
+        assert_eq!(decode(&[0; 65], b), Err(DecodeError::TooLarge));
+        assert_eq!(decode(&[130, 106], b), Err(DecodeError::BadVersion));
+        assert_eq!(decode(&[131, 106, 106], b), Err(DecodeError::TrailingBytes));
+        assert_eq!(
+            decode(&[131, 117, 0], b),
+            Err(DecodeError::Unsupported(117))
+        );
+        // A compressed term that says it inflates to a gigabyte.
+        assert_eq!(
+            decode(&[131, 80, 0x40, 0, 0, 0, 0x78, 0x9c], b),
+            Err(DecodeError::TooLarge)
+        );
+        // One that lies about its size.
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+        std::io::Write::write_all(&mut z, &[106]).unwrap();
+        let mut lie = vec![131, 80, 0, 0, 0, 2];
+        lie.extend(z.finish().unwrap());
+        assert_eq!(decode(&lie, b), Err(DecodeError::BadCompression));
+    }
+
+    #[test]
+    fn truncations_never_panic() {
+        let mut e = Encoder::new();
+        e.json(&json!({"a": [1, "b", {"c": 2.5}], "big": u64::MAX}));
+        let full = e.finish();
+        for n in 0..full.len() {
+            assert!(decode(&full[..n], Bounds::default()).is_err(), "{n}");
+        }
+    }
+}
