@@ -27,7 +27,10 @@ fn fresh_postgres() -> String {
 #[test]
 fn three_nodes_over_redis_with_phoenix_js() {
     assert!(
-        Command::new("redis-server").arg("--version").output().is_ok(),
+        Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok(),
         "redis-server must be installed (Debian: apt-get install redis-server; bash .ci/run does)"
     );
     let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocol_tests/js");

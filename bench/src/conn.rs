@@ -30,9 +30,9 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 
 /// The server under test.
 pub struct Target {
-    addr: SocketAddr,
-    /// `ws://host:port/<mount>/websocket`, without the query.
-    endpoint: String,
+    /// Each server node: its address and `ws://host:port/<mount>/websocket`, without the query.
+    /// Connection `i` goes to node `i % nodes.len()`.
+    nodes: Vec<(SocketAddr, String)>,
     /// Bind 127.0.0.2+ as sources: only for a loopback server, which is all they can reach.
     rotate_sources: bool,
     pub topic: String,
@@ -41,8 +41,26 @@ pub struct Target {
 }
 
 impl Target {
-    /// Resolves `ws://host[:port]/mount`, the socket URL as given to phoenix.js.
-    pub async fn resolve(url: &str, topic: &str) -> Result<Target, String> {
+    /// Resolves the socket URLs (`ws://host[:port]/mount`, as given to phoenix.js) of one or
+    /// more nodes of a server.
+    pub async fn resolve(urls: &[String], topic: &str) -> Result<Target, String> {
+        let mut nodes = Vec::new();
+        for url in urls {
+            nodes.push(Target::resolve_one(url).await?);
+        }
+        if nodes.is_empty() {
+            return Err("no server URL".into());
+        }
+        Ok(Target {
+            rotate_sources: (nodes.iter())
+                .all(|(a, _)| matches!(a.ip(), IpAddr::V4(ip) if ip.is_loopback())),
+            nodes,
+            topic: topic.to_string(),
+            topic_json: serde_json::to_string(topic).expect("a string serializes"),
+        })
+    }
+
+    async fn resolve_one(url: &str) -> Result<(SocketAddr, String), String> {
         let rest = url
             .strip_prefix("ws://")
             .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
@@ -63,13 +81,12 @@ impl Target {
             "" => format!("ws://{authority}/websocket"),
             m => format!("ws://{authority}/{m}/websocket"),
         };
-        Ok(Target {
-            addr,
-            endpoint,
-            rotate_sources: matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback()),
-            topic: topic.to_string(),
-            topic_json: serde_json::to_string(topic).expect("a string serializes"),
-        })
+        Ok((addr, endpoint))
+    }
+
+    /// Server nodes the connections are spread over.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
     }
 
     /// Where connections come from, for the report.
@@ -94,7 +111,12 @@ impl Target {
     /// Opens connection `i`: TCP from its source address, then the WebSocket upgrade with
     /// `token=bench<i>` and the V2 serializer.
     pub async fn connect(&self, i: usize) -> Result<Ws, String> {
-        let socket = match self.addr {
+        self.connect_to(i % self.nodes.len(), i).await
+    }
+
+    async fn connect_to(&self, node: usize, i: usize) -> Result<Ws, String> {
+        let (addr, endpoint) = &self.nodes[node];
+        let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
             SocketAddr::V6(_) => TcpSocket::new_v6(),
         }
@@ -106,14 +128,14 @@ impl Target {
                 .map_err(|e| format!("bind {ip}: {e}"))?;
         }
         let stream = socket
-            .connect(self.addr)
+            .connect(*addr)
             .await
-            .map_err(|e| format!("connect {}: {e}", self.addr))?;
+            .map_err(|e| format!("connect {addr}: {e}"))?;
         // Frames are small and latency is measured: Nagle must not hold them back.
         stream
             .set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
-        let url = format!("{}?token=bench{i}&vsn=2.0.0", self.endpoint);
+        let url = format!("{endpoint}?token=bench{i}&vsn=2.0.0");
         let (ws, _) = tokio_tungstenite::client_async(url, stream)
             .await
             .map_err(|e| format!("upgrade: {e}"))?;
@@ -122,7 +144,12 @@ impl Target {
 
     /// Connects and joins, each step with its own timeout, saying which step failed.
     pub async fn open(&self, i: usize) -> Result<Ws, (FailureKind, String)> {
-        let mut ws = match timeout(STEP_TIMEOUT, self.connect(i)).await {
+        self.open_on(i % self.nodes.len(), i).await
+    }
+
+    /// [`Target::open`] on a given node (a publisher on the first, say).
+    pub async fn open_on(&self, node: usize, i: usize) -> Result<Ws, (FailureKind, String)> {
+        let mut ws = match timeout(STEP_TIMEOUT, self.connect_to(node, i)).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => return Err((FailureKind::Connect, e)),
             Err(_) => return Err((FailureKind::Connect, "connect timed out".into())),

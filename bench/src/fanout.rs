@@ -105,7 +105,7 @@ pub async fn run(bench: &Bench, args: &FanoutArgs) -> Report {
         return report;
     }
     // The publisher is one more connection, with the next token and source address.
-    let publisher = match bench.target.open(n).await {
+    let publisher = match bench.target.open_on(0, n).await {
         Ok(ws) => ws,
         Err((_, why)) => {
             failures.add_to(&mut report);

@@ -20,8 +20,8 @@ use std::time::Duration;
 /// What every mode is given: the server, and how to open connections to it.
 pub struct Bench {
     pub target: Arc<conn::Target>,
-    /// The server's process, when `--server-pid` was given.
-    pub server: Option<proc::Proc>,
+    /// The server's processes (its nodes, and Redis between them), from `--server-pid`.
+    pub server: Vec<proc::Proc>,
     /// Connections opened concurrently.
     pub batch: usize,
     /// The time all joins may take before the run aborts.
@@ -31,19 +31,29 @@ pub struct Bench {
 }
 
 impl Bench {
-    /// The server's CPU seconds so far, if its pid is known.
+    /// The server's CPU seconds so far, over all its processes, if their pids are known.
     pub fn server_cpu(&self) -> Option<f64> {
-        self.server.as_ref().and_then(|p| p.cpu_secs())
+        (!self.server.is_empty())
+            .then(|| self.server.iter().map(|p| p.cpu_secs()).sum())
+            .flatten()
     }
 
-    /// The server's resident memory in bytes, if its pid is known.
+    /// The server's resident memory in bytes, over all its processes, if their pids are known.
     pub fn server_rss(&self) -> Option<u64> {
-        self.server.as_ref().and_then(|p| p.rss_bytes())
+        (!self.server.is_empty())
+            .then(|| self.server.iter().map(|p| p.rss_bytes()).sum())
+            .flatten()
     }
 
     /// Rows every report starts with.
     pub fn describe(&self, report: &mut report::Report) {
         report.note(format!("source addresses: {}", self.target.sources()));
+        if self.target.node_count() > 1 {
+            report.note(format!(
+                "connections spread over {} server nodes; the publisher on the first",
+                self.target.node_count()
+            ));
+        }
         let limit = serde_json::json!(self.nofile_limit);
         report.num("bench_nofile_limit", "bench open-files limit", limit, "");
     }

@@ -27,14 +27,16 @@ struct Cli {
     #[command(subcommand)]
     mode: Mode,
     /// The socket URL, as given to phoenix.js (`/websocket?token=bench<N>&vsn=2.0.0` is appended).
+    /// Repeat it for the nodes of a cluster: connections are spread over them in turn.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:4000/socket")]
-    url: String,
+    url: Vec<String>,
     /// The topic every connection joins.
     #[arg(long, global = true, default_value = "community:feed")]
     topic: String,
-    /// The server's pid, to read its memory and CPU time from /proc.
+    /// The server's pid, to read its memory and CPU time from /proc. Repeat it for every
+    /// process of a cluster (its nodes and Redis): their sums are reported.
     #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// Connections opened concurrently.
     #[arg(long, global = true, default_value_t = 500)]
     batch: usize,
@@ -116,7 +118,7 @@ async fn run(cli: &Cli, nofile_limit: Option<u64>) -> Report {
             return report;
         }
     };
-    let server = match cli.server_pid.map(Proc::pid).transpose() {
+    let server = match cli.server_pid.iter().map(|p| Proc::pid(*p)).collect() {
         Ok(s) => s,
         Err(e) => {
             report.fail(e);
