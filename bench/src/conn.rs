@@ -370,21 +370,30 @@ fn clip(text: &str) -> &str {
 mod tests {
     use super::*;
 
+    fn urls(u: &[&str]) -> Vec<String> {
+        u.iter().map(|s| s.to_string()).collect()
+    }
+
     #[tokio::test]
-    async fn socket_url_becomes_websocket_endpoint() {
-        let t = Target::resolve("ws://127.0.0.1:4000/socket/", "community:feed")
-            .await
-            .unwrap();
-        assert_eq!(t.endpoint, "ws://127.0.0.1:4000/socket/websocket");
+    async fn socket_urls_become_websocket_endpoints() {
+        let t = Target::resolve(
+            &urls(&["ws://127.0.0.1:4000/socket/", "ws://127.0.0.1:4001/socket"]),
+            "community:feed",
+        )
+        .await
+        .unwrap();
+        assert_eq!(t.nodes[0].1, "ws://127.0.0.1:4000/socket/websocket");
+        assert_eq!(t.nodes[1].1, "ws://127.0.0.1:4001/socket/websocket");
+        assert_eq!(t.node_count(), 2);
         assert_eq!(t.topic_json, r#""community:feed""#);
-        assert!(Target::resolve("http://127.0.0.1:4000/socket", "t")
-            .await
-            .is_err());
+        for bad in [&["http://127.0.0.1:4000/socket"][..], &[]] {
+            assert!(Target::resolve(&urls(bad), "t").await.is_err());
+        }
     }
 
     #[tokio::test]
     async fn sources_rotate_every_20000_connections() {
-        let t = Target::resolve("ws://127.0.0.1:4000/socket", "t")
+        let t = Target::resolve(&urls(&["ws://127.0.0.1:4000/socket"]), "t")
             .await
             .unwrap();
         let ip = |i| t.source(i).unwrap().unwrap().to_string();

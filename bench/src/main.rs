@@ -28,14 +28,14 @@ struct Cli {
     mode: Mode,
     /// The socket URL, as given to phoenix.js (`/websocket?token=bench<N>&vsn=2.0.0` is appended).
     /// Repeat it for the nodes of a cluster: connections are spread over them in turn.
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:4000/socket")]
+    #[arg(long, global = true, action = clap::ArgAction::Append, default_value = "ws://127.0.0.1:4000/socket")]
     url: Vec<String>,
     /// The topic every connection joins.
     #[arg(long, global = true, default_value = "community:feed")]
     topic: String,
     /// The server's pid, to read its memory and CPU time from /proc. Repeat it for every
     /// process of a cluster (its nodes and Redis): their sums are reported.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, action = clap::ArgAction::Append)]
     server_pid: Vec<u32>,
     /// Connections opened concurrently.
     #[arg(long, global = true, default_value_t = 500)]
