@@ -187,6 +187,18 @@ impl Endpoint {
         self.inner.conns.len()
     }
 
+    /// Every live connection, for the inspector (walks them all: not for hot paths).
+    pub fn connections(&self) -> Vec<crate::connection::ConnectionSummary> {
+        let mut all: Vec<_> = self
+            .inner
+            .conns
+            .iter()
+            .map(|c| c.value().summary())
+            .collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
     pub(crate) fn register(&self, serializer: crate::protocol::Serializer) -> Arc<Connection> {
         let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let limits = &self.inner.config.limits;

@@ -196,6 +196,24 @@ impl Presence {
         left
     }
 
+    /// Presence entries (metas) tracked on this node, all topics together.
+    pub fn entry_count(&self) -> usize {
+        self.inner
+            .topics
+            .iter()
+            .map(|t| t.keys.values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+
+    /// Keys present on a topic (for the inspector).
+    pub fn keys(&self, topic: &str) -> Vec<String> {
+        self.inner
+            .topics
+            .get(topic)
+            .map(|t| t.keys.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The whole state of a topic: `{key: {"metas": [...]}}`, what `presence_state` carries.
     pub fn list(&self, topic: &str) -> Value {
         let mut out = Map::new();
