@@ -40,8 +40,19 @@ signIn(async (me, socket) => {
     typingLine.textContent = who.length === 0 ? "" : `${who.join(", ")} ${who.length === 1 ? "is" : "are"} typing…`
   }
 
+  let fetchingNames = false
   const drawOnline = () => {
     if(!current){ online.replaceChildren(); return }
+    // Someone new is here: learn their name from the room's members, then draw again.
+    const unknown = current.presence.list(id => id).some(id => !names.has(Number(id)))
+    if(unknown && !fetchingNames){
+      fetchingNames = true
+      api("GET", `/api/channels/${current.id}/members`).then(r => {
+        if(r.status === 200){ r.json.items.forEach(u => names.set(u.user_id, u.name)) }
+        fetchingNames = false
+        drawOnline()
+      })
+    }
     online.replaceChildren(...current.presence.list((id, {metas}) =>
       el("li", {"data-user": id}, names.get(Number(id)) || `user ${id}`, metas.some(m => m.status !== "online") ? ` (${metas[0].status})` : "")))
   }
