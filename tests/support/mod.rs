@@ -22,7 +22,11 @@ pub fn create_user(dir: &Path, db: &str, args: &[&str]) -> String {
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .last()
@@ -97,7 +101,8 @@ impl Drop for Serve {
 
 /// `npm ci` in the JS test directory unless its packages are there.
 pub fn npm_ci(js: &Path) {
-    if js.join("node_modules/playwright-core").exists() && js.join("node_modules/phoenix").exists() {
+    if js.join("node_modules/playwright-core").exists() && js.join("node_modules/phoenix").exists()
+    {
         return;
     }
     let out = Command::new("npm")
@@ -105,5 +110,9 @@ pub fn npm_ci(js: &Path) {
         .current_dir(js)
         .output()
         .expect("npm must be installed (Node 20+)");
-    assert!(out.status.success(), "npm ci: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "npm ci: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
