@@ -71,8 +71,8 @@ impl Inspector {
         let mut sessions = self.sessions();
         let now = Instant::now();
         sessions.retain(|_, s| s.expires > now);
-        // Looked up by hash map, then compared in constant time: the lookup's timing reveals
-        // nothing useful about a 256-bit random id.
+        // A hash map lookup: its timing tells nothing useful about an unguessable 256-bit id
+        // (the CSRF token, compared to what a client sends, is compared in constant time).
         let s = sessions.get(&id)?;
         Some((s.user_id, s.csrf.clone()))
     }

@@ -711,21 +711,20 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
         None if metrics_on_main => format!("{http}://{}/metrics", running.local_addr()),
         None => "off (give --metrics-addr or --metrics-token)".to_owned(),
     };
-    println!(
-        "fawkes listening on {http}://{addr} (database {db}; sockets at {ws}://{addr}/socket and {ws}://{addr}/community)",
+    // One write, errors ignored: whoever started us may stop reading after the first line.
+    let banner = format!(
+        "fawkes listening on {http}://{addr} (database {db}; sockets at {ws}://{addr}/socket and {ws}://{addr}/community)\n  \
+         demo pages: {http}://{addr}/{demo}\n  \
+         inspector:  {http}://{addr}/admin\n  \
+         metrics:    {metrics_url}\n",
         addr = running.local_addr(),
         db = fawkes::config_file::mask_url(&args.db.database_url),
+        demo = if args.demo { " (--demo: one-click users)" } else { "" },
     );
-    println!(
-        "  demo pages: {http}://{}/{}",
-        running.local_addr(),
-        if args.demo {
-            " (--demo: one-click users)"
-        } else {
-            ""
-        }
-    );
-    println!("  inspector:  {http}://{}/admin", running.local_addr());
-    println!("  metrics:    {metrics_url}");
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    }
     running.run().await
 }

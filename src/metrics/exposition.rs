@@ -104,25 +104,25 @@ pub fn render(endpoint: &Endpoint) -> String {
         &r,
         "fawkes_frames_in_total",
         "Frames (messages) received from clients",
-        load(&e.frames_in),
+        load(&e.inbound.frames),
     );
     counter(
         &r,
         "fawkes_bytes_in_total",
         "Bytes of frames received from clients",
-        load(&e.bytes_in),
+        load(&e.inbound.bytes),
     );
     counter(
         &r,
         "fawkes_frames_out_total",
         "Frames handed to transports for clients (WebSocket frames, close frames included)",
-        load(&e.frames_out),
+        load(&e.outbound.frames),
     );
     counter(
         &r,
         "fawkes_bytes_out_total",
         "Bytes of frames handed to transports for clients, WebSocket headers included",
-        load(&e.bytes_out),
+        load(&e.outbound.bytes),
     );
     counter(
         &r,

@@ -37,16 +37,24 @@ pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1006, 1009, 1011, 1013, 0];
 /// wildcard route could otherwise let clients grow the label set without bound.
 pub const MAX_JOIN_PREFIXES: usize = 64;
 
+/// A frame count and its bytes, alone on a cache line.
+#[repr(align(64))]
+pub struct FrameCount {
+    pub frames: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
 /// The engine's counters. See [`ENGINE`].
 pub struct Engine {
     /// Open connections, by transport and serializer (V1, V2).
     connections: [[AtomicI64; 2]; 2],
     /// Connections ever opened, by transport and serializer.
     connections_opened: [[AtomicU64; 2]; 2],
-    pub frames_in: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub frames_out: AtomicU64,
-    pub bytes_out: AtomicU64,
+    /// Frames and bytes from clients; on a cache line of their own, apart from `outbound`
+    /// (readers and writers of many workers bump them).
+    pub inbound: FrameCount,
+    /// Frames and bytes handed to transports for clients.
+    pub outbound: FrameCount,
     /// Closes by code, indexed as [`CLOSE_CODES`] (1006: the peer vanished without a close).
     closes: [AtomicU64; CLOSE_CODES.len()],
     /// A client's outbound queue (frames for it) was full: closed with 1013.
@@ -72,10 +80,14 @@ impl Engine {
         Engine {
             connections: [[ZERO_I, ZERO_I], [ZERO_I, ZERO_I]],
             connections_opened: [[ZERO, ZERO], [ZERO, ZERO]],
-            frames_in: ZERO,
-            bytes_in: ZERO,
-            frames_out: ZERO,
-            bytes_out: ZERO,
+            inbound: FrameCount {
+                frames: ZERO,
+                bytes: ZERO,
+            },
+            outbound: FrameCount {
+                frames: ZERO,
+                bytes: ZERO,
+            },
             closes: [ZERO; CLOSE_CODES.len()],
             queue_overflows: ZERO,
             mailbox_overflows: ZERO,
@@ -107,15 +119,15 @@ impl Engine {
     /// One frame received from a client.
     #[inline]
     pub fn frame_in(&self, bytes: usize) {
-        self.frames_in.fetch_add(1, Relaxed);
-        self.bytes_in.fetch_add(bytes as u64, Relaxed);
+        self.inbound.frames.fetch_add(1, Relaxed);
+        self.inbound.bytes.fetch_add(bytes as u64, Relaxed);
     }
 
     /// `frames` frames of `bytes` bytes handed to a transport for writing.
     #[inline]
     pub fn frames_out(&self, frames: usize, bytes: usize) {
-        self.frames_out.fetch_add(frames as u64, Relaxed);
-        self.bytes_out.fetch_add(bytes as u64, Relaxed);
+        self.outbound.frames.fetch_add(frames as u64, Relaxed);
+        self.outbound.bytes.fetch_add(bytes as u64, Relaxed);
     }
 
     /// A connection closed with `code` (1006: without a close frame).
