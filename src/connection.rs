@@ -7,11 +7,13 @@
 //! Both are bounded: a client that does not keep up is closed, and nobody else waits for it.
 
 use crate::channel::Info;
+use crate::metrics::{Transport, ENGINE};
 use crate::protocol::{Payload, Ref, Serializer};
 use crate::pubsub::{Broadcast, SubId};
 use crate::transport::frame;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -31,6 +33,16 @@ pub mod close_code {
     pub const OVERLOADED: u16 = 1013;
     /// A protocol error in the WebSocket framing itself.
     pub const PROTOCOL: u16 = 1002;
+}
+
+/// One live connection, as the inspector lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSummary {
+    pub id: u64,
+    pub transport: &'static str,
+    pub serializer: &'static str,
+    /// Broadcasting `disconnect` to it closes the socket (see `Endpoint::disconnect`).
+    pub socket_id: Option<String>,
 }
 
 /// Identifies one join of one channel on one socket.
@@ -63,6 +75,8 @@ pub(crate) enum Mail {
 pub(crate) struct Connection {
     pub id: u64,
     pub serializer: Serializer,
+    /// How it connected and its socket id, set once by its transport (for the inspector).
+    described: std::sync::OnceLock<(Transport, Option<String>)>,
     max_queue: usize,
     max_bytes: usize,
     state: Mutex<State>,
@@ -106,6 +120,7 @@ impl Connection {
         Connection {
             id,
             serializer,
+            described: std::sync::OnceLock::new(),
             max_queue,
             max_bytes,
             state: Mutex::new(State {
@@ -122,6 +137,29 @@ impl Connection {
                 held: Vec::new(),
                 revoked: Vec::new(),
             }),
+        }
+    }
+
+    /// Records the transport and socket id (once; later calls are ignored).
+    pub fn describe(&self, transport: Transport, socket_id: Option<String>) {
+        let _ = self.described.set((transport, socket_id));
+    }
+
+    /// What the inspector shows of this connection.
+    pub fn summary(&self) -> ConnectionSummary {
+        let (transport, socket_id) = self
+            .described
+            .get()
+            .cloned()
+            .unwrap_or((Transport::WebSocket, None));
+        ConnectionSummary {
+            id: self.id,
+            transport: transport.label(),
+            serializer: match self.serializer {
+                Serializer::V1 => "v1",
+                Serializer::V2 => "v2",
+            },
+            socket_id,
         }
     }
 
@@ -145,7 +183,7 @@ impl Connection {
         }
         if s.holding == Some(channel) {
             if self.full(s.held.len(), s.queued_bytes, frame.len()) {
-                self.overflow(&mut s);
+                self.overflow(&mut s, false);
             } else {
                 s.queued_bytes += frame.len();
                 s.held.push((frame, seq));
@@ -165,7 +203,7 @@ impl Connection {
             return;
         }
         if self.full(s.frames.len(), s.queued_bytes, frame.len()) {
-            self.overflow(s);
+            self.overflow(s, false);
             return;
         }
         s.queued_bytes += frame.len();
@@ -175,9 +213,14 @@ impl Connection {
         }
     }
 
-    fn overflow(&self, s: &mut State) {
+    fn overflow(&self, s: &mut State, mailbox: bool) {
         if s.closing {
             return;
+        }
+        if mailbox {
+            ENGINE.mailbox_overflows.fetch_add(1, Relaxed);
+        } else {
+            ENGINE.queue_overflows.fetch_add(1, Relaxed);
         }
         log::warn!(
             "connection {}: outbound queue or mailbox full ({} items or {} bytes), closing the slow client with 1013",
@@ -256,7 +299,7 @@ impl Connection {
             return false;
         }
         if self.full(s.mail.len(), s.mail_bytes, weight) {
-            self.overflow(s);
+            self.overflow(s, true);
             return false;
         }
         s.mail_bytes += weight;
@@ -301,6 +344,7 @@ impl Connection {
             return;
         }
         s.closing = true;
+        ENGINE.close(code);
         s.close = Some(frame::close(code, reason));
         if let Some(w) = s.writer.take() {
             w.wake();
@@ -310,6 +354,10 @@ impl Connection {
     /// Marks the connection closed without a close frame (the peer is gone).
     pub fn abandon(&self) {
         let mut s = self.lock();
+        if s.close.is_none() && !s.closing {
+            // Gone without a close frame: what browsers report as 1006.
+            ENGINE.close(1006);
+        }
         s.closing = true;
         s.frames.clear();
         s.mail.clear();
@@ -327,18 +375,22 @@ impl Connection {
         if s.frames.len() > 1 {
             // Several frames queued: hand them over as one chunk, for one write.
             let mut out = BytesMut::new();
+            let mut n = 0;
             while let Some(f) = s.frames.front() {
                 if !out.is_empty() && out.len() + f.len() > WRITE_BATCH {
                     break;
                 }
                 out.extend_from_slice(f);
                 s.frames.pop_front();
+                n += 1;
             }
             s.queued_bytes -= out.len();
+            ENGINE.frames_out(n, out.len());
             return Poll::Ready(Some(out.freeze()));
         }
         if let Some(f) = s.frames.pop_front() {
             s.queued_bytes -= f.len();
+            ENGINE.frames_out(1, f.len());
             return Poll::Ready(Some(f));
         }
         shrink_idle(&mut s.frames);
@@ -346,6 +398,7 @@ impl Connection {
             // Leave a zero-length marker so the next poll ends the stream.
             s.close = Some(Bytes::new());
             if !c.is_empty() {
+                ENGINE.frames_out(1, c.len());
                 return Poll::Ready(Some(c));
             }
             return Poll::Ready(None);
@@ -361,7 +414,9 @@ impl Connection {
     pub fn drain(&self) -> Vec<Bytes> {
         let mut s = self.lock();
         let out: Vec<Bytes> = s.frames.drain(..).collect();
-        s.queued_bytes -= out.iter().map(Bytes::len).sum::<usize>();
+        let bytes = out.iter().map(Bytes::len).sum::<usize>();
+        s.queued_bytes -= bytes;
+        ENGINE.frames_out(out.len(), bytes);
         shrink_idle(&mut s.frames);
         out
     }

@@ -137,6 +137,8 @@ struct Inner {
     presence: Presence,
     conns: DashMap<u64, Arc<Connection>>,
     next_conn: AtomicU64,
+    /// Set when this node runs in a cluster (see [`crate::cluster`]).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Stats>>,
 }
 
 /// Shared by every socket, channel and request handler of a server; cheap to clone.
@@ -155,6 +157,7 @@ impl Endpoint {
                 pubsub,
                 conns: DashMap::new(),
                 next_conn: AtomicU64::new(1),
+                cluster: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -171,6 +174,15 @@ impl Endpoint {
         &self.inner.presence
     }
 
+    /// What the cluster link did, when this node is in a cluster.
+    pub fn cluster_stats(&self) -> Option<&Arc<crate::cluster::Stats>> {
+        self.inner.cluster.get()
+    }
+
+    pub(crate) fn set_cluster_stats(&self, stats: Arc<crate::cluster::Stats>) {
+        let _ = self.inner.cluster.set(stats);
+    }
+
     /// Broadcasts to every subscriber of `topic` (REST handlers use this after a commit).
     pub fn broadcast(&self, topic: &str, event: &str, payload: impl Into<Payload>) {
         self.inner.pubsub.broadcast(topic, event, payload.into());
@@ -185,6 +197,18 @@ impl Endpoint {
     /// Live connections (WebSocket and LongPoll).
     pub fn connection_count(&self) -> usize {
         self.inner.conns.len()
+    }
+
+    /// Every live connection, for the inspector (walks them all: not for hot paths).
+    pub fn connections(&self) -> Vec<crate::connection::ConnectionSummary> {
+        let mut all: Vec<_> = self
+            .inner
+            .conns
+            .iter()
+            .map(|c| c.value().summary())
+            .collect();
+        all.sort_by_key(|c| c.id);
+        all
     }
 
     pub(crate) fn register(&self, serializer: crate::protocol::Serializer) -> Arc<Connection> {

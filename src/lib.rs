@@ -14,6 +14,7 @@
 //!   presence replication, recorded broadcasts in seq order on every node.
 //! - [`endpoint`]: config, PubSub, Presence and live connections of one server; socket definitions.
 //! - [`config`]: limits and their defaults.
+//! - [`metrics`]: process-wide counters (atomics the engine bumps) and `/metrics` for Prometheus.
 //! - [`server`]: actix-web wiring, descriptor limit, graceful shutdown.
 //! - [`store`]: Diesel over SQLite or PostgreSQL, pool, embedded migrations.
 //! - [`auth`]: Phoenix.Token and JWT verification (whom a token minted elsewhere names).
@@ -21,16 +22,23 @@
 //!   client that rejoins with `since`.
 //! - [`etf`]: Erlang's External Term Format, as Phoenix.Token payloads carry it.
 //! - [`apps`]: what `fawkes serve` serves: accounts and the community feed (REST + channels).
+//! - [`demo`]: the demo pages at `/` (feed, chat, café orders) on the built-in phoenix.js.
+//! - [`inspector`]: `/admin`, live counts, topics and frames, and disconnects, for admins.
+//! - [`config_file`]: `fawkes.toml`, whose keys are the flags' names.
 
 pub mod apps;
 pub mod auth;
 pub mod channel;
 pub mod cluster;
 pub mod config;
+pub mod config_file;
 pub mod connection;
+pub mod demo;
 pub mod endpoint;
 pub mod etf;
 pub mod history;
+pub mod inspector;
+pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;

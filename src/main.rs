@@ -18,6 +18,19 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A TOML file whose keys are these flags' long names (default: ./fawkes.toml if present).
+    /// Flags and environment variables override it.
+    #[arg(long, global = true, env = "FAWKES_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log lines as text or as JSON objects, one a line.
+    #[arg(long, global = true, env = "FAWKES_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -35,6 +48,16 @@ enum Command {
     /// Show collection settings.
     #[command(subcommand)]
     Collections(CollectionsCommand),
+    /// Show the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective `serve` configuration (flags, environment, config file, defaults),
+    /// each value with where it came from; secrets masked.
+    Print(Box<ServeArgs>),
 }
 
 #[derive(Subcommand)]
@@ -335,6 +358,21 @@ struct ServeArgs {
     /// Seconds shutdown waits for connections to close.
     #[arg(long, env = "FAWKES_SHUTDOWN_TIMEOUT", default_value_t = Config::default().shutdown_timeout.as_secs())]
     shutdown_timeout: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics, a listener of their own (e.g.
+    /// 127.0.0.1:9100). Off by default.
+    #[arg(long, env = "FAWKES_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// Require `Authorization: Bearer <token>` for /metrics. Without --metrics-addr, /metrics is
+    /// then served on the main listener.
+    #[arg(long, env = "FAWKES_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+    /// Let the demo pages create users with one click (POST /demo/users), and let any signed-in
+    /// user move the café's orders. For trying Fawkes out, not for production.
+    #[arg(long, env = "FAWKES_DEMO")]
+    demo: bool,
+    /// Most users --demo creates while the server runs.
+    #[arg(long, env = "FAWKES_DEMO_MAX_USERS", default_value_t = 1000)]
+    demo_max_users: usize,
 }
 
 impl ServeArgs {
@@ -364,9 +402,51 @@ impl ServeArgs {
     }
 }
 
+/// Logs as text (env_logger's own format) or as one JSON object a line.
+fn init_logging(format: LogFormat) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        b.format(|buf, record| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    b.init();
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let result = match Cli::parse().command {
+    use clap::{CommandFactory, FromArgMatches};
+    // The config file feeds the flags' environment variables before clap reads them.
+    let args: Vec<String> = std::env::args().collect();
+    let applied = match fawkes::config_file::locate(&args) {
+        Some((path, asked)) if asked || path.exists() => {
+            match fawkes::config_file::apply(&path, &Cli::command()) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("fawkes: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => Default::default(),
+    };
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    init_logging(cli.log_format);
+    if let Some(path) = &applied.path {
+        log::info!("configuration file {}", path.display());
+    }
+    let result = match cli.command {
+        Command::Config(ConfigCommand::Print(_)) => {
+            print_config(&matches, &applied);
+            Ok(())
+        }
         Command::Serve(args) => actix_web::rt::System::new()
             .block_on(serve(*args))
             .map_err(|e| e.to_string()),
@@ -455,13 +535,90 @@ fn mint_phoenix_token(
     Ok(())
 }
 
+/// `fawkes config print`: every `serve` setting, its value and where it came from.
+fn print_config(matches: &clap::ArgMatches, applied: &fawkes::config_file::Applied) {
+    use clap::parser::ValueSource;
+    use clap::CommandFactory;
+    let Some((_, sub)) = matches.subcommand() else {
+        return;
+    };
+    let Some((_, args)) = sub.subcommand() else {
+        return;
+    };
+    let cmd = Cli::command();
+    let print = cmd
+        .find_subcommand("config")
+        .and_then(|c| c.find_subcommand("print"))
+        .expect("config print");
+    let globals: Vec<clap::Arg> = cmd.get_arguments().cloned().collect();
+    if let Some(path) = &applied.path {
+        println!("# config file: {}", path.display());
+    }
+    for arg in print.get_arguments().chain(globals.iter()) {
+        let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
+            continue;
+        };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let source = if globals.iter().any(|g| g.get_id() == arg.get_id()) {
+            matches.value_source(id)
+        } else {
+            args.value_source(id)
+        };
+        let values: Vec<String> = if globals.iter().any(|g| g.get_id() == arg.get_id()) {
+            matches.get_raw(id)
+        } else {
+            args.get_raw(id)
+        }
+        .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+        let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+        let from = match source {
+            Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) => {
+                if env.as_ref().is_some_and(|e| applied.set.contains(e)) {
+                    "file"
+                } else {
+                    "env"
+                }
+            }
+            Some(ValueSource::DefaultValue) => "default",
+            _ => "unset",
+        };
+        let shown = if values.is_empty() {
+            "(unset)".to_owned()
+        } else if fawkes::config_file::is_secret(long, arg.is_hide_env_values_set()) {
+            "***".to_owned()
+        } else if long == "database-url" {
+            fawkes::config_file::mask_url(&values.join(","))
+        } else {
+            values.join(",")
+        };
+        println!("{long} = {shown}  # {from}");
+    }
+}
+
 fn open(db: &DbArgs) -> Result<Store, String> {
     Store::open(&db.database_url).map_err(|e| format!("{}: {e}", db.database_url))
 }
 
 async fn serve(args: ServeArgs) -> std::io::Result<()> {
+    use fawkes::apps::collections::rules::{Rule, Rules};
+    use fawkes::metrics::exposition::MetricsConfig;
     let verifiers = args.auth.verifiers().map_err(std::io::Error::other)?;
-    let rules = args.rules.book().map_err(std::io::Error::other)?;
+    let mut rules = args.rules.book().map_err(std::io::Error::other)?;
+    if args.demo {
+        // The café's staff all move orders: any signed-in user, unless a rules file says else.
+        rules.set_if_absent(
+            "orders",
+            Rules {
+                update: Rule::Auth,
+                delete: Rule::Auth,
+                ..Rules::default()
+            },
+        );
+    }
     let store = open(&args.db).map_err(std::io::Error::other)?;
     let endpoint = Endpoint::new(args.config());
     let mut state = AppState::new(
@@ -511,10 +668,34 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
     let state = actix_web::web::Data::new(state);
     accounts::watch_revocations(state.clone());
     let socket = apps::socket(state.clone());
+    let tls = args.tls_cert.is_some();
+    let metrics = MetricsConfig {
+        endpoint: endpoint.clone(),
+        token: args.metrics_token.clone().filter(|t| !t.is_empty()),
+    };
+    if args.metrics_token.as_deref() == Some("") {
+        return Err(std::io::Error::other("--metrics-token is empty"));
+    }
+    // Without a listener of its own, /metrics is only served behind a token.
+    let metrics_on_main = args.metrics_addr.is_none() && metrics.token.is_some();
+    let demo = actix_web::web::Data::new(fawkes::demo::DemoConfig::new(
+        args.demo,
+        args.demo_max_users,
+    ));
+    let inspector =
+        actix_web::web::Data::new(fawkes::inspector::Inspector::new(endpoint.clone(), tls));
+    let main_metrics = metrics.clone();
     let mut server = Server::new(endpoint)
         .socket("/socket", socket.clone())
         .socket("/community", socket)
-        .routes(move |cfg| apps::routes(cfg, state.clone()));
+        .routes(move |cfg| {
+            apps::routes(cfg, state.clone());
+            fawkes::demo::routes(cfg, demo.clone());
+            fawkes::inspector::routes(cfg, inspector.clone());
+            if metrics_on_main {
+                fawkes::metrics::exposition::routes(cfg, main_metrics.clone());
+            }
+        });
     if let Some(n) = args.workers {
         server = server.workers(n);
     }
@@ -526,10 +707,38 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
         _ => ("http", "ws"),
     };
     let running = server.bind((args.host.as_str(), args.port))?;
-    println!(
-        "fawkes listening on {http}://{addr} (database {db}; sockets at {ws}://{addr}/socket and {ws}://{addr}/community)",
+    let metrics_url = match &args.metrics_addr {
+        Some(addr) => {
+            let config = metrics.clone();
+            let http_server = actix_web::HttpServer::new(move || {
+                let config = config.clone();
+                actix_web::App::new()
+                    .configure(move |cfg| fawkes::metrics::exposition::routes(cfg, config.clone()))
+            })
+            .workers(1)
+            .disable_signals()
+            .bind(addr.as_str())?;
+            let bound = http_server.addrs()[0];
+            actix_rt::spawn(http_server.run());
+            format!("http://{bound}/metrics")
+        }
+        None if metrics_on_main => format!("{http}://{}/metrics", running.local_addr()),
+        None => "off (give --metrics-addr or --metrics-token)".to_owned(),
+    };
+    // One write, errors ignored: whoever started us may stop reading after the first line.
+    let banner = format!(
+        "fawkes listening on {http}://{addr} (database {db}; sockets at {ws}://{addr}/socket and {ws}://{addr}/community)\n  \
+         demo pages: {http}://{addr}/{demo}\n  \
+         inspector:  {http}://{addr}/admin\n  \
+         metrics:    {metrics_url}\n",
         addr = running.local_addr(),
-        db = args.db.database_url,
+        db = fawkes::config_file::mask_url(&args.db.database_url),
+        demo = if args.demo { " (--demo: one-click users)" } else { "" },
     );
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    }
     running.run().await
 }

@@ -245,6 +245,14 @@ impl Presence {
         left
     }
 
+    /// Keys present on a topic, on every node (for the inspector).
+    pub fn keys(&self, topic: &str) -> Vec<String> {
+        match self.list(topic) {
+            Value::Object(m) => m.into_iter().map(|(k, _)| k).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The whole state of a topic, on every node: `{key: {"metas": [...]}}`, what
     /// `presence_state` carries.
     pub fn list(&self, topic: &str) -> Value {

@@ -418,6 +418,21 @@ impl PubSub {
         self.topic(topic).map_or(0, |t| read(&t).len())
     }
 
+    /// Every topic with subscribers and how many it has (for metrics and the inspector; walks
+    /// the whole registry, so not for hot paths).
+    pub fn topics(&self) -> Vec<(String, usize)> {
+        let all: Vec<(String, Topic)> = self
+            .inner
+            .topics
+            .iter()
+            .map(|e| (e.key().to_string(), e.value().clone()))
+            .collect();
+        all.into_iter()
+            .map(|(name, t)| (name, read(&t).len()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     /// Delivers a worker's share of a broadcast.
     fn run_job(&self, job: &Job, worker: Option<usize>) {
         let Some(t) = self.topic(job.broadcast.topic.as_str()) else {

@@ -147,12 +147,16 @@ impl Server {
             // Runs on each worker thread as it starts: give it its broadcast inbox.
             ep.pubsub().register_worker();
             let (mounts, routes) = (mounts.clone(), routes.clone());
-            App::new().configure(move |cfg| {
-                configure_sockets(cfg, &mounts);
-                for r in &routes {
-                    r(cfg);
-                }
-            })
+            App::new()
+                .wrap(actix_web::middleware::from_fn(
+                    crate::metrics::exposition::observe_http,
+                ))
+                .configure(move |cfg| {
+                    configure_sockets(cfg, &mounts);
+                    for r in &routes {
+                        r(cfg);
+                    }
+                })
         })
         // Frames are small and latency matters; queued frames are already written together.
         .tcp_nodelay(true)

@@ -7,6 +7,7 @@ use crate::channel::{
 };
 use crate::connection::{ChannelId, Connection, Mail};
 use crate::endpoint::{Connected, Endpoint, Socket};
+use crate::metrics::ENGINE;
 use crate::protocol::{Message, Outbound, Payload, Ref};
 use crate::pubsub::{encode_frame, with_origin, Dispatch, Origin, Subscriber};
 use futures_util::FutureExt;
@@ -171,6 +172,7 @@ impl SocketState {
         if topic.len() > max_topic {
             let why = format!("topic over {max_topic} bytes");
             log::info!("socket {}: refused a join: {why}", self.conn().id);
+            ENGINE.join(&topic, false, false);
             self.reply(&join_ref, &ref_, &topic, "error", &reason(&why));
             return;
         }
@@ -191,6 +193,7 @@ impl SocketState {
         let mut channel = match routed {
             Ok(Some(channel)) => channel,
             Ok(None) => {
+                ENGINE.join(&topic, false, false);
                 self.reply(
                     &Value::Null,
                     &ref_,
@@ -201,11 +204,13 @@ impl SocketState {
                 return close_replaced(self);
             }
             Err(_) => {
+                ENGINE.join(&topic, true, false);
                 self.reply(&join_ref, &ref_, &topic, "error", &reason("join crashed"));
                 return close_replaced(self);
             }
         };
         let Ok(intercepts) = catch(&topic, "intercepts", || channel.intercepts()) else {
+            ENGINE.join(&topic, true, false);
             self.reply(&join_ref, &ref_, &topic, "error", &reason("join crashed"));
             return close_replaced(self);
         };
@@ -222,6 +227,7 @@ impl SocketState {
                 "error",
                 &reason("too many channels joined"),
             );
+            ENGINE.join(&topic, true, false);
             return close_replaced(self);
         }
 
@@ -276,6 +282,7 @@ impl SocketState {
             },
         );
         let ok = status == "ok";
+        ENGINE.join(&topic, true, ok);
         if ok {
             conn.release(reply, true, covered.load(Ordering::Relaxed));
             self.channels.insert(topic.clone(), Joined { channel, ctx });

@@ -177,6 +177,7 @@ impl Cluster {
             message::redis_channel(&config.pubsub_name),
             config.pubsub_name
         );
+        endpoint.set_cluster_stats(stats.clone());
         link::start(endpoint, config.clone(), stats.clone(), backfill);
         Cluster { config, stats }
     }

@@ -18,6 +18,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Recorded events as the change log keeps them: (seq, event, payload).
+pub type Events = Vec<(i64, String, Value)>;
+
 /// Where a gap's missing events come from: the change log.
 pub trait Backfill: Send + Sync + 'static {
     /// `topic`'s recorded events numbered `after + 1` to `upto`, in order: (seq, event, payload).
@@ -27,7 +30,7 @@ pub trait Backfill: Send + Sync + 'static {
         topic: &str,
         after: i64,
         upto: i64,
-    ) -> LocalBoxFuture<'static, Result<Vec<(i64, String, Value)>, String>>;
+    ) -> LocalBoxFuture<'static, Result<Events, String>>;
 }
 
 /// Recorded broadcasts a topic may hold back at once; more start a fill at once.
@@ -282,7 +285,7 @@ mod tests {
             _: &str,
             after: i64,
             upto: i64,
-        ) -> LocalBoxFuture<'static, Result<Vec<(i64, String, Value)>, String>> {
+        ) -> LocalBoxFuture<'static, Result<Events, String>> {
             // The log kept everything but seq 3.
             let v = (after + 1..=upto)
                 .filter(|s| *s != 3)

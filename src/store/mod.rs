@@ -146,7 +146,10 @@ impl Store {
 
     /// A pooled connection, for blocking code (the CLI, or inside [`Store::run`]).
     pub fn conn(&self) -> Result<Conn, StoreError> {
-        self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))
+        let start = std::time::Instant::now();
+        let conn = self.pool.get().map_err(|e| StoreError::Pool(e.to_string()));
+        crate::metrics::observe(&crate::metrics::DB_POOL_WAIT, start.elapsed());
+        conn
     }
 
     /// Runs blocking database work off the async executor.
@@ -158,7 +161,10 @@ impl Store {
         let store = self.clone();
         actix_web::web::block(move || {
             let mut conn = store.conn()?;
-            f(&mut conn)
+            let start = std::time::Instant::now();
+            let result = f(&mut conn);
+            crate::metrics::observe(&crate::metrics::DB_QUERY, start.elapsed());
+            result
         })
         .await
         .map_err(|e| StoreError::Pool(format!("blocking pool: {e}")))?
@@ -199,7 +205,10 @@ impl Store {
                 .as_ref()
                 .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
             let mut conn = store.conn()?;
-            write_transaction(&mut conn, f)
+            let start = std::time::Instant::now();
+            let result = write_transaction(&mut conn, f);
+            crate::metrics::observe(&crate::metrics::DB_QUERY, start.elapsed());
+            result
         })
         .await
         .map_err(|e| StoreError::Pool(format!("blocking pool: {e}")))?

@@ -10,6 +10,7 @@
 use super::{connect, frame, Mount};
 use crate::connection::{close_code, Connection};
 use crate::endpoint::Endpoint;
+use crate::metrics::{Transport, ENGINE};
 use crate::protocol::{binary, FrameKind};
 use crate::socket::{End, SocketState};
 use actix_web::http::header::{self, HeaderValue};
@@ -256,6 +257,13 @@ async fn open(req: &HttpRequest, mount: &Mount) -> HttpResponse {
     };
     let endpoint = mount.endpoint.clone();
     let conn = endpoint.register(serializer);
+    ENGINE.opened(
+        Transport::LongPoll,
+        serializer == crate::protocol::Serializer::V2,
+    );
+    ENGINE
+        .longpoll_sessions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut id = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut id);
     let (tx, rx) = mpsc::channel(8);
@@ -265,6 +273,7 @@ async fn open(req: &HttpRequest, mount: &Mount) -> HttpResponse {
         last_poll: Mutex::new(Instant::now()),
     });
     mount.sessions.map.insert(id, session.clone());
+    conn.describe(Transport::LongPoll, connected.id.clone());
     let state = SocketState::new(endpoint.clone(), mount.socket.clone(), conn, connected);
     actix_rt::spawn(run(
         state,
@@ -381,6 +390,7 @@ async fn run(
             batch = inbound.recv() => {
                 let Some(batch) = batch else { break (1000, String::new()) };
                 for (kind, data) in batch.frames {
+                    ENGINE.frame_in(data.len());
                     match conn.serializer.decode(kind, &data) {
                         Ok(msg) => state.handle(msg).await,
                         Err(e) => {
@@ -405,9 +415,16 @@ async fn run(
         }
     };
     sessions.map.remove(&id);
+    ENGINE
+        .longpoll_sessions
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     state.terminate().await;
     conn.close(end.0, &end.1);
     endpoint.unregister(conn.id);
+    ENGINE.closed(
+        Transport::LongPoll,
+        conn.serializer == crate::protocol::Serializer::V2,
+    );
 }
 
 #[cfg(test)]

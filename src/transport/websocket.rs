@@ -7,6 +7,7 @@
 use super::{connect, Mount};
 use crate::connection::{close_code, Connection};
 use crate::endpoint::Endpoint;
+use crate::metrics::{Transport, ENGINE};
 use crate::protocol::FrameKind;
 use crate::socket::{End, SocketState};
 use crate::transport::frame;
@@ -46,6 +47,8 @@ pub async fn handle(req: HttpRequest, body: web::Payload, mount: web::Data<Mount
     };
     let endpoint = mount.endpoint.clone();
     let conn = endpoint.register(serializer);
+    let v2 = serializer == crate::protocol::Serializer::V2;
+    ENGINE.opened(Transport::WebSocket, v2);
     let mut res = res.map_body(|_, _| BodyStream::new(Writer(conn.clone())).boxed());
     if offers_phoenix {
         res.headers_mut()
@@ -56,8 +59,12 @@ pub async fn handle(req: HttpRequest, body: web::Payload, mount: web::Data<Mount
         .max_frame_size(limits.max_frame_size)
         .aggregate_continuations()
         .max_continuation_size(limits.max_frame_size);
+    conn.describe(Transport::WebSocket, connected.id.clone());
     let state = SocketState::new(endpoint.clone(), mount.socket.clone(), conn, connected);
-    actix_rt::spawn(run(state, stream, endpoint));
+    actix_rt::spawn(async move {
+        run(state, stream, endpoint).await;
+        ENGINE.closed(Transport::WebSocket, v2);
+    });
     res
 }
 
@@ -150,6 +157,7 @@ async fn run(
                     Some(Ok(AggregatedMessage::Pong(_))) => continue,
                     Some(Ok(AggregatedMessage::Close(r))) => break Exit::Gone(Some(r)),
                 };
+                ENGINE.frame_in(data.len());
                 match conn.serializer.decode(kind, &data) {
                     Ok(msg) => state.handle(msg).await,
                     Err(e) => {

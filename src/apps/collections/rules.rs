@@ -132,6 +132,11 @@ impl RuleBook {
         Ok(book)
     }
 
+    /// Sets a collection's rules unless the book already names it.
+    pub fn set_if_absent(&mut self, collection: &str, rules: Rules) {
+        self.named.entry(collection.to_owned()).or_insert(rules);
+    }
+
     /// Reads a rules file.
     pub fn load(path: &std::path::Path) -> Result<RuleBook, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;

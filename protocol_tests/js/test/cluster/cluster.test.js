@@ -18,6 +18,7 @@ const BIN = process.env.FAWKES_BIN
 const DATABASE_URL = process.env.DATABASE_URL
 if(!BIN || !DATABASE_URL){ throw new Error("FAWKES_BIN and DATABASE_URL are required") }
 const DOWN_AFTER_S = 3
+const METRICS_TOKEN = "cluster-metrics"
 const LOGS = mkdtempSync(join(tmpdir(), "fawkes-cluster-"))
 
 function freePort(){
@@ -53,7 +54,7 @@ async function startNode(name){
   const port = await freePort()
   const log = openSync(join(LOGS, `${name}.log`), "a")
   const child = spawn(BIN, ["serve", "--port", String(port), "--redis-url", `redis://127.0.0.1:${redisPort}`,
-    "--node-name", name, "--presence-down-after", String(DOWN_AFTER_S)], {
+    "--node-name", name, "--presence-down-after", String(DOWN_AFTER_S), "--metrics-token", METRICS_TOKEN], {
     env: {...process.env, DATABASE_URL, RUST_LOG: "info"}, stdio: ["ignore", "pipe", log]
   })
   await waitForLine(child, /listening/, `node ${name}`)
@@ -123,6 +124,17 @@ async function linked(t, from, to){
     return seen
   }, `typing from ${from} reaches ${to}`, 15000)
   a.channel.leave(); b.channel.leave()
+}
+
+/** The node's Prometheus samples, by name (with labels). */
+async function metrics(node){
+  const resp = await fetch(nodes[node].base + "/metrics", {headers: {authorization: `Bearer ${METRICS_TOKEN}`}})
+  assert.equal(resp.status, 200)
+  const samples = {}
+  for(const line of (await resp.text()).split("\n")){
+    if(line && !line.startsWith("#")){ const i = line.lastIndexOf(" "); samples[line.slice(0, i)] = Number(line.slice(i + 1)) }
+  }
+  return samples
 }
 
 function logsOf(name){ try { return readFileSync(join(LOGS, `${name}.log`), "utf8") } catch { return "" } }
@@ -257,6 +269,11 @@ test("Redis restarted mid-run: no client is closed, each node serves its own, an
   for(const ch of [ra, ra2, rb]){ await joinOk(ch) }
   await waitUntil(() => pb.list(k => k).includes(String(users.alice.id)), "alice present on n2", 5000)
 
+  const before = await metrics("n1")
+  assert.equal(before.fawkes_redis_up, 1)
+  assert.equal(before.fawkes_redis_outages_total, 0)
+  assert.ok(before.fawkes_redis_received_total > 0 && before.fawkes_redis_published_total > 0, JSON.stringify(before))
+
   await stopRedis()
   // Local broadcasts go on while Redis is away.
   const local = nextEvent(ra2, "new_message")
@@ -272,6 +289,11 @@ test("Redis restarted mid-run: no client is closed, each node serves its own, an
   await pushOk(ra, "new_message", {body: "after the restart"})
   await atB
   assert.deepStrictEqual(closes, [], "no socket closed")
+  const afterwards = await metrics("n1")
+  assert.equal(afterwards.fawkes_redis_up, 1)
+  assert.equal(afterwards.fawkes_redis_outages_total, 1)
+  // What n1 broadcast while Redis was away could not be published.
+  assert.ok(afterwards.fawkes_redis_unpublished_total >= 1, JSON.stringify(afterwards))
   assert.match(logsOf("n1"), /Redis link lost/)
   assert.match(logsOf("n1"), /Redis link back after/)
 })

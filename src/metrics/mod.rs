@@ -1,0 +1,271 @@
+//! Process-wide counters for Prometheus, and their text exposition ([`exposition`]).
+//!
+//! The engine updates plain atomics here on its hot paths (a relaxed `fetch_add` per frame, no
+//! label lookup); labels with more than one value are fixed arrays indexed by an enum, so a
+//! scrape, not a frame, pays for turning them into metric families. Counters are per process,
+//! as Prometheus scrapes processes; gauges of one endpoint (topics, presence, connections by
+//! id) are read from it at scrape time. This module imports nothing above itself, so every
+//! layer may count here.
+
+pub mod exposition;
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+/// How a connection reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket = 0,
+    LongPoll = 1,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::LongPoll => "longpoll",
+        }
+    }
+}
+
+/// The close codes counted apart; any other code counts as `other`.
+pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1006, 1009, 1011, 1013, 0];
+
+/// Most distinct topic prefixes joins are counted under; later ones count as `other`. A
+/// wildcard route could otherwise let clients grow the label set without bound.
+pub const MAX_JOIN_PREFIXES: usize = 64;
+
+/// A frame count and its bytes, alone on a cache line.
+#[repr(align(64))]
+pub struct FrameCount {
+    pub frames: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// The engine's counters. See [`ENGINE`].
+pub struct Engine {
+    /// Open connections, by transport and serializer (V1, V2).
+    connections: [[AtomicI64; 2]; 2],
+    /// Connections ever opened, by transport and serializer.
+    connections_opened: [[AtomicU64; 2]; 2],
+    /// Frames and bytes from clients; on a cache line of their own, apart from `outbound`
+    /// (readers and writers of many workers bump them).
+    pub inbound: FrameCount,
+    /// Frames and bytes handed to transports for clients.
+    pub outbound: FrameCount,
+    /// Closes by code, indexed as [`CLOSE_CODES`] (1006: the peer vanished without a close).
+    closes: [AtomicU64; CLOSE_CODES.len()],
+    /// A client's outbound queue (frames for it) was full: closed with 1013.
+    pub queue_overflows: AtomicU64,
+    /// A client's mailbox (work for its socket task) was full: closed with 1013.
+    pub mailbox_overflows: AtomicU64,
+    /// LongPoll sessions alive.
+    pub longpoll_sessions: AtomicI64,
+    /// Joins by topic prefix: (prefix, accepted, refused).
+    joins: Mutex<Vec<(String, u64, u64)>>,
+}
+
+/// The one set of engine counters of this process.
+pub static ENGINE: Engine = Engine::new();
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO_I: AtomicI64 = AtomicI64::new(0);
+
+impl Engine {
+    const fn new() -> Engine {
+        Engine {
+            connections: [[ZERO_I, ZERO_I], [ZERO_I, ZERO_I]],
+            connections_opened: [[ZERO, ZERO], [ZERO, ZERO]],
+            inbound: FrameCount {
+                frames: ZERO,
+                bytes: ZERO,
+            },
+            outbound: FrameCount {
+                frames: ZERO,
+                bytes: ZERO,
+            },
+            closes: [ZERO; CLOSE_CODES.len()],
+            queue_overflows: ZERO,
+            mailbox_overflows: ZERO,
+            longpoll_sessions: ZERO_I,
+            joins: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A connection opened; `v2` is its serializer.
+    pub fn opened(&self, transport: Transport, v2: bool) {
+        self.connections[transport as usize][v2 as usize].fetch_add(1, Relaxed);
+        self.connections_opened[transport as usize][v2 as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A connection closed (pairs with [`Engine::opened`]).
+    pub fn closed(&self, transport: Transport, v2: bool) {
+        self.connections[transport as usize][v2 as usize].fetch_sub(1, Relaxed);
+    }
+
+    /// Open connections of one transport and serializer.
+    pub fn open_connections(&self, transport: Transport, v2: bool) -> i64 {
+        self.connections[transport as usize][v2 as usize].load(Relaxed)
+    }
+
+    pub fn opened_total(&self, transport: Transport, v2: bool) -> u64 {
+        self.connections_opened[transport as usize][v2 as usize].load(Relaxed)
+    }
+
+    /// One frame received from a client.
+    #[inline]
+    pub fn frame_in(&self, bytes: usize) {
+        self.inbound.frames.fetch_add(1, Relaxed);
+        self.inbound.bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// `frames` frames of `bytes` bytes handed to a transport for writing.
+    #[inline]
+    pub fn frames_out(&self, frames: usize, bytes: usize) {
+        self.outbound.frames.fetch_add(frames as u64, Relaxed);
+        self.outbound.bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// A connection closed with `code` (1006: without a close frame).
+    pub fn close(&self, code: u16) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CLOSE_CODES.len() - 1);
+        self.closes[i].fetch_add(1, Relaxed);
+    }
+
+    /// Closes by code label (`"other"` for codes not counted apart).
+    pub fn closes(&self) -> Vec<(String, u64)> {
+        CLOSE_CODES
+            .iter()
+            .zip(&self.closes)
+            .map(|(&c, n)| {
+                let label = if c == 0 {
+                    "other".into()
+                } else {
+                    c.to_string()
+                };
+                (label, n.load(Relaxed))
+            })
+            .collect()
+    }
+
+    /// A join of `topic`, accepted or refused. `routed`: whether a route matched it (an
+    /// unmatched topic counts under `unmatched`, whatever the client made up).
+    pub fn join(&self, topic: &str, routed: bool, accepted: bool) {
+        let prefix = if routed {
+            topic.split_once(':').map_or(topic, |(p, _)| p)
+        } else {
+            "unmatched"
+        };
+        let mut joins = self.joins.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match joins.iter().position(|(p, _, _)| p == prefix) {
+            Some(i) => i,
+            None if joins.len() < MAX_JOIN_PREFIXES => {
+                joins.push((prefix.to_owned(), 0, 0));
+                joins.len() - 1
+            }
+            None => match joins.iter().position(|(p, _, _)| p == "other") {
+                Some(i) => i,
+                None => {
+                    // The last slot becomes `other`: the bound holds, nothing counted is lost.
+                    let (_, a, r) = joins.pop().unwrap_or_default();
+                    joins.push(("other".to_owned(), a, r));
+                    joins.len() - 1
+                }
+            },
+        };
+        if accepted {
+            joins[i].1 += 1;
+        } else {
+            joins[i].2 += 1;
+        }
+    }
+
+    /// (prefix, accepted, refused) for every prefix seen.
+    pub fn joins(&self) -> Vec<(String, u64, u64)> {
+        self.joins.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Latency buckets for requests and queries, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// HTTP requests by route pattern, method and status, with their latency.
+pub static HTTP_REQUESTS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        HistogramOpts::new(
+            "fawkes_http_request_duration_seconds",
+            "HTTP requests by route pattern, method and status, and how long they took",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["route", "method", "status"],
+    )
+    .expect("valid histogram")
+});
+
+/// Database work, one transaction or unit of work at a time (pool wait excluded).
+pub static DB_QUERY: LazyLock<Histogram> = LazyLock::new(|| {
+    Histogram::with_opts(
+        HistogramOpts::new(
+            "fawkes_db_query_duration_seconds",
+            "Database work per transaction, after a pooled connection was obtained",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+    )
+    .expect("valid histogram")
+});
+
+/// Time spent waiting for a pooled database connection.
+pub static DB_POOL_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
+    Histogram::with_opts(
+        HistogramOpts::new(
+            "fawkes_db_pool_wait_seconds",
+            "Time spent waiting for a pooled database connection",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+    )
+    .expect("valid histogram")
+});
+
+/// Records a duration in a histogram.
+pub fn observe(h: &Histogram, d: Duration) {
+    h.observe(d.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_prefixes_stay_bounded() {
+        let e = Engine::new();
+        for i in 0..200 {
+            e.join(&format!("p{i}:x"), true, i % 2 == 0);
+        }
+        e.join("nowhere:x", false, false);
+        let joins = e.joins();
+        assert_eq!(joins.len(), MAX_JOIN_PREFIXES);
+        let total: u64 = joins.iter().map(|(_, a, r)| a + r).sum();
+        assert_eq!(total, 201);
+        assert!(joins.iter().any(|(p, _, _)| p == "other"));
+    }
+
+    #[test]
+    fn closes_count_known_codes_apart() {
+        let e = Engine::new();
+        e.close(1001);
+        e.close(1001);
+        e.close(4000);
+        let c = e.closes();
+        assert!(c.contains(&("1001".into(), 2)));
+        assert!(c.contains(&("other".into(), 1)));
+    }
+}

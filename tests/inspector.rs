@@ -1,0 +1,161 @@
+//! `/admin` over plain HTTP: who may in, the session cookie's attributes, and the CSRF and
+//! Origin checks on actions. (tests/browser.rs drives the same pages in Chromium.)
+
+mod support;
+
+use support::http_raw as http;
+
+const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+#[test]
+fn only_admins_get_in_and_actions_need_the_csrf_token_and_this_origin() {
+    let dir = support::temp_dir("inspector");
+    let db = dir.join("fawkes.db");
+    let db = db.to_str().unwrap();
+    let admin = support::create_user(&dir, db, &["--name", "root", "--admin"]);
+    let member = support::create_user(&dir, db, &["--name", "alice", "--community-member"]);
+    let server = support::Serve::start(&dir, &["--database-url", db]);
+    let addr = server.addr.as_str();
+
+    // Anonymous: the page redirects to sign-in, the API says 401.
+    let (status, head, _) = http(addr, "GET", "/admin", &[], "");
+    assert_eq!(status, 303);
+    assert!(
+        head.to_lowercase().contains("location: /admin/sign-in"),
+        "{head}"
+    );
+    assert_eq!(http(addr, "GET", "/admin/api/stats", &[], "").0, 401);
+    assert_eq!(
+        http(addr, "POST", "/admin/api/disconnect", &[], "{}").0,
+        401
+    );
+    // A forged cookie is nobody.
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/admin/api/stats",
+            &[("Cookie", "fawkes_admin=forged")],
+            ""
+        )
+        .0,
+        401
+    );
+
+    // Bad tokens and non-admins do not get a session.
+    let (status, head, _) = http(addr, "POST", "/admin/session", &[FORM], "token=nope");
+    assert_eq!(status, 401);
+    assert!(!head.to_lowercase().contains("set-cookie"), "{head}");
+    let (status, head, body) = http(
+        addr,
+        "POST",
+        "/admin/session",
+        &[FORM],
+        &format!("token={member}"),
+    );
+    assert_eq!(status, 403);
+    assert!(!head.to_lowercase().contains("set-cookie"), "{head}");
+    assert!(body.contains("That user is not an admin."), "{body}");
+    // A sign-in posted from another site is refused.
+    let (status, _, _) = http(
+        addr,
+        "POST",
+        "/admin/session",
+        &[FORM, ("Origin", "https://evil.example")],
+        &format!("token={admin}"),
+    );
+    assert_eq!(status, 403);
+
+    // An admin gets an HttpOnly, SameSite=Strict cookie scoped to /admin.
+    let origin = format!("http://{addr}");
+    let (status, head, _) = http(
+        addr,
+        "POST",
+        "/admin/session",
+        &[FORM, ("Origin", &origin)],
+        &format!("token={admin}"),
+    );
+    assert_eq!(status, 303, "{head}");
+    let set_cookie = head
+        .lines()
+        .find(|l| l.to_lowercase().starts_with("set-cookie:"))
+        .expect("a session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
+        assert!(set_cookie.contains(attr), "{attr} in {set_cookie}");
+    }
+    assert!(!set_cookie.contains("Secure"), "no TLS here: {set_cookie}");
+    let cookie = set_cookie
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (status, _, page) = http(addr, "GET", "/admin", &[("Cookie", &cookie)], "");
+    assert_eq!(status, 200);
+    let csrf = page
+        .split_once(r#"name="csrf-token" content=""#)
+        .and_then(|(_, r)| r.split_once('"'))
+        .map(|(t, _)| t.to_owned())
+        .expect("a CSRF token in the page");
+    assert_eq!(csrf.len(), 64);
+
+    let (status, _, stats) = http(addr, "GET", "/admin/api/stats", &[("Cookie", &cookie)], "");
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["connections"], serde_json::json!([]));
+
+    // Actions: without the CSRF token, with a wrong one, or from another origin: 403.
+    let body = r#"{"socket_id":"api_token:1"}"#;
+    let json = ("Content-Type", "application/json");
+    let wrong = "0".repeat(64);
+    for headers in [
+        vec![("Cookie", cookie.as_str()), json],
+        vec![
+            ("Cookie", cookie.as_str()),
+            json,
+            ("X-CSRF-Token", wrong.as_str()),
+        ],
+        vec![
+            ("Cookie", cookie.as_str()),
+            json,
+            ("X-CSRF-Token", csrf.as_str()),
+            ("Origin", "https://evil.example"),
+        ],
+    ] {
+        assert_eq!(
+            http(addr, "POST", "/admin/api/disconnect", &headers, body).0,
+            403
+        );
+    }
+    let ok = [
+        ("Cookie", cookie.as_str()),
+        json,
+        ("X-CSRF-Token", csrf.as_str()),
+        ("Origin", origin.as_str()),
+    ];
+    let (status, _, answer) = http(addr, "POST", "/admin/api/disconnect", &ok, body);
+    assert_eq!(status, 200);
+    assert_eq!(answer, r#"{"connections":0,"socket_id":"api_token:1"}"#);
+    // Bad input gets a clear error.
+    let (status, _, answer) = http(addr, "POST", "/admin/api/disconnect", &ok, "[1]");
+    assert_eq!(status, 422);
+    assert!(answer.contains("socket_id"), "{answer}");
+    let (status, _, _) = http(
+        addr,
+        "GET",
+        "/admin/api/frames?topic=",
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert_eq!(status, 422);
+
+    // Signing out ends the session.
+    assert_eq!(http(addr, "POST", "/admin/sign-out", &ok, "").0, 204);
+    assert_eq!(
+        http(addr, "GET", "/admin/api/stats", &[("Cookie", &cookie)], "").0,
+        401
+    );
+}

@@ -1,0 +1,345 @@
+//! `/metrics` of a real `fawkes serve`: scraped before, during and after an exactly known load
+//! (two WebSocket clients, joins, a refused join, three REST writes fanned out to both, a
+//! heartbeat, one clean close and one vanished client); every counter must move by exactly what
+//! that load does. Each scrape passes `promtool check metrics`. A second server serves
+//! /metrics on its main listener behind `--metrics-token`.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A plain HTTP/1.1 request; (status, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    // Chunked bodies (actix streams larger ones): join the chunks.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut rest = body;
+        let mut joined = String::new();
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            joined.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        joined
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+/// `promtool check metrics` on an exposition; panics with its report if it objects.
+fn promtool(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (Debian: apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Samples by `name{labels}` as printed.
+fn parse(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_owned(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+struct Scraper {
+    addr: String,
+}
+
+impl Scraper {
+    fn scrape(&self) -> HashMap<String, f64> {
+        let (status, body) = http(&self.addr, "GET", "/metrics", &[], "");
+        assert_eq!(status, 200, "{body}");
+        promtool(&body);
+        parse(&body)
+    }
+}
+
+fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
+    *m.get(key).unwrap_or(&0.0)
+}
+
+/// A WebSocket frame's size on the wire from the server (unmasked): header plus payload.
+fn wire(len: usize) -> u64 {
+    (len + if len < 126 { 2 } else { 4 }) as u64
+}
+
+async fn recv(
+    ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+) -> String {
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => t,
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+#[test]
+fn counters_move_by_exactly_the_load() {
+    let dir = support::temp_dir("metrics");
+    let db = dir.join("fawkes.db");
+    let db = db.to_str().unwrap();
+    let alice = support::create_user(&dir, db, &["--name", "alice", "--community-member"]);
+    let bob = support::create_user(&dir, db, &["--name", "bob", "--community-member"]);
+    let server = support::Serve::start(
+        &dir,
+        &["--database-url", db, "--metrics-addr", "127.0.0.1:0"],
+    );
+    let metrics_url = server.metrics_url();
+    let addr = metrics_url
+        .strip_prefix("http://")
+        .and_then(|r| r.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("metrics URL in {:?}", server.banner))
+        .to_owned();
+    // Not on the main listener: it has a listener of its own.
+    assert_eq!(http(&server.addr, "GET", "/metrics", &[], "").0, 404);
+    let m = Scraper { addr };
+    let before = m.scrape();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (bytes_in, bytes_out, during) = rt.block_on(async {
+        let url = |t: &str| format!("ws://{}/socket/websocket?token={t}&vsn=2.0.0", server.addr);
+        let (mut a, _) = tokio_tungstenite::connect_async(url(&alice)).await.unwrap();
+        let (mut b, _) = tokio_tungstenite::connect_async(url(&bob)).await.unwrap();
+        let mut bytes_in = 0u64;
+        let mut bytes_out = 0u64;
+        let join = r#"["1","1","collection:metrics_test","phx_join",{}]"#;
+        for ws in [&mut a, &mut b] {
+            ws.send(Message::Text(join.into())).await.unwrap();
+            bytes_in += join.len() as u64;
+            let reply = recv(ws).await;
+            assert!(reply.contains(r#""status":"ok""#), "{reply}");
+            bytes_out += wire(reply.len());
+        }
+        let unmatched = r#"["2","2","nowhere:x","phx_join",{}]"#;
+        a.send(Message::Text(unmatched.into())).await.unwrap();
+        bytes_in += unmatched.len() as u64;
+        let reply = recv(&mut a).await;
+        assert!(reply.contains("unmatched topic"), "{reply}");
+        bytes_out += wire(reply.len());
+
+        let host = server.addr.clone();
+        let auth = format!("Bearer {alice}");
+        for n in 0..3 {
+            let (status, body) = http(
+                &host,
+                "POST",
+                "/api/collections/metrics_test/records",
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
+                &format!(r#"{{"n":{n}}}"#),
+            );
+            assert_eq!(status, 201, "{body}");
+        }
+        for ws in [&mut a, &mut b] {
+            for _ in 0..3 {
+                let change = recv(ws).await;
+                assert!(change.contains(r#""change""#), "{change}");
+                bytes_out += wire(change.len());
+            }
+        }
+        let heartbeat = r#"[null,"3","phoenix","heartbeat",{}]"#;
+        b.send(Message::Text(heartbeat.into())).await.unwrap();
+        bytes_in += heartbeat.len() as u64;
+        bytes_out += wire(recv(&mut b).await.len());
+        let during = m.scrape();
+
+        // A closes cleanly (1000; the server answers with a 4-byte close frame); B vanishes.
+        a.close(None).await.unwrap();
+        while let Some(Ok(msg)) = a.next().await {
+            assert!(matches!(msg, Message::Close(_)), "{msg:?}");
+        }
+        bytes_out += 4;
+        drop(b);
+        (bytes_in, bytes_out, during)
+    });
+
+    // Both sockets gone: wait for the gauge, then everything else is settled too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let now = m.scrape();
+        if get(
+            &now,
+            r#"fawkes_connections{serializer="v2",transport="websocket"}"#,
+        ) == 0.0
+            || Instant::now() > deadline
+        {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let delta = |k: &str| get(&after, k) - get(&before, k);
+    assert_eq!(
+        get(
+            &during,
+            r#"fawkes_connections{serializer="v2",transport="websocket"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        get(
+            &after,
+            r#"fawkes_connections{serializer="v2",transport="websocket"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        delta(r#"fawkes_connections_opened_total{serializer="v2",transport="websocket"}"#),
+        2.0
+    );
+    assert_eq!(
+        delta(r#"fawkes_connections_opened_total{serializer="v1",transport="websocket"}"#),
+        0.0
+    );
+    // The collection and each socket's own id topic.
+    assert_eq!(get(&during, "fawkes_topics"), 3.0);
+    assert_eq!(get(&after, "fawkes_topics"), 0.0);
+    assert_eq!(delta(r#"fawkes_joins_total{prefix="collection"}"#), 2.0);
+    assert_eq!(
+        delta(r#"fawkes_joins_refused_total{prefix="unmatched"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"fawkes_joins_refused_total{prefix="collection"}"#),
+        0.0
+    );
+    assert_eq!(delta("fawkes_frames_in_total"), 4.0);
+    assert_eq!(delta("fawkes_bytes_in_total"), bytes_in as f64);
+    // 2 join replies, 1 refusal, 6 changes, 1 heartbeat reply, 1 close frame.
+    assert_eq!(delta("fawkes_frames_out_total"), 11.0);
+    assert_eq!(delta("fawkes_bytes_out_total"), bytes_out as f64);
+    assert_eq!(delta("fawkes_broadcasts_total"), 3.0);
+    assert_eq!(delta("fawkes_deliveries_total"), 6.0);
+    // Once per broadcast: both subscribers speak V2.
+    assert_eq!(delta("fawkes_encodes_total"), 3.0);
+    assert_eq!(delta(r#"fawkes_closes_total{code="1000"}"#), 1.0);
+    assert_eq!(delta(r#"fawkes_closes_total{code="1006"}"#), 1.0);
+    assert_eq!(delta(r#"fawkes_closes_total{code="1013"}"#), 0.0);
+    assert_eq!(delta("fawkes_queue_overflows_total"), 0.0);
+    assert_eq!(delta("fawkes_mailbox_overflows_total"), 0.0);
+    assert_eq!(get(&after, "fawkes_presence_entries"), 0.0);
+    assert_eq!(get(&after, "fawkes_longpoll_sessions"), 0.0);
+    let posts = r#"fawkes_http_request_duration_seconds_count{method="POST",route="/api/collections/{name}/records",status="201"}"#;
+    assert_eq!(delta(posts), 3.0);
+    assert!(delta("fawkes_db_query_duration_seconds_count") >= 3.0);
+    assert!(delta("fawkes_db_pool_wait_seconds_count") >= 3.0);
+}
+
+#[test]
+fn metrics_token_guards_metrics_on_the_main_listener() {
+    let dir = support::temp_dir("metrics-token");
+    let db = dir.join("fawkes.db");
+    let server = support::Serve::start(
+        &dir,
+        &[
+            "--database-url",
+            db.to_str().unwrap(),
+            "--metrics-token",
+            "s3cret-token",
+        ],
+    );
+    assert_eq!(
+        server.metrics_url(),
+        format!("http://{}/metrics", server.addr)
+    );
+    let addr = server.addr.clone();
+    assert_eq!(http(&addr, "GET", "/metrics", &[], "").0, 401);
+    assert_eq!(
+        http(
+            &addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", "Bearer wrong")],
+            ""
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(
+            &addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", "Bearer s3cret-token-and-more")],
+            ""
+        )
+        .0,
+        401
+    );
+    let (status, body) = http(
+        &addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer s3cret-token")],
+        "",
+    );
+    assert_eq!(status, 200);
+    promtool(&body);
+    assert!(
+        body.contains("# TYPE fawkes_frames_in_total counter"),
+        "{body}"
+    );
+}
+
+#[test]
+fn metrics_are_off_by_default() {
+    let dir = support::temp_dir("metrics-off");
+    let db = dir.join("fawkes.db");
+    let server = support::Serve::start(&dir, &["--database-url", db.to_str().unwrap()]);
+    assert!(
+        server.metrics_url().starts_with("off"),
+        "{:?}",
+        server.banner
+    );
+    assert_eq!(http(&server.addr, "GET", "/metrics", &[], "").0, 404);
+}

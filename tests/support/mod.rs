@@ -1,0 +1,141 @@
+//! Runs the `fawkes` binary as a user would: `users create` for tokens, `serve` on a free port.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A fresh directory under the target's temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `fawkes users create --database-url DB ARGS...`: the token it prints last.
+pub fn create_user(dir: &Path, db: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fawkes"))
+        .args(["users", "create", "--database-url", db])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+/// A running `fawkes serve`, stopped on drop. Its log is `serve.log` in its directory.
+pub struct Serve {
+    child: Child,
+    /// What it printed on start: `listening on`, then the demo, inspector and metrics URLs.
+    pub banner: Vec<String>,
+    pub addr: String,
+}
+
+impl Serve {
+    /// `fawkes serve --port 0 ARGS...`, once it listens.
+    pub fn start(dir: &Path, args: &[&str]) -> Serve {
+        let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fawkes"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .current_dir(dir)
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        for _ in 0..4 {
+            match lines.next() {
+                Some(Ok(l)) => banner.push(l),
+                _ => panic!(
+                    "fawkes serve stopped: {}",
+                    std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+                ),
+            }
+        }
+        let addr = banner[0]
+            .strip_prefix("fawkes listening on http://")
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected banner {banner:?}"))
+            .to_owned();
+        Serve {
+            child,
+            banner,
+            addr,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The metrics URL the banner gives.
+    pub fn metrics_url(&self) -> String {
+        self.banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("metrics:"))
+            .map(|u| u.trim().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `npm ci` in the JS test directory unless its packages are there.
+pub fn npm_ci(js: &Path) {
+    if js.join("node_modules/playwright-core").exists() && js.join("node_modules/phoenix").exists()
+    {
+        return;
+    }
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(js)
+        .output()
+        .expect("npm must be installed (Node 20+)");
+    assert!(
+        out.status.success(),
+        "npm ci: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A plain HTTP/1.1 request: (status, head, body). Bodies are small and not chunked here.
+pub fn http_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
