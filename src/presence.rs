@@ -55,8 +55,9 @@ struct TopicState {
     keys: BTreeMap<String, Vec<Meta>>,
 }
 
-/// A presence change made on this node, for the others.
-#[derive(Debug, Clone, PartialEq)]
+/// A presence change made on this node, for the others (as JSON, `{"op": "join", ...}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum Change {
     /// `meta` as sent, with its `phx_ref`.
     Join {

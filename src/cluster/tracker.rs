@@ -27,21 +27,6 @@ const ENTRIES_PER_PART: usize = 500;
 const MAX_PARTS: u32 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum WireChange {
-    Join {
-        topic: String,
-        key: String,
-        meta: Value,
-    },
-    Leave {
-        topic: String,
-        key: String,
-        phx_ref: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Wire {
     /// Changes numbered `seq` (one more than the last).
@@ -49,7 +34,7 @@ enum Wire {
         node: String,
         inc: String,
         seq: u64,
-        changes: Vec<WireChange>,
+        changes: Vec<Change>,
     },
     /// Alive, and `seq` is the latest delta sent.
     Heartbeat { node: String, inc: String, seq: u64 },
@@ -77,40 +62,6 @@ impl Wire {
             | Wire::Heartbeat { node, inc, .. }
             | Wire::SyncRequest { node, inc, .. }
             | Wire::State { node, inc, .. } => (node, inc),
-        }
-    }
-}
-
-impl From<Change> for WireChange {
-    fn from(c: Change) -> Self {
-        match c {
-            Change::Join { topic, key, meta } => WireChange::Join { topic, key, meta },
-            Change::Leave {
-                topic,
-                key,
-                phx_ref,
-            } => WireChange::Leave {
-                topic,
-                key,
-                phx_ref,
-            },
-        }
-    }
-}
-
-impl From<WireChange> for Change {
-    fn from(c: WireChange) -> Self {
-        match c {
-            WireChange::Join { topic, key, meta } => Change::Join { topic, key, meta },
-            WireChange::Leave {
-                topic,
-                key,
-                phx_ref,
-            } => Change::Leave {
-                topic,
-                key,
-                phx_ref,
-            },
         }
     }
 }
@@ -246,7 +197,7 @@ impl Tracker {
             node: self.node.clone(),
             inc: self.inc.to_string(),
             seq: self.seq,
-            changes: changes.into_iter().map(WireChange::from).collect(),
+            changes,
         });
     }
 
@@ -347,8 +298,7 @@ impl Tracker {
                 if view.synced && seq == view.seq + 1 {
                     view.seq = seq;
                     let inc = view.inc.clone();
-                    self.presence
-                        .apply_remote(&inc, changes.into_iter().map(Change::from).collect());
+                    self.presence.apply_remote(&inc, changes);
                 } else if !view.synced || seq > view.seq {
                     view.synced = false;
                     ask = true;
@@ -415,12 +365,12 @@ mod tests {
             inc: "a/1".into(),
             seq: 3,
             changes: vec![
-                WireChange::Join {
+                Change::Join {
                     topic: "room".into(),
                     key: "u1".into(),
                     meta: json!({"phx_ref": "r1"}),
                 },
-                WireChange::Leave {
+                Change::Leave {
                     topic: "room".into(),
                     key: "u1".into(),
                     phx_ref: "r0".into(),

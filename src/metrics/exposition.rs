@@ -99,75 +99,67 @@ pub fn render(endpoint: &Endpoint) -> String {
         &e.closes(),
     );
 
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
-    counter(
-        &r,
-        "fawkes_frames_in_total",
-        "Frames (messages) received from clients",
-        load(&e.inbound.frames),
-    );
-    counter(
-        &r,
-        "fawkes_bytes_in_total",
-        "Bytes of frames received from clients",
-        load(&e.inbound.bytes),
-    );
-    counter(
-        &r,
-        "fawkes_frames_out_total",
-        "Frames handed to transports for clients (WebSocket frames, close frames included)",
-        load(&e.outbound.frames),
-    );
-    counter(
-        &r,
-        "fawkes_bytes_out_total",
-        "Bytes of frames handed to transports for clients, WebSocket headers included",
-        load(&e.outbound.bytes),
-    );
-    counter(
-        &r,
-        "fawkes_queue_overflows_total",
-        "Clients closed with 1013 because their outbound queue was full",
-        load(&e.queue_overflows),
-    );
-    counter(
-        &r,
-        "fawkes_mailbox_overflows_total",
-        "Clients closed with 1013 because their mailbox was full",
-        load(&e.mailbox_overflows),
-    );
-
     let ps = endpoint.pubsub().counters();
-    counter(
-        &r,
-        "fawkes_broadcasts_total",
-        "Broadcasts published on this node",
-        load(&ps.broadcasts),
-    );
-    counter(
-        &r,
-        "fawkes_deliveries_total",
-        "Broadcast frames delivered to subscribers",
-        load(&ps.deliveries),
-    );
-    counter(
-        &r,
-        "fawkes_encodes_total",
-        "Broadcast encodings (one per broadcast and serializer in use)",
-        load(&ps.encodes),
-    );
-    counter(
-        &r,
-        "fawkes_inbox_overflows_total",
-        "Broadcasts queued behind a full worker inbox (delivered later, in order)",
-        load(&ps.inbox_overflows),
-    );
-    counter(
-        &r,
-        "fawkes_inbox_drops_total",
-        "Broadcasts not delivered on a worker over twice its inbox behind",
-        load(&ps.inbox_drops),
-    );
+    // Plain counters: (name, help, value).
+    for (name, help, v) in [
+        (
+            "fawkes_frames_in_total",
+            "Frames (messages) received from clients",
+            &e.inbound.frames,
+        ),
+        (
+            "fawkes_bytes_in_total",
+            "Bytes of frames received from clients",
+            &e.inbound.bytes,
+        ),
+        (
+            "fawkes_frames_out_total",
+            "Frames handed to transports for clients (WebSocket frames, close frames included)",
+            &e.outbound.frames,
+        ),
+        (
+            "fawkes_bytes_out_total",
+            "Bytes of frames handed to transports for clients, WebSocket headers included",
+            &e.outbound.bytes,
+        ),
+        (
+            "fawkes_queue_overflows_total",
+            "Clients closed with 1013 because their outbound queue was full",
+            &e.queue_overflows,
+        ),
+        (
+            "fawkes_mailbox_overflows_total",
+            "Clients closed with 1013 because their mailbox was full",
+            &e.mailbox_overflows,
+        ),
+        (
+            "fawkes_broadcasts_total",
+            "Broadcasts published on this node",
+            &ps.broadcasts,
+        ),
+        (
+            "fawkes_deliveries_total",
+            "Broadcast frames delivered to subscribers",
+            &ps.deliveries,
+        ),
+        (
+            "fawkes_encodes_total",
+            "Broadcast encodings (one per broadcast and serializer in use)",
+            &ps.encodes,
+        ),
+        (
+            "fawkes_inbox_overflows_total",
+            "Broadcasts queued behind a full worker inbox (delivered later, in order)",
+            &ps.inbox_overflows,
+        ),
+        (
+            "fawkes_inbox_drops_total",
+            "Broadcasts not delivered on a worker over twice its inbox behind",
+            &ps.inbox_drops,
+        ),
+    ] {
+        counter(&r, name, help, v.load(Relaxed));
+    }
 
     gauge(
         &r,

@@ -139,3 +139,51 @@ pub fn http_raw(
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
     (status, head.to_owned(), body.to_owned())
 }
+
+/// Runs one Node test file of `protocol_tests/js` (`npm ci` first if needed) and checks that
+/// exactly `passes` tests passed and none failed; returns node's report.
+pub fn node_test(file: &str, envs: &[(&str, String)], passes: usize) -> String {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocol_tests/js");
+    npm_ci(&js);
+    let out = Command::new("node")
+        .args([
+            "--test",
+            "--test-concurrency=1",
+            "--test-timeout=60000",
+            file,
+        ])
+        .current_dir(&js)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("node (20+) must be installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "{file} failed");
+    assert!(
+        text.contains(&format!("# pass {passes}")) && text.contains("# fail 0"),
+        "expected {passes} passing tests in {file}:\n{text}"
+    );
+    text
+}
+
+/// A new database on the PostgreSQL server `FAWKES_TEST_POSTGRES_URL` names (`.ci/run` sets it).
+pub fn fresh_postgres(name: &str) -> String {
+    use diesel::{Connection, RunQueryDsl};
+    let admin = std::env::var("FAWKES_TEST_POSTGRES_URL").expect(
+        "FAWKES_TEST_POSTGRES_URL must name a PostgreSQL server (bash .ci/run starts one and sets it)",
+    );
+    let name = format!("fawkes_{name}_{}", std::process::id());
+    let mut c = diesel::PgConnection::establish(&admin).expect("connect to PostgreSQL");
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        diesel::sql_query(sql).execute(&mut c).unwrap();
+    }
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    format!("{base}/{name}")
+}
