@@ -137,7 +137,23 @@ pub fn http_raw(
     s.read_to_string(&mut out).unwrap();
     let status = out[9..12].parse().unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (status, head.to_owned(), body.to_owned())
+    // Chunked bodies (actix streams larger ones): join the chunks.
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return (status, head.to_owned(), body.to_owned());
+    }
+    let (mut rest, mut joined) = (body, String::new());
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        joined.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    (status, head.to_owned(), joined)
 }
 
 /// Runs one Node test file of `protocol_tests/js` (`npm ci` first if needed) and checks that
