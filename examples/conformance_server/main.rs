@@ -13,6 +13,9 @@ struct Args {
     host: String,
     #[arg(long, default_value_t = 4000)]
     port: u16,
+    /// Worker threads (default: one per core); several nodes on one machine share its cores.
+    #[arg(long)]
+    workers: Option<usize>,
     #[command(flatten)]
     cluster: fawkes::cluster::ClusterArgs,
 }
@@ -25,9 +28,11 @@ async fn main() -> std::io::Result<()> {
     if let Some(c) = args.cluster.config().map_err(std::io::Error::other)? {
         fawkes::cluster::Cluster::start(&endpoint, c, None);
     }
-    let server = Server::new(endpoint)
-        .socket("/socket", fixture::socket())
-        .bind((args.host.as_str(), args.port))?;
+    let mut server = Server::new(endpoint).socket("/socket", fixture::socket());
+    if let Some(n) = args.workers {
+        server = server.workers(n);
+    }
+    let server = server.bind((args.host.as_str(), args.port))?;
     println!(
         "conformance fixture listening on ws://{}/socket",
         server.local_addr()
