@@ -216,8 +216,7 @@ impl crate::cluster::Backfill for ChangeLog {
         topic: &str,
         after: i64,
         upto: i64,
-    ) -> futures_util::future::LocalBoxFuture<'static, Result<Vec<(i64, String, Value)>, String>>
-    {
+    ) -> futures_util::future::LocalBoxFuture<'static, crate::cluster::order::Events> {
         let (store, topic) = (self.0.clone(), topic.to_owned());
         Box::pin(async move {
             let mut events = store

@@ -372,19 +372,21 @@ mod tests {
 
     #[tokio::test]
     async fn socket_url_becomes_websocket_endpoint() {
-        let t = Target::resolve("ws://127.0.0.1:4000/socket/", "community:feed")
+        let t = Target::resolve(&["ws://127.0.0.1:4000/socket/".into()], "community:feed")
             .await
             .unwrap();
-        assert_eq!(t.endpoint, "ws://127.0.0.1:4000/socket/websocket");
+        assert_eq!(t.nodes[0].1, "ws://127.0.0.1:4000/socket/websocket");
         assert_eq!(t.topic_json, r#""community:feed""#);
-        assert!(Target::resolve("http://127.0.0.1:4000/socket", "t")
-            .await
-            .is_err());
+        assert!(
+            Target::resolve(&["http://127.0.0.1:4000/socket".into()], "t")
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
     async fn sources_rotate_every_20000_connections() {
-        let t = Target::resolve("ws://127.0.0.1:4000/socket", "t")
+        let t = Target::resolve(&["ws://127.0.0.1:4000/socket".into()], "t")
             .await
             .unwrap();
         let ip = |i| t.source(i).unwrap().unwrap().to_string();

@@ -18,16 +18,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Recorded events as (seq, event, payload), in seq order, or why they could not be read.
+pub type Events = Result<Vec<(i64, String, Value)>, String>;
+
 /// Where a gap's missing events come from: the change log.
 pub trait Backfill: Send + Sync + 'static {
     /// `topic`'s recorded events numbered `after + 1` to `upto`, in order: (seq, event, payload).
     /// Fewer when the log no longer holds them.
-    fn events(
-        &self,
-        topic: &str,
-        after: i64,
-        upto: i64,
-    ) -> LocalBoxFuture<'static, Result<Vec<(i64, String, Value)>, String>>;
+    fn events(&self, topic: &str, after: i64, upto: i64) -> LocalBoxFuture<'static, Events>;
 }
 
 /// Recorded broadcasts a topic may hold back at once; more start a fill at once.
@@ -277,12 +275,7 @@ mod tests {
 
     struct Log;
     impl Backfill for Log {
-        fn events(
-            &self,
-            _: &str,
-            after: i64,
-            upto: i64,
-        ) -> LocalBoxFuture<'static, Result<Vec<(i64, String, Value)>, String>> {
+        fn events(&self, _: &str, after: i64, upto: i64) -> LocalBoxFuture<'static, Events> {
             // The log kept everything but seq 3.
             let v = (after + 1..=upto)
                 .filter(|s| *s != 3)
