@@ -357,18 +357,23 @@ impl Connection {
         Poll::Pending
     }
 
-    /// Polled by the WebSocket writer that owns its socket: moves queued frames into `out`
-    /// (as many as fit, at most [`WRITE_BATCH`] bytes unless one frame alone is larger) and says
+    /// Polled by the WebSocket writer that owns its socket: hands queued frames to `take` (at
+    /// most `max`, and at most [`WRITE_BATCH`] bytes unless one frame alone is larger) and says
     /// how many, for one vectored write of the shared bytes as they are. With nothing queued:
     /// the close frame, if one was asked for, then `0` (the output is over).
-    pub fn poll_batch(&self, cx: &mut Context<'_>, out: &mut [Bytes]) -> Poll<usize> {
+    pub fn poll_batch(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        mut take: impl FnMut(Bytes),
+    ) -> Poll<usize> {
         let mut s = self.lock();
         let (mut n, mut bytes) = (0, 0);
-        while n < out.len() {
+        while n < max {
             match s.frames.front() {
                 Some(f) if n == 0 || bytes + f.len() <= WRITE_BATCH => {
                     bytes += f.len();
-                    out[n] = s.frames.pop_front().unwrap_or_default();
+                    take(s.frames.pop_front().unwrap_or_default());
                     n += 1;
                 }
                 _ => break,
@@ -383,7 +388,7 @@ impl Connection {
             // Leave a zero-length marker so the next poll says the output is over.
             s.close = Some(Bytes::new());
             if !c.is_empty() {
-                out[0] = c;
+                take(c);
                 return Poll::Ready(1);
             }
             return Poll::Ready(0);
@@ -397,13 +402,9 @@ impl Connection {
 
     /// Puts back, in front and in order, whole frames taken by [`Connection::poll_batch`] that
     /// the socket did not take. They were counted against the bounds already.
-    pub fn unsend(&self, frames: &mut [Bytes]) {
-        if frames.is_empty() {
-            return;
-        }
+    pub fn unsend(&self, frames: impl DoubleEndedIterator<Item = Bytes>) {
         let mut s = self.lock();
-        for f in frames.iter_mut().rev() {
-            let f = std::mem::take(f);
+        for f in frames.rev() {
             s.queued_bytes += f.len();
             s.frames.push_front(f);
         }
@@ -490,26 +491,28 @@ mod tests {
         let c = Connection::new(1, Serializer::V2, 8, usize::MAX);
         let w = noop_waker();
         let mut cx = Context::from_waker(&w);
-        let mut out: [Bytes; 2] = Default::default();
-        assert!(c.poll_batch(&mut cx, &mut out).is_pending());
+        let mut out = Vec::new();
+        assert!(c.poll_batch(&mut cx, 2, |f| out.push(f)).is_pending());
         let shared = Bytes::from_static(b"broadcast");
         c.push(shared.clone());
         c.push(Bytes::from_static(b"b"));
         c.push(Bytes::from_static(b"c"));
-        assert_eq!(c.poll_batch(&mut cx, &mut out), Poll::Ready(2));
+        assert_eq!(c.poll_batch(&mut cx, 2, |f| out.push(f)), Poll::Ready(2));
         assert_eq!(
             out[0].as_ptr(),
             shared.as_ptr(),
             "the same bytes, not a copy"
         );
         // The socket took only the first: the second goes back in front of the third.
-        c.unsend(&mut out[1..]);
+        c.unsend(out.drain(1..));
+        out.clear();
         c.close(1000, "");
-        assert_eq!(c.poll_batch(&mut cx, &mut out), Poll::Ready(2));
+        assert_eq!(c.poll_batch(&mut cx, 2, |f| out.push(f)), Poll::Ready(2));
         assert_eq!(out, [Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
-        assert_eq!(c.poll_batch(&mut cx, &mut out), Poll::Ready(1));
-        assert_eq!(out[0], frame::close(1000, ""));
-        assert_eq!(c.poll_batch(&mut cx, &mut out), Poll::Ready(0));
+        out.clear();
+        assert_eq!(c.poll_batch(&mut cx, 2, |f| out.push(f)), Poll::Ready(1));
+        assert_eq!(out, [frame::close(1000, "")]);
+        assert_eq!(c.poll_batch(&mut cx, 2, |f| out.push(f)), Poll::Ready(0));
     }
 
     #[test]

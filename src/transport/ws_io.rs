@@ -20,6 +20,7 @@ use crate::transport::frame;
 use actix_codec::{AsyncRead, AsyncWrite, Decoder};
 use actix_http::ws::{CloseReason, Codec, Frame, Item, ProtocolError};
 use bytes::{Buf, Bytes, BytesMut};
+use smallvec::SmallVec;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -268,8 +269,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> WsIo for Owned<T> {
                 }
                 continue;
             }
-            let mut frames: [Bytes; MAX_IOV] = [const { Bytes::new() }; MAX_IOV];
-            let n = match conn.poll_batch(cx, &mut frames) {
+            // On the stack, and nothing is initialised or dropped beyond the frames taken:
+            // this runs on every wake of the connection.
+            let mut frames: SmallVec<[Bytes; MAX_IOV]> = SmallVec::new();
+            let n = match conn.poll_batch(cx, MAX_IOV, |f| frames.push(f)) {
                 Poll::Ready(0) => {
                     self.out = Output::ShuttingDown;
                     continue;
@@ -283,28 +286,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin> WsIo for Owned<T> {
                     return Poll::Pending;
                 }
             };
-            let slices: [IoSlice<'_>; MAX_IOV] = std::array::from_fn(|i| IoSlice::new(&frames[i]));
-            let written = Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]);
+            let written = if n == 1 {
+                Pin::new(&mut self.io).poll_write(cx, &frames[0])
+            } else {
+                let slices: SmallVec<[IoSlice<'_>; MAX_IOV]> =
+                    frames.iter().map(|f| IoSlice::new(f)).collect();
+                Pin::new(&mut self.io).poll_write_vectored(cx, &slices)
+            };
             let mut w = match written {
                 Poll::Pending => {
-                    conn.unsend(&mut frames[..n]);
+                    conn.unsend(frames.drain(..));
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) => return self.fail(conn, None),
                 Poll::Ready(Ok(w)) => w,
                 Poll::Ready(Err(e)) => return self.fail(conn, Some(e)),
             };
-            let mut i = 0;
-            while i < n && w >= frames[i].len() {
-                w -= frames[i].len();
-                i += 1;
-            }
-            if i < n {
-                if w > 0 {
-                    self.partial = std::mem::take(&mut frames[i]).split_off(w);
-                    i += 1;
+            // `drain`, not `into_iter`: the latter would move the whole inline array.
+            let mut rest = frames.drain(..);
+            while let Some(f) = rest.next() {
+                if w >= f.len() {
+                    w -= f.len();
+                } else if w > 0 {
+                    // Partly written: its rest goes first next time, whatever is queued then.
+                    self.partial = f.slice(w..);
+                    conn.unsend(rest);
+                    break;
+                } else {
+                    conn.unsend(std::iter::once(f).chain(rest));
+                    break;
                 }
-                conn.unsend(&mut frames[i..n]);
             }
         }
     }
@@ -356,9 +367,8 @@ pub(crate) async fn run<W: WsIo>(mut state: SocketState, mut io: W, endpoint: En
         .await;
         match event {
             Event::Mail(Some(m)) => {
-                if let Some(End::Close(code, why)) =
-                    writing(&mut io, &conn, Box::pin(state.handle_mail(m))).await
-                {
+                let mail = Box::pin(state.handle_mail(m));
+                if let Some(End::Close(code, why)) = writing(&mut io, &conn, mail).await {
                     break Exit::Close(code, why);
                 }
             }
