@@ -702,8 +702,10 @@ fn sockets_in_an_actix_web_app_of_ones_own_still_serve_websockets() {
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
             let endpoint = fawkes::Endpoint::new(Config::default());
-            let mounts =
-                fawkes::server::mounts(&endpoint, &[("/socket".into(), support::fixture::socket())]);
+            let mounts = fawkes::server::mounts(
+                &endpoint,
+                &[("/socket".into(), support::fixture::socket())],
+            );
             let server = actix_web::HttpServer::new(move || {
                 endpoint.pubsub().register_worker();
                 let mounts = mounts.clone();
