@@ -111,7 +111,7 @@ struct State {
 }
 
 /// Most bytes the writer takes in one go when several frames are queued.
-const WRITE_BATCH: usize = 64 * 1024;
+pub(crate) const WRITE_BATCH: usize = 64 * 1024;
 
 impl Connection {
     /// A connection whose queue and mailbox each hold at most `max_queue` items and
@@ -410,6 +410,59 @@ impl Connection {
         Poll::Pending
     }
 
+    /// Polled by the WebSocket writer that owns its socket: hands queued frames to `take` (at
+    /// most `max`, and at most [`WRITE_BATCH`] bytes unless one frame alone is larger) and says
+    /// how many, for one vectored write of the shared bytes as they are. With nothing queued:
+    /// the close frame, if one was asked for, then `0` (the output is over).
+    pub fn poll_batch(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        mut take: impl FnMut(Bytes),
+    ) -> Poll<usize> {
+        let mut s = self.lock();
+        let (mut n, mut bytes) = (0, 0);
+        while n < max {
+            match s.frames.front() {
+                Some(f) if n == 0 || bytes + f.len() <= WRITE_BATCH => {
+                    bytes += f.len();
+                    take(s.frames.pop_front().unwrap_or_default());
+                    n += 1;
+                }
+                _ => break,
+            }
+        }
+        if n > 0 {
+            s.queued_bytes -= bytes;
+            return Poll::Ready(n);
+        }
+        shrink_idle(&mut s.frames);
+        if let Some(c) = s.close.take() {
+            // Leave a zero-length marker so the next poll says the output is over.
+            s.close = Some(Bytes::new());
+            if !c.is_empty() {
+                take(c);
+                return Poll::Ready(1);
+            }
+            return Poll::Ready(0);
+        }
+        if s.closing {
+            return Poll::Ready(0);
+        }
+        set_waker(&mut s.writer, cx);
+        Poll::Pending
+    }
+
+    /// Puts back, in front and in order, whole frames taken by [`Connection::poll_batch`] that
+    /// the socket did not take. They were counted against the bounds already.
+    pub fn unsend(&self, frames: impl DoubleEndedIterator<Item = Bytes>) {
+        let mut s = self.lock();
+        for f in frames.rev() {
+            s.queued_bytes += f.len();
+            s.frames.push_front(f);
+        }
+    }
+
     /// Takes every queued frame at once (the LongPoll transport's read).
     pub fn drain(&self) -> Vec<Bytes> {
         let mut s = self.lock();
@@ -486,6 +539,35 @@ mod tests {
         c.push(Bytes::from_static(b"e"));
         assert_eq!(poll(&c), Poll::Ready(Some(Bytes::from_static(b"abcde"))));
         assert!(poll(&c).is_pending());
+    }
+
+    #[test]
+    fn batches_hand_over_shared_frames_and_take_back_what_was_not_written() {
+        let c = Connection::new(1, Serializer::V2, 8, usize::MAX);
+        let w = noop_waker();
+        let mut cx = Context::from_waker(&w);
+        let mut out = Vec::new();
+        assert!(c.poll_batch(&mut cx, 2, |f| out.push(f)).is_pending());
+        let shared = Bytes::from_static(b"broadcast");
+        c.push(shared.clone());
+        c.push(Bytes::from_static(b"b"));
+        c.push(Bytes::from_static(b"c"));
+        assert_eq!(c.poll_batch(&mut cx, 2, |f| out.push(f)), Poll::Ready(2));
+        assert_eq!(
+            out[0].as_ptr(),
+            shared.as_ptr(),
+            "the same bytes, not a copy"
+        );
+        // The socket took only the first: the second goes back in front of the third.
+        c.unsend(out.drain(1..));
+        out.clear();
+        c.close(1000, "");
+        assert_eq!(c.poll_batch(&mut cx, 2, |f| out.push(f)), Poll::Ready(2));
+        assert_eq!(out, [Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
+        out.clear();
+        assert_eq!(c.poll_batch(&mut cx, 2, |f| out.push(f)), Poll::Ready(1));
+        assert_eq!(out, [frame::close(1000, "")]);
+        assert_eq!(c.poll_batch(&mut cx, 2, |f| out.push(f)), Poll::Ready(0));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //! - [`protocol`]: messages and the V1 / V2 / binary serializers. Pure, no IO.
-//! - [`transport`]: WebSocket, and the connect steps shared by transports; `frame` builds whole
-//!   WebSocket frames.
+//! - [`transport`]: WebSocket and LongPoll, and the connect steps shared by transports; `frame`
+//!   builds whole WebSocket frames; `ws_io` serves a WebSocket on the socket it owns after the
+//!   upgrade (reads, vectored writes, the connection's loop).
 //! - [`connection`]: a client's bounded outbound queue and mailbox, shared with publishers.
 //! - [`socket`]: one client's joined channels and the protocol's join/leave/reply rules.
 //! - [`channel`]: the app-facing [`Channel`] trait, its context and the topic [`Router`].
@@ -15,7 +16,8 @@
 //! - [`endpoint`]: config, PubSub, Presence and live connections of one server; socket definitions.
 //! - [`config`]: limits and their defaults.
 //! - [`metrics`]: process-wide counters (atomics the engine bumps) and `/metrics` for Prometheus.
-//! - [`server`]: actix-web wiring, descriptor limit, graceful shutdown.
+//! - [`server`]: actix-http's HTTP/1 service (the actix-web app, WebSocket upgrades taken with
+//!   their socket), TLS, descriptor limit, graceful shutdown.
 //! - [`store`]: Diesel over SQLite or PostgreSQL, pool, embedded migrations.
 //! - [`auth`]: Phoenix.Token and JWT verification (whom a token minted elsewhere names).
 //! - [`history`]: recorded topics: per-topic event streams in the database, replayed to a

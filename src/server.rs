@@ -1,13 +1,31 @@
-//! HTTP wiring: mounts sockets on an actix-web server (plain, or TLS through rustls for
-//! `wss://` and `https://`), raises the descriptor limit, and shuts down gracefully on
-//! SIGTERM/SIGINT (sockets closed with 1001 so clients reconnect elsewhere).
+//! HTTP wiring: mounts sockets on an HTTP/1 server (plain, or TLS through rustls for `wss://`
+//! and `https://`), raises the descriptor limit, and shuts down gracefully on SIGTERM/SIGINT
+//! (sockets closed with 1001 so clients reconnect elsewhere).
+//!
+//! The server is actix-http's HTTP/1 service with an actix-web `App` as its service (REST,
+//! LongPoll, and what is not a WebSocket upgrade) and an upgrade handler that takes each
+//! WebSocket's socket from the dispatcher ([`websocket::upgrade`]), so that an idle WebSocket
+//! does not keep the dispatcher's two 8 KiB buffers. It is set up as actix-web's `HttpServer`
+//! sets up its own (same timeouts, backlog, TCP_NODELAY, TLS acceptor).
 
 use crate::endpoint::{Endpoint, Socket};
 use crate::transport::{longpoll, websocket, Mount};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_http::HttpService;
+use actix_service::{
+    fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt,
+};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App, HttpResponse};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// actix-web's `HttpServer` defaults, kept.
+const BACKLOG: i32 = 1024;
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Routes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
@@ -141,47 +159,129 @@ impl Server {
             workers,
             tls,
         } = self;
-        let mounts = self::mounts(&endpoint, &mounts);
-        let ep = endpoint.clone();
-        let mut http = HttpServer::new(move || {
-            // Runs on each worker thread as it starts: give it its broadcast inbox.
-            ep.pubsub().register_worker();
-            let (mounts, routes) = (mounts.clone(), routes.clone());
-            App::new()
-                .wrap(actix_web::middleware::from_fn(
-                    crate::metrics::exposition::observe_http,
-                ))
-                .configure(move |cfg| {
-                    configure_sockets(cfg, &mounts);
-                    for r in &routes {
-                        r(cfg);
-                    }
-                })
-        })
-        // Frames are small and latency matters; queued frames are already written together.
-        .tcp_nodelay(true)
-        .disable_signals()
-        .shutdown_timeout(endpoint.config().shutdown_timeout.as_secs().max(1));
+        let mounts = Arc::new(self::mounts(&endpoint, &mounts));
+        let mut builder = actix_server::Server::build()
+            .backlog(BACKLOG as u32)
+            .disable_signals()
+            .shutdown_timeout(endpoint.config().shutdown_timeout.as_secs().max(1));
         if let Some(n) = workers {
-            http = http.workers(n);
+            builder = builder.workers(n);
         }
-        let http = match tls {
-            Some(config) => http.bind_rustls_0_23(addr, config)?,
-            None => http.bind(addr)?,
-        };
-        let addrs = http.addrs();
+        let shutdown = builder.graceful_shutdown_signal();
+        let mut addrs = Vec::new();
+        for addr in addr.to_socket_addrs()? {
+            let listener = listen(addr)?;
+            let local = listener.local_addr()?;
+            addrs.push(local);
+            let (ep, mounts, routes, shutdown) = (
+                endpoint.clone(),
+                mounts.clone(),
+                routes.clone(),
+                shutdown.clone(),
+            );
+            // The same service for plain TCP and TLS; only the socket type differs.
+            macro_rules! http_service {
+                () => {{
+                    // Runs on each worker thread as it starts: give it its broadcast inbox.
+                    ep.pubsub().register_worker();
+                    let app = {
+                        let (mounts, routes) = (mounts.clone(), routes.clone());
+                        move || app(&mounts, &routes)
+                    };
+                    let ws_mounts = Rc::new((*mounts).clone());
+                    let make_app = app.clone();
+                    // Upgrade requests for other paths still reach the app: one instance of
+                    // it per worker for them.
+                    let upgrade = fn_factory(move || {
+                        let mounts = ws_mounts.clone();
+                        let app = make_app().into_factory().new_service(AppConfig::default());
+                        async move {
+                            let app = Rc::new(app.await.map_err(|_| "the app failed to start")?);
+                            Ok::<_, &'static str>(fn_service(move |(req, framed)| {
+                                websocket::upgrade(mounts.clone(), app.clone(), req, framed)
+                            }))
+                        }
+                    });
+                    let shutdown = shutdown.clone();
+                    HttpService::build()
+                        .graceful_shutdown_signal(move || {
+                            let signal = shutdown.clone();
+                            async move { signal.notified().await }
+                        })
+                        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                        .h1_allow_half_closed(true)
+                        .local_addr(local)
+                        // Frames are small and latency matters; queued frames are already
+                        // written together.
+                        .tcp_nodelay(true)
+                        .upgrade(upgrade)
+                        .finish(map_config(
+                            app()
+                                .into_factory()
+                                .map_err(|e: actix_web::Error| e.error_response()),
+                            |_| AppConfig::default(),
+                        ))
+                }};
+            }
+            builder = match &tls {
+                Some(config) => {
+                    let config = config.clone();
+                    builder.listen("fawkes-tls", listener, move || {
+                        http_service!().rustls_0_23(config.clone())
+                    })?
+                }
+                None => builder.listen("fawkes", listener, move || http_service!().tcp())?,
+            };
+        }
         Ok(Running {
             addrs,
-            server: http.run(),
+            server: builder.run(),
             endpoint,
         })
     }
 }
 
+/// The actix-web app of one worker: the socket mounts and the app's own routes.
+fn app(
+    mounts: &[(String, web::Data<Mount>)],
+    routes: &[Routes],
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let (mounts, routes) = (mounts.to_vec(), routes.to_vec());
+    App::new()
+        .wrap(actix_web::middleware::from_fn(
+            crate::metrics::exposition::observe_http,
+        ))
+        .configure(move |cfg| {
+            configure_sockets(cfg, &mounts);
+            for r in &routes {
+                r(cfg);
+            }
+        })
+}
+
+/// A listening socket as actix-web's `HttpServer` makes it (address reuse, its backlog).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// A bound server.
 pub struct Running {
     addrs: Vec<SocketAddr>,
-    server: actix_web::dev::Server,
+    server: actix_server::Server,
     endpoint: Endpoint,
 }
 
@@ -216,7 +316,7 @@ impl Running {
 /// Stops a running server.
 #[derive(Clone)]
 pub struct StopHandle {
-    server: actix_web::dev::ServerHandle,
+    server: actix_server::ServerHandle,
     endpoint: Endpoint,
 }
 

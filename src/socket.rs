@@ -149,13 +149,16 @@ impl SocketState {
     }
 
     /// Handles one message from the client.
+    ///
+    /// Joins, leaves and stops are boxed: the transport boxes this future once per message,
+    /// and the common case (a push) then needs a small allocation, not one sized for a join.
     pub async fn handle(&mut self, msg: Message) {
         match (msg.topic.as_str(), msg.event.as_str()) {
             ("phoenix", "heartbeat") => {
                 self.reply(&Value::Null, &msg.ref_, "phoenix", "ok", &empty())
             }
-            (_, "phx_join") => self.join(msg).await,
-            (_, "phx_leave") => self.leave(msg).await,
+            (_, "phx_join") => Box::pin(self.join(msg)).await,
+            (_, "phx_leave") => Box::pin(self.leave(msg)).await,
             _ => self.event(msg).await,
         }
     }
@@ -349,7 +352,7 @@ impl SocketState {
             }
         };
         if let Some(why) = stop {
-            self.stop(&msg.topic, why).await;
+            Box::pin(self.stop(&msg.topic, why)).await;
         }
     }
 
@@ -394,7 +397,7 @@ impl SocketState {
             }
             Mail::Stop { channel } => {
                 if let Some(topic) = self.topic_of(channel) {
-                    self.stop(&topic, StopReason::Normal).await;
+                    Box::pin(self.stop(&topic, StopReason::Normal)).await;
                 }
             }
             Mail::Info { channel, info } => {
@@ -438,8 +441,8 @@ impl SocketState {
     async fn after(&mut self, topic: &str, r: Result<Flow, String>) {
         match r {
             Ok(Flow::Continue) => {}
-            Ok(Flow::Stop(why)) => self.stop(topic, why).await,
-            Err(why) => self.stop(topic, StopReason::Crash(why)).await,
+            Ok(Flow::Stop(why)) => Box::pin(self.stop(topic, why)).await,
+            Err(why) => Box::pin(self.stop(topic, StopReason::Crash(why))).await,
         }
     }
 

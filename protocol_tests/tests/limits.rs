@@ -692,3 +692,40 @@ fn topics_are_bounded_in_bytes() {
         heartbeat_works(&mut c).await;
     });
 }
+
+/// An actix-web `App` of one's own with `configure_sockets` (no [`fawkes::Server`], so no
+/// upgrade handler): WebSockets go through actix-web's payload and response body, and still
+/// work, close codes included.
+#[test]
+fn sockets_in_an_actix_web_app_of_ones_own_still_serve_websockets() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let endpoint = fawkes::Endpoint::new(Config::default());
+            let mounts = fawkes::server::mounts(
+                &endpoint,
+                &[("/socket".into(), support::fixture::socket())],
+            );
+            let server = actix_web::HttpServer::new(move || {
+                endpoint.pubsub().register_worker();
+                let mounts = mounts.clone();
+                actix_web::App::new()
+                    .configure(move |cfg| fawkes::server::configure_sockets(cfg, &mounts))
+            })
+            .workers(1)
+            .bind("127.0.0.1:0")
+            .expect("bind");
+            tx.send(server.addrs()[0]).unwrap();
+            server.run().await.expect("server");
+        })
+    });
+    let addr = rx.recv().expect("server started");
+    let url = format!("ws://{addr}/socket");
+    rt().block_on(async {
+        let mut c = Client::connect("own", &url, V2).await.unwrap();
+        heartbeat_works(&mut c).await;
+        join(&mut c, "1", "community:feed", "{}").await;
+        c.send("not json").await.unwrap();
+        c.expect_close(1011).await.unwrap();
+    });
+}

@@ -301,8 +301,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: MetricsConfig) {
 /// app registered, or `unmatched`), method and status.
 pub async fn observe_http(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse, actix_web::Error> {
     let start = Instant::now();
     // Fixed labels only: a client may send any method name.
     let method: &'static str = match req.method().as_str() {
@@ -327,5 +327,5 @@ pub async fn observe_http(
     HTTP_REQUESTS
         .with_label_values(&[route.as_str(), method, status.as_str()])
         .observe(start.elapsed().as_secs_f64());
-    res
+    res.map(ServiceResponse::map_into_boxed_body)
 }

@@ -171,7 +171,7 @@ fn respond(body: Value) -> HttpResponse {
 
 /// Every request is origin-checked, not only the one that opens a session.
 fn origin_refused(req: &HttpRequest, mount: &Mount) -> Option<HttpResponse> {
-    let e = super::check_origin(mount, req).err()?;
+    let e = super::check_origin(mount, req.head()).err()?;
     e.log("longpoll", req.peer_addr());
     Some(respond(json!({"status": 403})))
 }
@@ -248,7 +248,7 @@ async fn open(req: &HttpRequest, mount: &Mount) -> HttpResponse {
         .get("x-phoenix-authtoken")
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned);
-    let (serializer, connected) = match connect(mount, req, auth).await {
+    let (serializer, connected) = match connect(mount, req.head(), auth).await {
         Ok(ok) => ok,
         Err(e) => {
             e.log("longpoll", req.peer_addr());

@@ -4,11 +4,12 @@
 pub mod frame;
 pub mod longpoll;
 pub mod websocket;
+pub(crate) mod ws_io;
 
 use crate::config::CheckOrigin;
 use crate::endpoint::{ConnectInfo, Connected, Endpoint, Params, Socket};
 use crate::protocol::Serializer;
-use actix_web::HttpRequest;
+use actix_http::RequestHead;
 
 /// A socket definition mounted at a path on an endpoint.
 #[derive(Clone)]
@@ -56,7 +57,7 @@ impl std::fmt::Display for ConnectError {
 }
 
 /// Refuses a request whose `Origin` is not allowed (a request without one is not a browser's).
-pub(crate) fn check_origin(mount: &Mount, req: &HttpRequest) -> Result<(), ConnectError> {
+pub(crate) fn check_origin(mount: &Mount, req: &RequestHead) -> Result<(), ConnectError> {
     let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
     if let (CheckOrigin::Allow(allowed), Some(o)) = (&mount.endpoint.config().check_origin, origin)
     {
@@ -68,9 +69,10 @@ pub(crate) fn check_origin(mount: &Mount, req: &HttpRequest) -> Result<(), Conne
 }
 
 /// Runs the connect steps for a request. `auth_token` comes from the transport's own carrier.
+/// It takes the request's head, which both actix-web and the WebSocket upgrade path have.
 pub(crate) async fn connect(
     mount: &Mount,
-    req: &HttpRequest,
+    req: &RequestHead,
     auth_token: Option<String>,
 ) -> Result<(Serializer, Connected), ConnectError> {
     let header = |name: &str| {
@@ -81,14 +83,14 @@ pub(crate) async fn connect(
     };
     let origin = header("origin");
     check_origin(mount, req)?;
-    let params = Params::parse(req.query_string());
+    let params = Params::parse(req.uri.query().unwrap_or_default());
     let vsn = params.get("vsn");
     let serializer = Serializer::from_vsn(vsn)
         .ok_or_else(|| ConnectError::Vsn(vsn.unwrap_or_default().to_owned()))?;
     let info = ConnectInfo {
         params,
         auth_token,
-        peer_addr: req.peer_addr(),
+        peer_addr: req.peer_addr,
         origin,
         user_agent: header("user-agent"),
     };

@@ -1,79 +1,206 @@
 //! The WebSocket transport: `<mount>/websocket`.
 //!
-//! Reading uses actix-ws's frame decoder. Writing bypasses actix-ws's session: the response body
-//! is the connection's own queue of complete frames, so a broadcast's shared bytes reach the
-//! socket without being re-framed per subscriber, and several queued frames go out in one write.
+//! A server built by [`crate::Server`] takes each upgrade request from actix-http's HTTP/1
+//! dispatcher together with its socket ([`upgrade`]): after the handshake the connection's one
+//! task owns the socket and holds no buffer while idle (see [`super::ws_io`]). REST and LongPoll
+//! stay on actix-web, on the same listener.
+//!
+//! [`handle`] is the same endpoint as an actix-web route: it answers what is not an upgrade
+//! (403 or 400, as Phoenix does) and still serves WebSockets for an actix-web `App` of one's own
+//! (see [`crate::server::configure_sockets`]), reading through actix-web's payload and writing
+//! through its response body (with actix-http's buffers, about 16 kB per connection).
 
+use super::ws_io::{self, Reader, WsIo};
 use super::{connect, Mount};
-use crate::connection::{close_code, Connection};
-use crate::endpoint::Endpoint;
-use crate::metrics::{Transport, ENGINE};
-use crate::protocol::FrameKind;
-use crate::socket::{End, SocketState};
-use crate::transport::frame;
-use actix_http::ws::{CloseReason, ProtocolError};
-use actix_web::body::{BodyStream, MessageBody};
-use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use crate::connection::Connection;
+use crate::endpoint::Connected;
+use crate::metrics::Transport;
+use crate::protocol::Serializer;
+use crate::socket::SocketState;
+use actix_codec::{AsyncRead, AsyncWrite, Framed};
+use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use actix_http::ws::ProtocolError;
+use actix_http::{h1, Method, Request, RequestHead, Response, StatusCode};
+use actix_service::Service;
+use actix_web::body::BodyStream;
+use actix_web::dev::ServiceResponse;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::AggregatedMessage;
 use base64::Engine;
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{SinkExt, Stream};
+use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 /// The prefix phoenix.js puts before the base64 token in `Sec-WebSocket-Protocol`.
 const AUTH_PREFIX: &str = "base64url.bearer.phx.";
 
-/// `GET <mount>/websocket`.
-pub async fn handle(req: HttpRequest, body: web::Payload, mount: web::Data<Mount>) -> HttpResponse {
-    let (auth_token, offers_phoenix) = subprotocols(&req);
-    let (serializer, connected) = match connect(&mount, &req, auth_token).await {
+/// A handshake that succeeded: the 101 response and the connected socket's serializer.
+struct Accepted {
+    response: Response<()>,
+    serializer: Serializer,
+    connected: Connected,
+}
+
+/// The connect steps, then the handshake's own checks (after connect, as Phoenix does).
+/// `Err`: the response that refuses the request.
+async fn accept(mount: &Mount, head: &RequestHead) -> Result<Accepted, Response<BoxBody>> {
+    let (auth_token, offers_phoenix) = subprotocols(head);
+    let (serializer, connected) = match connect(mount, head, auth_token).await {
         Ok(ok) => ok,
         Err(e) => {
-            e.log("websocket", req.peer_addr());
-            return match e.status() {
-                403 => HttpResponse::Forbidden().finish(),
-                _ => HttpResponse::InternalServerError().finish(),
-            };
+            e.log("websocket", head.peer_addr);
+            return Err(Response::new(match e.status() {
+                403 => StatusCode::FORBIDDEN,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            }));
         }
     };
-    // Validity of the upgrade itself is checked after connect, as Phoenix does.
-    let (res, _session, stream) = match actix_ws::handle(&req, body) {
-        Ok(parts) => parts,
-        Err(e) => return HttpResponse::from_error(e),
+    let mut response = match actix_http::ws::handshake(head) {
+        Ok(mut builder) => builder.finish().drop_body(),
+        Err(e) => return Err(Response::from(&e)),
     };
-    let endpoint = mount.endpoint.clone();
-    let conn = endpoint.register(serializer);
-    let v2 = serializer == crate::protocol::Serializer::V2;
-    ENGINE.opened(Transport::WebSocket, v2);
-    let mut res = res.map_body(|_, _| BodyStream::new(Writer(conn.clone())).boxed());
     if offers_phoenix {
-        res.headers_mut()
+        response
+            .headers_mut()
             .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("phoenix"));
     }
-    let limits = &endpoint.config().limits;
-    let stream = stream
-        .max_frame_size(limits.max_frame_size)
-        .aggregate_continuations()
-        .max_continuation_size(limits.max_frame_size);
-    conn.describe(Transport::WebSocket, connected.id.clone());
-    let state = SocketState::new(endpoint.clone(), mount.socket.clone(), conn, connected);
-    actix_rt::spawn(async move {
-        run(state, stream, endpoint).await;
-        ENGINE.closed(Transport::WebSocket, v2);
-    });
+    Ok(Accepted {
+        response,
+        serializer,
+        connected,
+    })
+}
+
+/// The socket mounted at this request's path, if any serves WebSockets.
+fn mount_for<'a>(mounts: &'a [(String, web::Data<Mount>)], path: &str) -> Option<&'a Mount> {
+    mounts
+        .iter()
+        .find(|(base, m)| {
+            m.socket.websocket && path.strip_prefix(base.as_str()) == Some("/websocket")
+        })
+        .map(|(_, m)| &***m)
+}
+
+/// Serves a request that asks for `Upgrade: websocket`, handed over by actix-http's HTTP/1
+/// dispatcher with its socket. A request for another path goes to the actix-web `app` as any
+/// other would (its response ends the connection: the socket is ours now).
+pub(crate) async fn upgrade<T, S, B>(
+    mounts: Rc<Vec<(String, web::Data<Mount>)>>,
+    app: Rc<S>,
+    req: Request,
+    framed: Framed<T, h1::Codec>,
+) -> Result<(), actix_web::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody + 'static,
+{
+    let Some(mount) = mount_for(&mounts, req.path()) else {
+        let res: Response<BoxBody> = match app.call(req).await {
+            Ok(res) => Response::from(res).map_into_boxed_body(),
+            Err(e) => Response::from(e),
+        };
+        return respond(framed, res).await;
+    };
+    if req.method() != Method::GET {
+        // Phoenix answers any other method with 400 and an empty body.
+        return respond(framed, Response::new(StatusCode::BAD_REQUEST)).await;
+    }
+    let accepted = match accept(mount, req.head()).await {
+        Ok(a) => a,
+        Err(res) => return respond(framed, res).await,
+    };
+    // The request's header values are slices of the dispatcher's 8 KiB read buffer: holding
+    // the request would hold that buffer for the connection's life.
+    drop(req);
+    let mut framed = framed;
+    framed
+        .send((accepted.response, BodySize::None).into())
+        .await?;
+    // Keep the socket and whatever the client sent after its request; drop actix-http's
+    // buffers.
+    let parts = framed.into_parts();
+    let endpoint = mount.endpoint.clone();
+    let reader = Reader::new(endpoint.config().limits.max_frame_size, &parts.read_buf);
+    let io = ws_io::Owned::new(parts.io, reader);
+    drop(parts.read_buf);
+    drop(parts.write_buf);
+    let conn = endpoint.register(accepted.serializer);
+    conn.describe(Transport::WebSocket, accepted.connected.id.clone());
+    let state = SocketState::new(
+        endpoint.clone(),
+        mount.socket.clone(),
+        conn,
+        accepted.connected,
+    );
+    // The connection gets a task of its own, sized for the connection loop alone: this
+    // handshake's future, and the HTTP dispatcher's task holding it, end here.
+    actix_rt::spawn(ws_io::run(state, io, endpoint));
+    Ok(())
+}
+
+/// Writes a whole response on a socket taken from the HTTP dispatcher; the connection then ends.
+async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
+    mut framed: Framed<T, h1::Codec>,
+    res: Response<BoxBody>,
+) -> Result<(), actix_web::Error> {
+    let (mut head, body) = res.into_parts();
+    head.head_mut()
+        .set_connection_type(actix_http::ConnectionType::Close);
+    // Whole: such responses are short (a status, an error, a page at most).
+    let body = actix_http::body::to_bytes(body)
+        .await
+        .map_err(|e| actix_web::error::ErrorInternalServerError(e.to_string()))?;
+    let size = BodySize::Sized(body.len() as u64);
+    framed.send(h1::Message::Item((head, size))).await?;
+    if !body.is_empty() {
+        framed.send(h1::Message::Chunk(Some(body))).await?;
+    }
+    framed.send(h1::Message::Chunk(None)).await?;
+    Ok(())
+}
+
+/// `GET <mount>/websocket` through actix-web: a request that is no upgrade gets its 403 or
+/// 400; an upgrade (in an actix-web `App` of one's own) is served through actix-web's payload
+/// and response body.
+pub async fn handle(req: HttpRequest, body: web::Payload, mount: web::Data<Mount>) -> HttpResponse {
+    let accepted = match accept(&mount, req.head()).await {
+        Ok(a) => a,
+        Err(res) => return HttpResponse::from(res),
+    };
+    let endpoint = mount.endpoint.clone();
+    let conn = endpoint.register(accepted.serializer);
+    conn.describe(Transport::WebSocket, accepted.connected.id.clone());
+    let res = HttpResponse::from(accepted.response)
+        .set_body(BodyStream::new(Writer(conn.clone())).boxed());
+    let state = SocketState::new(
+        endpoint.clone(),
+        mount.socket.clone(),
+        conn,
+        accepted.connected,
+    );
+    let reader = Reader::new(endpoint.config().limits.max_frame_size, &[]);
+    actix_rt::spawn(ws_io::run(
+        state,
+        Payload {
+            body: body.into_inner(),
+            reader,
+        },
+        endpoint,
+    ));
     res
 }
 
 /// The decoded auth token, if offered, and whether the client offered the `phoenix` subprotocol.
-fn subprotocols(req: &HttpRequest) -> (Option<String>, bool) {
+fn subprotocols(req: &RequestHead) -> (Option<String>, bool) {
     let mut token = None;
     let mut phoenix = false;
     for offer in req
-        .headers()
+        .headers
         .get_all(SEC_WEBSOCKET_PROTOCOL)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -110,101 +237,35 @@ impl Stream for Writer {
     }
 }
 
-enum Exit {
-    /// Close with a code and reason.
-    Close(u16, String),
-    /// The client closed (`Some`: it sent a close frame, answered with its code) or vanished.
-    Gone(Option<Option<CloseReason>>),
+/// A WebSocket read through actix-web's request payload (its frames go out as the body).
+struct Payload {
+    body: actix_http::Payload,
+    reader: Reader,
 }
 
-async fn run(
-    mut state: SocketState,
-    mut stream: actix_ws::AggregatedMessageStream,
-    endpoint: Endpoint,
-) {
-    let conn = state.conn().clone();
-    let limits = endpoint.config().limits.clone();
-    let mut rate = super::RateLimit::new(limits.max_messages_per_second);
-    let mut last_seen = Instant::now();
-    let idle = tokio::time::sleep(limits.idle_timeout);
-    tokio::pin!(idle);
+impl WsIo for Payload {
+    const WRITES: bool = false;
 
-    let exit = loop {
-        tokio::select! {
-            // Mail first: what a channel sent itself while handling a frame comes before the
-            // next frame, as in Phoenix.
-            biased;
-            mail = conn.next_mail() => match mail {
-                Some(m) => {
-                    if let Some(End::Close(code, why)) = state.handle_mail(m).await {
-                        break Exit::Close(code, why);
-                    }
-                }
-                // Overflowed: the connection is already closing.
-                None => break Exit::Gone(None),
-            },
-            msg = stream.recv() => {
-                last_seen = Instant::now();
-                let (kind, data) = match msg {
-                    None => break Exit::Gone(None),
-                    Some(Err(e)) => break protocol_error(conn.id, e),
-                    Some(Ok(AggregatedMessage::Text(t))) => (FrameKind::Text, t.into_bytes()),
-                    Some(Ok(AggregatedMessage::Binary(b))) => (FrameKind::Binary, b),
-                    Some(Ok(AggregatedMessage::Ping(p))) => {
-                        conn.push(frame::pong(&p));
-                        continue;
-                    }
-                    Some(Ok(AggregatedMessage::Pong(_))) => continue,
-                    Some(Ok(AggregatedMessage::Close(r))) => break Exit::Gone(Some(r)),
-                };
-                ENGINE.frame_in(data.len());
-                match conn.serializer.decode(kind, &data) {
-                    Ok(msg) => state.handle(msg).await,
-                    Err(e) => {
-                        // The reason goes to the log only: Phoenix closes with an empty one.
-                        log::warn!("connection {}: {e}; closing", conn.id);
-                        break Exit::Close(close_code::BAD_FRAME, String::new());
-                    }
-                }
-                if let Some(wait) = rate.take() {
-                    log::debug!("connection {}: over {} msg/s, slowing reads", conn.id, limits.max_messages_per_second);
-                    tokio::time::sleep(wait).await;
-                }
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<ws_io::Incoming, ProtocolError>>> {
+        loop {
+            if let Some(msg) = self.reader.next() {
+                return Poll::Ready(Some(msg));
             }
-            _ = &mut idle => {
-                let deadline = last_seen + limits.idle_timeout;
-                if Instant::now() >= deadline {
-                    log::info!("connection {}: nothing received for {:?}; closing", conn.id, limits.idle_timeout);
-                    break Exit::Close(close_code::IDLE, String::new());
+            match futures_util::ready!(Pin::new(&mut self.body).poll_next(cx)) {
+                Some(Ok(bytes)) => self.reader.extend(&bytes),
+                Some(Err(e)) => {
+                    return Poll::Ready(Some(Err(ProtocolError::Io(io::Error::other(e)))))
                 }
-                idle.as_mut().reset(deadline.into());
+                None => return Poll::Ready(None),
             }
         }
-    };
-
-    state.terminate().await;
-    match exit {
-        Exit::Close(code, why) => conn.close(code, &why),
-        Exit::Gone(Some(r)) => conn.close(r.map_or(1000, |r| r.code.into()), ""),
-        Exit::Gone(None) => conn.abandon(),
     }
-    endpoint.unregister(conn.id);
-}
 
-fn protocol_error(id: u64, e: ProtocolError) -> Exit {
-    match e {
-        ProtocolError::Overflow => {
-            log::warn!("connection {id}: frame over the size limit; closing");
-            Exit::Close(close_code::TOO_BIG, String::new())
-        }
-        ProtocolError::Io(e) => {
-            log::debug!("connection {id}: {e}");
-            Exit::Gone(None)
-        }
-        e => {
-            log::warn!("connection {id}: websocket protocol error: {e}; closing");
-            Exit::Close(close_code::PROTOCOL, String::new())
-        }
+    fn poll_send(&mut self, _: &mut Context<'_>, _: &Connection) -> Poll<()> {
+        Poll::Pending
     }
 }
 
