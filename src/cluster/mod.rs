@@ -20,7 +20,7 @@ pub mod tracker;
 pub use order::Backfill;
 
 use crate::endpoint::Endpoint;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,12 +144,6 @@ pub struct Stats {
     /// Presence replication messages sent and received.
     pub presence_sent: AtomicU64,
     pub presence_received: AtomicU64,
-}
-
-impl Stats {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
 }
 
 /// A running cluster link.
