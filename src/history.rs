@@ -191,9 +191,20 @@ pub fn events_after(
     topic: &str,
     since: i64,
 ) -> Result<Vec<(i64, String, Value)>, StoreError> {
+    events_between(c, topic, since, i64::MAX)
+}
+
+/// A topic's stored events after `since` up to `upto` included, in order.
+pub fn events_between(
+    c: &mut DbConnection,
+    topic: &str,
+    since: i64,
+    upto: i64,
+) -> Result<Vec<(i64, String, Value)>, StoreError> {
     Ok(topic_events::table
         .filter(topic_events::topic.eq(topic))
         .filter(topic_events::seq.gt(since))
+        .filter(topic_events::seq.le(upto))
         .order(topic_events::seq)
         .select((
             topic_events::seq,
@@ -220,12 +231,10 @@ impl crate::cluster::Backfill for ChangeLog {
     {
         let (store, topic) = (self.0.clone(), topic.to_owned());
         Box::pin(async move {
-            let mut events = store
-                .read(move |c| events_after(c, &topic, after))
+            store
+                .read(move |c| events_between(c, &topic, after, upto))
                 .await
-                .map_err(|e| e.to_string())?;
-            events.retain(|(s, _, _)| *s <= upto);
-            Ok(events)
+                .map_err(|e| e.to_string())
         })
     }
 }

@@ -71,12 +71,11 @@ pub(super) fn start(
             stats: stats.clone(),
             not_json_logged: HashSet::new(),
             presence_in,
-            phx: phx.clone(),
+            phx,
             config: config.clone(),
         },
         config,
         stats,
-        phx,
     };
     actix_rt::spawn(link.run(rx));
 }
@@ -85,7 +84,6 @@ struct Link {
     inbound: Arrivals,
     config: Arc<ClusterConfig>,
     stats: Arc<Stats>,
-    phx: Arc<str>,
 }
 
 impl Link {
@@ -153,7 +151,7 @@ impl Link {
     ) -> Result<(redis::aio::PubSub, redis::aio::MultiplexedConnection), String> {
         let setup = async {
             let mut sub = client.get_async_pubsub().await?;
-            sub.subscribe(&*self.phx).await?;
+            sub.subscribe(&*self.inbound.phx).await?;
             sub.subscribe(&**presence).await?;
             let publisher = client.get_multiplexed_async_connection().await?;
             Ok::<_, redis::RedisError>((sub, publisher))

@@ -6,7 +6,7 @@
 //! `Phoenix.Channel.Server`; anything else (Phoenix.Tracker traffic, other versions) is not a
 //! channel broadcast and is left alone.
 
-use super::term::{self, Bounds, DecodeError, Encoder, Term};
+use super::term::{self, Bounds, Encoder, Term};
 use crate::protocol::Payload;
 use bytes::Bytes;
 
@@ -68,14 +68,10 @@ pub enum Inbound {
 
 /// Reads one message as node `me` would.
 pub fn decode(bytes: &[u8], me: &str, bounds: Bounds) -> Inbound {
-    match decode_term(bytes, bounds) {
+    match term::decode(bytes, bounds) {
         Ok(t) => classify(&t, me),
         Err(e) => Inbound::Ignored(e.to_string()),
     }
-}
-
-fn decode_term(bytes: &[u8], bounds: Bounds) -> Result<Term, DecodeError> {
-    term::decode(bytes, bounds)
 }
 
 fn classify(t: &Term, me: &str) -> Inbound {

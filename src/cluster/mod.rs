@@ -95,6 +95,10 @@ pub struct ClusterArgs {
     /// Largest message read from Redis, in bytes (larger: ignored and counted).
     #[arg(long, env = "FAWKES_CLUSTER_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub cluster_max_message_bytes: usize,
+    /// Messages waiting to be published to Redis; past it (Redis slow or away) they are dropped
+    /// and counted.
+    #[arg(long, env = "FAWKES_CLUSTER_PUBLISH_QUEUE", default_value_t = 65_536)]
+    pub cluster_publish_queue: usize,
 }
 
 impl ClusterArgs {
@@ -117,6 +121,7 @@ impl ClusterArgs {
         c.pubsub_name = self.pubsub_name.clone();
         c.presence_down_after = Duration::from_secs(self.presence_down_after.max(1));
         c.max_message_bytes = self.cluster_max_message_bytes.max(1024);
+        c.publish_queue = self.cluster_publish_queue.max(1);
         Ok(Some(c))
     }
 }
