@@ -228,6 +228,15 @@ enum UsersCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Give an existing user the id their own app knows them by (Phoenix.Token data, JWT `sub`).
+    SetExternalId {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        external_id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -240,7 +249,8 @@ enum TokensCommand {
         db: DbArgs,
     },
     /// Mint a Phoenix.Token for a user, as the Phoenix app would; prints it alone on the last
-    /// line. It names the user's external id (as an integer when it is one), else their id.
+    /// line. It names the user's external id (as an integer when it is one); a user without
+    /// one is refused.
     Phoenix {
         #[arg(long)]
         user: String,
@@ -472,6 +482,16 @@ fn main() -> ExitCode {
             println!("{token}");
             Ok(())
         }),
+        Command::Users(UsersCommand::SetExternalId {
+            name,
+            external_id,
+            db,
+        }) => open(&db).and_then(|store| {
+            let mut c = store.conn().map_err(|e| e.to_string())?;
+            accounts::set_external_id(&mut c, &name, &external_id).map_err(|e| e.to_string())?;
+            println!("{name} now has the external id {external_id}");
+            Ok(())
+        }),
         Command::Tokens(TokensCommand::Create { user, db }) => open(&db).and_then(|store| {
             let mut c = store.conn().map_err(|e| e.to_string())?;
             let token = accounts::create_token(&mut c, &user).map_err(|e| e.to_string())?;
@@ -521,11 +541,18 @@ fn mint_phoenix_token(
     let user = accounts::user_by_name(&mut c, name)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no user named {name}"))?;
-    let ext = accounts::external_id(&mut c, user.id).map_err(|e| e.to_string())?;
-    let data = match ext {
-        Some(e) => e.parse().map(Subject::Int).unwrap_or(Subject::Str(e)),
-        None => Subject::Int(user.id),
-    };
+    // Tokens name users by external id only (see accounts::user_by_subject).
+    let ext = accounts::external_id(&mut c, user.id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "{} has no external id: a Phoenix.Token names a user by external id only \
+                 (give them one with `users create --external-id`, or sign in with an API token \
+                 from `tokens create`)",
+                user.name
+            )
+        })?;
+    let data = ext.parse().map(Subject::Int).unwrap_or(Subject::Str(ext));
     let token = tokens.sign(&data, fawkes::store::now_ms(), max_age);
     println!(
         "a Phoenix.Token for {} (data {data}, valid {max_age} s)",

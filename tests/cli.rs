@@ -14,10 +14,12 @@ fn fawkes(dir: &Path, args: &[&str]) -> (bool, String) {
         .env_remove("DATABASE_URL")
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        // A failure's reason is on stderr.
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.success(), text)
 }
 
 fn last_line(s: &str) -> String {
@@ -190,6 +192,57 @@ fn an_existing_phoenix_apps_users_sign_in_with_its_tokens_and_rules_apply() {
     );
     assert!(ok, "{out}");
     let minted = last_line(&out);
+    // A user without an external id gets no Phoenix.Token: tokens name external ids only.
+    let mint_for = |user: &str| {
+        let args = [
+            "tokens",
+            "phoenix",
+            "--user",
+            user,
+            "--phoenix-secret-key-base",
+            SKB,
+        ];
+        fawkes(&dir, &args)
+    };
+    let (ok, out) = mint_for("root");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "fawkes: root has no external id: a Phoenix.Token names a user by external id only"
+        ),
+        "{out}"
+    );
+    let (ok, out) = fawkes(
+        &dir,
+        &[
+            "users",
+            "set-external-id",
+            "--name",
+            "root",
+            "--external-id",
+            "42",
+        ],
+    );
+    assert!(!ok, "external ids stay unique: {out}");
+    assert!(out.contains("external_id"), "{out}");
+    let (ok, out) = fawkes(
+        &dir,
+        &[
+            "users",
+            "set-external-id",
+            "--name",
+            "root",
+            "--external-id",
+            "ops-1",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = mint_for("root");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("a Phoenix.Token for root (data ops-1"),
+        "{out}"
+    );
     let verifier = fawkes::auth::PhoenixTokens::new(SKB, "user socket", None);
     let now = chrono::Utc::now().timestamp_millis();
     assert_eq!(

@@ -160,13 +160,17 @@ fn phoenix_tokens_sign_users_in(backend: &str) {
         ] {
             signed_in_as(&app, bad, None).await;
         }
-        // A token Fawkes mints for a user without an external id names them by id.
-        let minted = PhoenixTokens::new(SKB, "user socket", None).sign(
-            &Subject::Int(carol),
-            chrono::Utc::now().timestamp_millis(),
-            60,
-        );
-        signed_in_as(&app, &minted, Some(carol)).await;
+        // A token names users by external id only, never by Fawkes's own id: carol (no
+        // external id) is not signed in by her id, and a number that is someone's id but no
+        // one's external id names nobody.
+        for data in [carol, bob, alice] {
+            let by_id = PhoenixTokens::new(SKB, "user socket", None).sign(
+                &Subject::Int(data),
+                chrono::Utc::now().timestamp_millis(),
+                60,
+            );
+            signed_in_as(&app, &by_id, None).await;
+        }
         let stranger = PhoenixTokens::new(SKB, "user socket", None).sign(
             &Subject::Str("nobody".into()),
             chrono::Utc::now().timestamp_millis(),
@@ -193,6 +197,47 @@ fn phoenix_tokens_sign_users_in(backend: &str) {
     });
 }
 
+/// The review's reproduction: alice's external id is bob's Fawkes id. Tokens naming that
+/// number are alice's, always; bob is never signed in by one.
+fn a_token_never_names_a_user_by_fawkes_id(backend: &str) {
+    let app = start(backend);
+    let (bob, _) = app.user("bob", false);
+    let (alice, _) = app.new_user(NewUser {
+        name: "alice".into(),
+        external_id: Some(bob.to_string()),
+        ..Default::default()
+    });
+    let (mallory, _) = app.user("mallory", false);
+    rt().block_on(async {
+        let exp = now_s() + 600;
+        let phoenix = |data: Subject| {
+            PhoenixTokens::new(SKB, "user socket", None).sign(
+                &data,
+                chrono::Utc::now().timestamp_millis(),
+                60,
+            )
+        };
+        for token in [
+            phoenix(Subject::Int(bob)),
+            phoenix(Subject::Str(bob.to_string())),
+            hs256(json!({"sub": bob, "exp": exp}), JWT_SECRET),
+            hs256(json!({"sub": bob.to_string(), "exp": exp}), JWT_SECRET),
+        ] {
+            signed_in_as(&app, &token, Some(alice)).await;
+        }
+        // alice's and mallory's Fawkes ids are no one's external id.
+        for id in [alice, mallory] {
+            signed_in_as(&app, &phoenix(Subject::Int(id)), None).await;
+            signed_in_as(
+                &app,
+                &hs256(json!({"sub": id, "exp": exp}), JWT_SECRET),
+                None,
+            )
+            .await;
+        }
+    });
+}
+
 fn jwts_sign_users_in(backend: &str) {
     let app = start(backend);
     let (dave, _) = app.new_user(NewUser {
@@ -215,17 +260,18 @@ fn jwts_sign_users_in(backend: &str) {
             Some(dave),
         )
         .await;
-        // A sub of digits (string or number) with no external id is the user's id.
+        // A sub of digits (string or number) is matched to external ids only, never to
+        // Fawkes's own ids: erin has none, so neither names her.
         signed_in_as(
             &app,
             &rs256(json!({"sub": erin.to_string(), "exp": exp}), RS_PRIVATE),
-            Some(erin),
+            None,
         )
         .await;
         signed_in_as(
             &app,
             &hs256(json!({"sub": erin, "exp": exp}), JWT_SECRET),
-            Some(erin),
+            None,
         )
         .await;
 
@@ -267,7 +313,11 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(phoenix_tokens_sign_users_in, jwts_sign_users_in);
+on_both_backends!(
+    phoenix_tokens_sign_users_in,
+    a_token_never_names_a_user_by_fawkes_id,
+    jwts_sign_users_in
+);
 
 /// A database failure while checking a token is the server's fault: 500 on every transport,
 /// logged as an error, not a 403 that reads as a bad token.

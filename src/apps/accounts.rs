@@ -1,6 +1,6 @@
 //! Users and API tokens. Tokens are random and shown once; only their SHA-256 (hex) is stored.
 //! A user may also sign in with a token their Phoenix app minted (Phoenix.Token) or a JWT,
-//! naming them by id or by the app's own id for them (`external_id`).
+//! naming them by the app's own id for them (`external_id`), never by Fawkes's id.
 //! `GET /api/me`, `POST|DELETE /api/community/join`.
 
 use crate::apps::api::{authenticate, ApiError, ApiResult};
@@ -119,9 +119,7 @@ pub fn create(c: &mut DbConnection, new: &NewUser) -> Result<(User, String), Sto
         return Err(ApiError::invalid("name", "must be 1-32 letters, digits, _, - or .").into());
     }
     if let Some(ext) = &new.external_id {
-        if ext.trim().is_empty() || ext.len() > 255 {
-            return Err(ApiError::invalid("external_id", "must be 1-255 bytes, not blank").into());
-        }
+        check_external_id(ext)?;
     }
     c.transaction(|c| {
         let taken = users::table
@@ -132,13 +130,7 @@ pub fn create(c: &mut DbConnection, new: &NewUser) -> Result<(User, String), Sto
             return Err(ApiError::invalid("name", "has already been taken").into());
         }
         if let Some(ext) = &new.external_id {
-            let taken = users::table
-                .filter(users::external_id.eq(ext))
-                .count()
-                .get_result::<i64>(c)?;
-            if taken > 0 {
-                return Err(ApiError::invalid("external_id", "has already been taken").into());
-            }
+            external_id_free(c, ext)?;
         }
         let id = diesel::insert_into(users::table)
             .values((
@@ -161,6 +153,37 @@ pub fn create(c: &mut DbConnection, new: &NewUser) -> Result<(User, String), Sto
             },
             token,
         ))
+    })
+}
+
+fn check_external_id(ext: &str) -> Result<(), StoreError> {
+    if ext.trim().is_empty() || ext.len() > 255 {
+        return Err(ApiError::invalid("external_id", "must be 1-255 bytes, not blank").into());
+    }
+    Ok(())
+}
+
+fn external_id_free(c: &mut DbConnection, ext: &str) -> Result<(), StoreError> {
+    let taken = users::table
+        .filter(users::external_id.eq(ext))
+        .count()
+        .get_result::<i64>(c)?;
+    if taken > 0 {
+        return Err(ApiError::invalid("external_id", "has already been taken").into());
+    }
+    Ok(())
+}
+
+/// Gives an existing user (by name, any case) an external id, unique as given.
+pub fn set_external_id(c: &mut DbConnection, name: &str, ext: &str) -> Result<(), StoreError> {
+    check_external_id(ext)?;
+    c.transaction(|c| {
+        let user = user_by_name(c, name)?.ok_or(ApiError::NotFound)?;
+        external_id_free(c, ext)?;
+        diesel::update(users::table.find(user.id))
+            .set(users::external_id.eq(ext))
+            .execute(c)?;
+        Ok(())
     })
 }
 
@@ -250,29 +273,19 @@ pub fn external_id(c: &mut DbConnection, user_id: i64) -> Result<Option<String>,
         .flatten())
 }
 
-/// The user a foreign token's subject names: the user whose external id it is, else the user
-/// with that id (a string of digits counts as the number).
+/// The user a foreign token's subject names: the user whose external id it is, and no one else.
+/// Fawkes's own ids are never matched: a Phoenix app's user 2 is not Fawkes's user 2, and a
+/// number that names no one's external id is refused like an unknown token.
 pub fn user_by_subject(
     c: &mut DbConnection,
     subject: &Subject,
 ) -> Result<Option<User>, StoreError> {
-    let by_external = users::table
+    Ok(users::table
         .filter(users::external_id.eq(subject.to_string()))
         .select(USER_COLUMNS)
         .first::<UserRow>(c)
-        .optional()?;
-    if let Some(u) = by_external {
-        return Ok(Some(to_user(u)));
-    }
-    let id = match subject {
-        Subject::Int(i) => Some(*i),
-        Subject::Str(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
-        Subject::Str(_) => None,
-    };
-    match id {
-        Some(id) => user_by_id(c, id),
-        None => Ok(None),
-    }
+        .optional()?
+        .map(to_user))
 }
 
 /// Who signed in with a token, and the socket id their sockets get.
