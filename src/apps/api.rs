@@ -3,7 +3,7 @@
 
 use crate::apps::accounts::{self, SignInError, User};
 use crate::apps::AppState;
-use crate::store::StoreError;
+use crate::store::{StoreError, NUL_REFUSED};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
@@ -145,6 +145,7 @@ pub fn text_field(m: &Map<String, Value>, field: &str, max: usize) -> ApiResult<
             field,
             format!("should be at most {max} character(s)"),
         )),
+        Some(Value::String(s)) if s.contains('\0') => Err(ApiError::invalid(field, NUL_REFUSED)),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(ApiError::invalid(field, "is invalid")),
     }

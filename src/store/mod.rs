@@ -252,6 +252,21 @@ fn write_transaction<T>(
     }
 }
 
+/// Whether JSON holds U+0000 in a string or a key. PostgreSQL's `text` and `jsonb` cannot hold
+/// it (a `data::jsonb` cast fails on `\u0000`), so writers refuse it on both backends alike.
+pub fn holds_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(holds_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+/// Why a string holding U+0000 is refused (see [`holds_nul`]).
+pub const NUL_REFUSED: &str = "must not contain the NUL character (\\u0000)";
+
 /// Milliseconds since the UNIX epoch: how times are stored.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -396,6 +396,9 @@ fn text(p: &Map<String, Value>, field: &str, max: usize) -> Result<String, Strin
         Some(Value::String(s)) if s.chars().count() > max => {
             Err(format!("{field} should be at most {max} character(s)"))
         }
+        Some(Value::String(s)) if s.contains('\0') => {
+            Err(format!("{field} {}", crate::store::NUL_REFUSED))
+        }
         Some(Value::String(s)) => Ok(s.clone()),
         None | Some(Value::Null) => Err(format!("{field} can't be blank")),
         Some(_) => Err(format!("{field} must be a string")),

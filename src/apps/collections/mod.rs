@@ -317,6 +317,14 @@ impl AppState {
             Write::Update(..) => rules.update,
             Write::Delete(_) => rules.delete,
         };
+        if let Write::Create(fields) | Write::Update(_, fields) = &write {
+            if let Some((field, _)) = fields
+                .iter()
+                .find(|(k, v)| k.contains('\0') || crate::store::holds_nul(v))
+            {
+                return Err(ApiError::invalid(field, crate::store::NUL_REFUSED));
+            }
+        }
         let (n, log) = (name.to_owned(), self.collections.log_size);
         let change = self
             .history
