@@ -97,6 +97,11 @@ fn events_reach_joined_clients(backend: &str) {
         expect_event(&mut a, "post_comments_updated", &json!({"id": id, "comments_count": 1})).await;
         let (status, list) = app.api("GET", &format!("/api/community/posts/{id}/comments"), Some(&bob), None).await;
         assert_eq!((status, list), (200, json!({"items": [comment]})));
+        // Reads need membership, as the channel does: 403 for carol, 401 for no one.
+        for path in ["/api/community/posts".to_owned(), format!("/api/community/posts/{id}"), format!("/api/community/posts/{id}/comments")] {
+            assert_eq!(app.api("GET", &path, Some(&carol), None).await, (403, json!({"errors": {"detail": "Forbidden"}})), "{path}");
+            assert_eq!(app.api("GET", &path, None, None).await.0, 401, "{path}");
+        }
         let cid = comment["id"].as_i64().unwrap();
         assert_eq!(app.api("DELETE", &format!("/api/community/comments/{cid}"), Some(&alice), None).await.0, 204);
         expect_event(&mut a, "post_comments_updated", &json!({"id": id, "comments_count": 0})).await;

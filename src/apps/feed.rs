@@ -100,7 +100,8 @@ fn member(user: &User) -> ApiResult<()> {
 
 /// `GET /api/community/posts?before=&limit=`: newest first.
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
-    authenticate(&state, &req).await?;
+    // Reads need membership, as `community:feed` does.
+    member(&authenticate(&state, &req).await?)?;
     let (before, limit) = paging(&req, 20)?;
     let (items, more) = state
         .store
@@ -134,7 +135,8 @@ pub async fn show(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> ApiResult {
-    authenticate(&state, &req).await?;
+    // Reads need membership, as `community:feed` does.
+    member(&authenticate(&state, &req).await?)?;
     let id = path_id(&id)?;
     let post = state.store.run(move |c| load_post(c, id)).await?;
     Ok(HttpResponse::Ok().json(post))
@@ -305,7 +307,8 @@ pub async fn list_comments(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> ApiResult {
-    authenticate(&state, &req).await?;
+    // Reads need membership, as `community:feed` does.
+    member(&authenticate(&state, &req).await?)?;
     let id = path_id(&id)?;
     let items = state
         .store
