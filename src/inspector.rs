@@ -2,10 +2,12 @@
 //! of one chosen topic, and a button that disconnects a socket id (its client reconnects by
 //! itself). For admins only.
 //!
-//! Sign-in takes an admin's API token once (a form POST) and answers with a session cookie:
-//! random, HttpOnly, SameSite=Strict, `Secure` under TLS, scoped to `/admin`. Every state-changing
-//! request is a POST that must carry the session's CSRF token in `X-CSRF-Token` (or the form)
-//! and, when the browser sends one, an `Origin` of this host. Anonymous page requests are
+//! Sign-in takes an admin's token once (a form POST carrying the sign-in form's own CSRF token,
+//! double-submitted as a cookie) and answers with a session cookie: random, HttpOnly,
+//! SameSite=Strict, `Secure` under TLS, scoped to `/admin`. The session keeps the token and
+//! verifies it again on every request, so revoking the token or its expiry ends the session.
+//! Every state-changing request is a POST that must carry the session's CSRF token in
+//! `X-CSRF-Token` (or the form) and, when the browser sends one, an `Origin` of this host. Anonymous page requests are
 //! redirected to the sign-in form, anonymous API calls get 401, signed-in non-admins 403.
 
 use crate::apps::accounts::{self, SignInError};
@@ -23,7 +25,12 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 const COOKIE: &str = "fawkes_admin";
-/// How long a session lasts after sign-in.
+/// The sign-in form's CSRF token, double-submitted: in this cookie and in the form.
+const SIGN_IN_COOKIE: &str = "fawkes_admin_sign_in";
+/// How long a sign-in form stays usable.
+const SIGN_IN_TTL: Duration = Duration::from_secs(3600);
+/// How long a session lasts after sign-in, at most: the token's own expiry or revocation ends it
+/// sooner.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Most sessions kept at once; the oldest goes first.
 const MAX_SESSIONS: usize = 1000;
@@ -37,7 +44,8 @@ const SIGN_IN: &str = include_str!("../assets/inspector/sign_in.html");
 const SCRIPT: &str = include_str!("../assets/inspector/inspector.js");
 
 struct Session {
-    user_id: i64,
+    /// What the admin signed in with, verified again on every request.
+    token: String,
     csrf: String,
     expires: Instant,
 }
@@ -65,8 +73,8 @@ impl Inspector {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The session's (user id, CSRF token), if the cookie names a live one.
-    fn session(&self, req: &HttpRequest) -> Option<(i64, String)> {
+    /// The session's (token, CSRF token), if the cookie names a live one.
+    fn session(&self, req: &HttpRequest) -> Option<(String, String)> {
         let id = req.cookie(COOKIE)?.value().to_owned();
         let mut sessions = self.sessions();
         let now = Instant::now();
@@ -74,10 +82,10 @@ impl Inspector {
         // A hash map lookup: its timing tells nothing useful about an unguessable 256-bit id
         // (the CSRF token, compared to what a client sends, is compared in constant time).
         let s = sessions.get(&id)?;
-        Some((s.user_id, s.csrf.clone()))
+        Some((s.token.clone(), s.csrf.clone()))
     }
 
-    fn create_session(&self, user_id: i64) -> (String, String) {
+    fn create_session(&self, token: String) -> (String, String) {
         let (id, csrf) = (random_token(), random_token());
         let mut sessions = self.sessions();
         if sessions.len() >= MAX_SESSIONS {
@@ -92,7 +100,7 @@ impl Inspector {
         sessions.insert(
             id.clone(),
             Session {
-                user_id,
+                token,
                 csrf: csrf.clone(),
                 expires: Instant::now() + SESSION_TTL,
             },
@@ -101,7 +109,16 @@ impl Inspector {
     }
 
     fn cookie(&self, value: String, max_age: Duration) -> Cookie<'static> {
-        Cookie::build(COOKIE, value)
+        self.cookie_named(COOKIE, value, max_age)
+    }
+
+    fn cookie_named(
+        &self,
+        name: &'static str,
+        value: String,
+        max_age: Duration,
+    ) -> Cookie<'static> {
+        Cookie::build(name, value)
             .path("/admin")
             .http_only(true)
             .same_site(SameSite::Strict)
@@ -194,28 +211,31 @@ enum Caller {
     Admin { csrf: String },
 }
 
-/// The caller of a request, from its session; the user is looked up each time, so an admin
-/// who loses the flag loses the inspector at once.
+/// The caller of a request, from its session: its token is verified and its user looked up each
+/// time, so a revoked or expired token ends the session, and an admin who loses the flag loses
+/// the inspector at once.
 async fn caller(
     req: &HttpRequest,
     ins: &Inspector,
     state: &AppState,
 ) -> Result<Caller, HttpResponse> {
-    let Some((user_id, csrf)) = ins.session(req) else {
+    let Some((token, csrf)) = ins.session(req) else {
         return Ok(Caller::Anonymous);
     };
-    let user = state
-        .store
-        .read(move |c| accounts::user_by_id(c, user_id))
-        .await
-        .map_err(|e| {
+    match accounts::sign_in(state, token).await {
+        Ok(s) if s.user.admin => Ok(Caller::Admin { csrf }),
+        Ok(_) => Ok(Caller::NotAdmin),
+        Err(SignInError::Refused(_)) => {
+            if let Some(c) = req.cookie(COOKIE) {
+                ins.sessions().remove(c.value());
+            }
+            Ok(Caller::Anonymous)
+        }
+        Err(SignInError::Store(e)) => {
             log::error!("inspector: {e}");
-            HttpResponse::InternalServerError().finish()
-        })?;
-    Ok(match user {
-        Some(u) if u.admin => Caller::Admin { csrf },
-        _ => Caller::NotAdmin,
-    })
+            Err(HttpResponse::InternalServerError().finish())
+        }
+    }
 }
 
 /// The page: the inspector, or a redirect to sign-in, or 403.
@@ -252,8 +272,25 @@ fn forbidden() -> HttpResponse {
         .body("403: the inspector is for admins only\n")
 }
 
-async fn sign_in_page() -> HttpResponse {
-    html(SIGN_IN.replace("{{error}}", ""))
+async fn sign_in_page(ins: web::Data<Inspector>) -> HttpResponse {
+    sign_in_form(&ins, "", actix_web::http::StatusCode::OK)
+}
+
+/// The sign-in form with a fresh CSRF token, also set as a cookie: a form posted from another
+/// site (login CSRF) cannot know it.
+fn sign_in_form(ins: &Inspector, error: &str, status: actix_web::http::StatusCode) -> HttpResponse {
+    let csrf = random_token();
+    let mut res = html(
+        SIGN_IN
+            .replace("{{error}}", error)
+            .replace("{{csrf}}", &csrf),
+    );
+    *res.status_mut() = status;
+    let cookie = ins.cookie_named(SIGN_IN_COOKIE, csrf, SIGN_IN_TTL);
+    if let Err(e) = res.add_cookie(&cookie) {
+        log::error!("inspector: {e}");
+    }
+    res
 }
 
 /// Whether a state-changing request comes from this site: its `Origin` (when the browser sends
@@ -275,6 +312,9 @@ fn same_origin(req: &HttpRequest) -> bool {
 #[derive(serde::Deserialize)]
 struct SignInForm {
     token: String,
+    /// The form's CSRF token; must match the sign-in cookie.
+    #[serde(default)]
+    csrf: String,
 }
 
 /// `POST /admin/session` (form `token=`): an admin's token starts a session.
@@ -284,16 +324,24 @@ async fn create_session(
     ins: web::Data<Inspector>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if !same_origin(&req) {
-        return forbidden();
+    let form = form.into_inner();
+    let expected = req.cookie(SIGN_IN_COOKIE).map(|c| c.value().to_owned());
+    let form_csrf_ok = expected
+        .is_some_and(|e| !e.is_empty() && bool::from(e.as_bytes().ct_eq(form.csrf.as_bytes())));
+    if !same_origin(&req) || !form_csrf_ok {
+        return sign_in_form(
+            &ins,
+            "The sign-in form expired or came from another site: sign in again.",
+            actix_web::http::StatusCode::FORBIDDEN,
+        );
     }
-    let token = form.into_inner().token.trim().to_owned();
+    let token = form.token.trim().to_owned();
     if token.is_empty() {
-        return sign_in_failed("Give an admin's API token.");
+        return sign_in_failed(&ins, "Give an admin's API token.");
     }
-    match accounts::sign_in(&state, token).await {
+    match accounts::sign_in(&state, token.clone()).await {
         Ok(s) if s.user.admin => {
-            let (id, _) = ins.create_session(s.user.id);
+            let (id, _) = ins.create_session(token);
             log::info!("inspector: {} signed in", s.user.name);
             HttpResponse::SeeOther()
                 .cookie(ins.cookie(id, SESSION_TTL))
@@ -302,11 +350,13 @@ async fn create_session(
         }
         Ok(s) => {
             log::info!("inspector: {} is not an admin", s.user.name);
-            let mut res = sign_in_failed("That user is not an admin.");
-            *res.status_mut() = actix_web::http::StatusCode::FORBIDDEN;
-            res
+            sign_in_form(
+                &ins,
+                "That user is not an admin.",
+                actix_web::http::StatusCode::FORBIDDEN,
+            )
         }
-        Err(SignInError::Refused(_)) => sign_in_failed("That token was not accepted."),
+        Err(SignInError::Refused(_)) => sign_in_failed(&ins, "That token was not accepted."),
         Err(SignInError::Store(e)) => {
             log::error!("inspector sign-in: {e}");
             HttpResponse::InternalServerError().finish()
@@ -314,10 +364,8 @@ async fn create_session(
     }
 }
 
-fn sign_in_failed(why: &str) -> HttpResponse {
-    let mut res = html(SIGN_IN.replace("{{error}}", why));
-    *res.status_mut() = actix_web::http::StatusCode::UNAUTHORIZED;
-    res
+fn sign_in_failed(ins: &Inspector, why: &str) -> HttpResponse {
+    sign_in_form(ins, why, actix_web::http::StatusCode::UNAUTHORIZED)
 }
 
 /// Checks an API call: 401 anonymous, 403 not an admin; for a POST, 403 without the session's

@@ -7,6 +7,52 @@ use support::http_raw as http;
 
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
+/// The value of the `Set-Cookie` named `name` in a response head.
+fn set_cookie(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.trim())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+/// The sign-in form's CSRF cookie (`name=value`) and the token its form carries.
+fn sign_in_form(addr: &str) -> (String, String) {
+    let (status, head, page) = http(addr, "GET", "/admin/sign-in", &[], "");
+    assert_eq!(status, 200);
+    let cookie = set_cookie(&head, "fawkes_admin_sign_in").expect("a sign-in cookie");
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let csrf = page
+        .split_once(r#"name="csrf" value=""#)
+        .and_then(|(_, r)| r.split_once('"'))
+        .map(|(t, _)| t.to_owned())
+        .expect("a CSRF token in the form");
+    assert_eq!(cookie, format!("fawkes_admin_sign_in={csrf}"));
+    (cookie, csrf)
+}
+
+/// Posts the sign-in form as a browser would (its cookie, its token, this origin).
+fn sign_in(addr: &str, token: &str) -> (u16, String, String) {
+    let (cookie, csrf) = sign_in_form(addr);
+    let origin = format!("http://{addr}");
+    http(
+        addr,
+        "POST",
+        "/admin/session",
+        &[FORM, ("Origin", &origin), ("Cookie", &cookie)],
+        &format!("token={token}&csrf={csrf}"),
+    )
+}
+
+/// Signs an admin in; the session cookie (`fawkes_admin=…`).
+fn session(addr: &str, token: &str) -> String {
+    let (status, head, _) = sign_in(addr, token);
+    assert_eq!(status, 303, "{head}");
+    let c = set_cookie(&head, "fawkes_admin").expect("a session cookie");
+    c.split(';').next().unwrap().to_owned()
+}
+
 #[test]
 fn only_admins_get_in_and_actions_need_the_csrf_token_and_this_origin() {
     let dir = support::temp_dir("inspector");
@@ -43,56 +89,59 @@ fn only_admins_get_in_and_actions_need_the_csrf_token_and_this_origin() {
     );
 
     // Bad tokens and non-admins do not get a session.
-    let (status, head, _) = http(addr, "POST", "/admin/session", &[FORM], "token=nope");
+    let (status, head, _) = sign_in(addr, "nope");
     assert_eq!(status, 401);
-    assert!(!head.to_lowercase().contains("set-cookie"), "{head}");
-    let (status, head, body) = http(
-        addr,
-        "POST",
-        "/admin/session",
-        &[FORM],
-        &format!("token={member}"),
-    );
+    assert_eq!(set_cookie(&head, "fawkes_admin"), None, "{head}");
+    let (status, head, body) = sign_in(addr, &member);
     assert_eq!(status, 403);
-    assert!(!head.to_lowercase().contains("set-cookie"), "{head}");
+    assert_eq!(set_cookie(&head, "fawkes_admin"), None, "{head}");
     assert!(body.contains("That user is not an admin."), "{body}");
-    // A sign-in posted from another site is refused.
-    let (status, _, _) = http(
-        addr,
-        "POST",
-        "/admin/session",
-        &[FORM, ("Origin", "https://evil.example")],
-        &format!("token={admin}"),
-    );
-    assert_eq!(status, 403);
+    // A sign-in posted from another site is refused: by its Origin, and, when a browser sends
+    // none, by the form's CSRF token, which another site cannot read (login CSRF).
+    let (form_cookie, csrf) = sign_in_form(addr);
+    let origin = format!("http://{addr}");
+    let wrong = "0".repeat(64);
+    for (headers, body) in [
+        (
+            vec![
+                FORM,
+                ("Origin", "https://evil.example"),
+                ("Cookie", &form_cookie),
+            ],
+            format!("token={admin}&csrf={csrf}"),
+        ),
+        (vec![FORM], format!("token={admin}")),
+        (
+            vec![FORM, ("Origin", &origin)],
+            format!("token={admin}&csrf={csrf}"),
+        ),
+        (
+            vec![FORM, ("Cookie", &form_cookie)],
+            format!("token={admin}"),
+        ),
+        (
+            vec![FORM, ("Cookie", &form_cookie)],
+            format!("token={admin}&csrf={wrong}"),
+        ),
+    ] {
+        let (status, head, page) = http(addr, "POST", "/admin/session", &headers, &body);
+        assert_eq!(status, 403, "{headers:?} {body}");
+        assert_eq!(set_cookie(&head, "fawkes_admin"), None, "{head}");
+        assert!(
+            page.contains("The sign-in form expired or came from another site"),
+            "{page}"
+        );
+    }
 
     // An admin gets an HttpOnly, SameSite=Strict cookie scoped to /admin.
-    let origin = format!("http://{addr}");
-    let (status, head, _) = http(
-        addr,
-        "POST",
-        "/admin/session",
-        &[FORM, ("Origin", &origin)],
-        &format!("token={admin}"),
-    );
+    let (status, head, _) = sign_in(addr, &admin);
     assert_eq!(status, 303, "{head}");
-    let set_cookie = head
-        .lines()
-        .find(|l| l.to_lowercase().starts_with("set-cookie:"))
-        .expect("a session cookie");
+    let set_cookie = set_cookie(&head, "fawkes_admin").expect("a session cookie");
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
         assert!(set_cookie.contains(attr), "{attr} in {set_cookie}");
     }
     assert!(!set_cookie.contains("Secure"), "no TLS here: {set_cookie}");
-    let cookie = set_cookie
-        .split_once(':')
-        .unwrap()
-        .1
-        .trim()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
     let (status, _, page) = http(addr, "GET", "/admin", &[("Cookie", &cookie)], "");
     assert_eq!(status, 200);
     let csrf = page
@@ -158,4 +207,54 @@ fn only_admins_get_in_and_actions_need_the_csrf_token_and_this_origin() {
         http(addr, "GET", "/admin/api/stats", &[("Cookie", &cookie)], "").0,
         401
     );
+}
+
+/// A session lives no longer than its token: revoking an API token ends it at the next request,
+/// and a Phoenix.Token's expiry ends it then, not 12 hours after sign-in.
+#[test]
+fn a_session_ends_with_its_token() {
+    const SKB: &str = "inspector-test-secret-key-base-0123456789abcdef0123456789abcdef0123";
+    let dir = support::temp_dir("inspector-token");
+    let db = dir.join("fawkes.db");
+    let db = db.to_str().unwrap();
+    let admin = support::create_user(&dir, db, &["--name", "root", "--admin"]);
+    support::create_user(
+        &dir,
+        db,
+        &["--name", "ops", "--admin", "--external-id", "ops-1"],
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fawkes"))
+        .args(["tokens", "phoenix", "--user", "ops", "--max-age", "2"])
+        .args(["--phoenix-secret-key-base", SKB, "--database-url", db])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let short = String::from_utf8(out.stdout).unwrap();
+    let short = short.lines().last().unwrap().to_owned();
+    let server = support::Serve::start(
+        &dir,
+        &["--database-url", db, "--phoenix-secret-key-base", SKB],
+    );
+    let addr = server.addr.as_str();
+    let stats = |cookie: &str| http(addr, "GET", "/admin/api/stats", &[("Cookie", cookie)], "").0;
+
+    let by_api_token = session(addr, &admin);
+    let by_phoenix_token = session(addr, &short);
+    assert_eq!(stats(&by_api_token), 200);
+    assert_eq!(stats(&by_phoenix_token), 200);
+
+    let revoked = std::process::Command::new(env!("CARGO_BIN_EXE_fawkes"))
+        .args(["tokens", "revoke", &admin, "--database-url", db])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success(), "{revoked:?}");
+    assert_eq!(stats(&by_api_token), 401, "revoked");
+    // Gone for good: the same cookie stays refused.
+    assert_eq!(stats(&by_api_token), 401);
+
+    // The Phoenix.Token was signed for 2 seconds.
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    assert_eq!(stats(&by_phoenix_token), 401, "expired");
+    let (status, _, page) = http(addr, "GET", "/admin", &[("Cookie", &by_phoenix_token)], "");
+    assert_eq!(status, 303, "{page}");
 }
