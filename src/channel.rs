@@ -165,6 +165,8 @@ pub(crate) struct SocketShared {
     pub endpoint: Endpoint,
     pub assigns: Arc<Assigns>,
     pub id: Option<String>,
+    /// Shared by the socket's channels: see [`ChannelContext::spend_costly_push`].
+    pub budget: std::sync::Mutex<crate::budget::PushBudget>,
 }
 
 /// A channel's handle on its socket, topic and endpoint.
@@ -192,6 +194,38 @@ pub struct SocketRef {
 }
 
 impl ChannelContext {
+    /// Takes one costly push (one that runs a database query or may answer with a large reply)
+    /// from the socket's budget ([`crate::Limits::max_costly_pushes_per_second`]); when it is
+    /// spent, the error reply to send: `{"reason":"rate_limited","retry_after_ms":N}`, counted in
+    /// `fawkes_costly_pushes_refused_total`.
+    pub fn spend_costly_push(&self) -> Result<(), Payload> {
+        let now = std::time::Instant::now();
+        let spent = self
+            .socket
+            .budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spend(now);
+        spent.map_err(|wait| {
+            crate::metrics::ENGINE
+                .costly_pushes_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let ms = wait.as_millis().max(1) as u64;
+            Payload::Json(serde_json::json!({"reason": "rate_limited", "retry_after_ms": ms}))
+        })
+    }
+
+    /// Charges a costly push's reply, `bytes` long, to the socket's budget
+    /// ([`crate::Limits::max_costly_reply_bytes_per_second`]).
+    pub fn charge_reply_bytes(&self, bytes: usize) {
+        let now = std::time::Instant::now();
+        self.socket
+            .budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .charge_bytes(bytes, now);
+    }
+
     pub fn topic(&self) -> &str {
         &self.topic
     }

@@ -26,6 +26,13 @@ pub struct Limits {
     /// Messages per second one socket may send, averaged over a one-second burst; beyond it the
     /// server reads its frames no faster (TCP pushes back on the client). 0: no limit.
     pub max_messages_per_second: u32,
+    /// Costly pushes (a database query, a large reply: see [`crate::budget`]) one socket may
+    /// make per second, with a burst of as many; beyond, the push is refused with
+    /// `{"reason":"rate_limited","retry_after_ms":N}`. 0: no limit.
+    pub max_costly_pushes_per_second: u32,
+    /// Bytes of costly pushes' replies one socket may receive per second; a larger reply goes
+    /// out and the socket's next costly push waits until it is paid off. 0: no limit.
+    pub max_costly_reply_bytes_per_second: usize,
     /// Largest LongPoll POST body.
     pub max_longpoll_body: usize,
     /// LongPoll sessions alive at once on one mount; a new one beyond is refused (HTTP 503,
@@ -46,6 +53,8 @@ impl Default for Limits {
             max_topic_bytes: 1024,
             idle_timeout: Duration::from_secs(60),
             max_messages_per_second: 5000,
+            max_costly_pushes_per_second: 20,
+            max_costly_reply_bytes_per_second: 1024 * 1024,
             max_longpoll_body: 10_000_000,
             max_longpoll_sessions: 100_000,
             max_longpoll_opens_per_ip: 1000,

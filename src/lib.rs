@@ -9,6 +9,7 @@
 //! - [`connection`]: a client's bounded outbound queue and mailbox, shared with publishers.
 //! - [`socket`]: one client's joined channels and the protocol's join/leave/reply rules.
 //! - [`channel`]: the app-facing [`Channel`] trait, its context and the topic [`Router`].
+//! - [`budget`]: a socket's budget for costly pushes (database queries, large replies).
 //! - [`pubsub`]: sharded topic registry, fan-out that encodes once, the node-to-node adapter.
 //! - [`presence`]: who is on a topic, as `presence_state` / `presence_diff`.
 //! - [`cluster`]: several nodes over Redis: broadcasts in phoenix_pubsub_redis's format,
@@ -30,6 +31,7 @@
 
 pub mod apps;
 pub mod auth;
+pub mod budget;
 pub mod channel;
 pub mod cluster;
 pub mod config;

@@ -348,6 +348,13 @@ struct ServeArgs {
     /// Messages per second one socket may send (reads slow down beyond it); 0 for no limit.
     #[arg(long, env = "FAWKES_MAX_MESSAGES_PER_SECOND", default_value_t = Limits::default().max_messages_per_second)]
     max_messages_per_second: u32,
+    /// Costly pushes (a database query, a large reply) one socket may make per second; 0 for no
+    /// limit.
+    #[arg(long, env = "FAWKES_MAX_COSTLY_PUSHES_PER_SECOND", default_value_t = Limits::default().max_costly_pushes_per_second)]
+    max_costly_pushes_per_second: u32,
+    /// Bytes of costly pushes' replies one socket may receive per second; 0 for no limit.
+    #[arg(long, env = "FAWKES_MAX_COSTLY_REPLY_BYTES_PER_SECOND", default_value_t = Limits::default().max_costly_reply_bytes_per_second)]
+    max_costly_reply_bytes_per_second: usize,
     /// Allowed origins, comma-separated (e.g. `https://example.com,//*.example.org`); unset: any.
     #[arg(long, env = "FAWKES_CHECK_ORIGIN", value_delimiter = ',')]
     check_origin: Vec<String>,
@@ -398,6 +405,8 @@ impl ServeArgs {
                 max_longpoll_opens_per_ip: self.max_longpoll_opens_per_ip,
                 idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
                 max_messages_per_second: self.max_messages_per_second,
+                max_costly_pushes_per_second: self.max_costly_pushes_per_second,
+                max_costly_reply_bytes_per_second: self.max_costly_reply_bytes_per_second,
                 ..Limits::default()
             },
             check_origin: if self.check_origin.is_empty() {

@@ -106,12 +106,19 @@ impl SocketState {
             ps.subscribe(id, sub, Arc::new(IdSubscriber(conn.clone())));
             sub
         });
+        let limits = &endpoint.config().limits;
+        let budget = crate::budget::PushBudget::new(
+            limits.max_costly_pushes_per_second,
+            limits.max_costly_reply_bytes_per_second,
+            std::time::Instant::now(),
+        );
         SocketState {
             shared: Arc::new(SocketShared {
                 conn,
                 endpoint,
                 assigns: Arc::new(connected.assigns),
                 id: connected.id,
+                budget: std::sync::Mutex::new(budget),
             }),
             def,
             channels: HashMap::new(),

@@ -133,6 +133,11 @@ pub fn render(endpoint: &Endpoint) -> String {
             &e.mailbox_overflows,
         ),
         (
+            "fawkes_costly_pushes_refused_total",
+            "Pushes refused because their socket's budget for costly pushes was spent",
+            &e.costly_pushes_refused,
+        ),
+        (
             "fawkes_broadcasts_total",
             "Broadcasts published on this node",
             &ps.broadcasts,

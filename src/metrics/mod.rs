@@ -61,6 +61,8 @@ pub struct Engine {
     pub queue_overflows: AtomicU64,
     /// A client's mailbox (work for its socket task) was full: closed with 1013.
     pub mailbox_overflows: AtomicU64,
+    /// Costly pushes refused by a socket's budget (see [`crate::budget`]).
+    pub costly_pushes_refused: AtomicU64,
     /// LongPoll sessions alive.
     pub longpoll_sessions: AtomicI64,
     /// Joins by topic prefix: (prefix, accepted, refused).
@@ -91,6 +93,7 @@ impl Engine {
             closes: [ZERO; CLOSE_CODES.len()],
             queue_overflows: ZERO,
             mailbox_overflows: ZERO,
+            costly_pushes_refused: ZERO,
             longpoll_sessions: ZERO_I,
             joins: Mutex::new(Vec::new()),
         }

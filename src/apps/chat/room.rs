@@ -463,6 +463,21 @@ impl Channel for RoomChannel {
             Payload::Json(Value::Object(m)) => m,
             _ => return Reply::error(reason("payload must be a JSON object")),
         };
+        // Pushes that query the database spend the socket's budget (new_message has a rate of
+        // its own, per user).
+        const COSTLY: &[&str] = &[
+            "edit_message",
+            "delete_message",
+            "react",
+            "mark_read",
+            "load_history",
+            "typing_start",
+        ];
+        if COSTLY.contains(&event) {
+            if let Err(p) = ctx.spend_costly_push() {
+                return Reply::error(p);
+            }
+        }
         match event {
             "new_message" => self.new_message(p, ctx).await,
             "edit_message" => self.edit_message(p).await,
@@ -488,7 +503,11 @@ impl Channel for RoomChannel {
                     })
                     .await
                 {
-                    Ok(m) => Reply::ok(json!({ "messages": m })),
+                    Ok(m) => {
+                        let reply = Payload::Json(json!({ "messages": m }));
+                        ctx.charge_reply_bytes(reply.encoded_len());
+                        Reply::ok(reply)
+                    }
                     Err(e) => store_error(self.room_id, e),
                 }
             }

@@ -98,7 +98,11 @@ impl Channel for VoiceChannel {
         let Payload::Json(Value::Object(mut p)) = payload else {
             return Reply::error(reason("payload must be a JSON object"));
         };
-        // Access is checked on every push, not only at join.
+        // Access is checked on every push, not only at join: a query, so it spends the socket's
+        // budget.
+        if let Err(p) = ctx.spend_costly_push() {
+            return Reply::error(p);
+        }
         let (room, user) = (self.room_id, self.user.clone().expect("joined"));
         if let Err(e) = self
             .state

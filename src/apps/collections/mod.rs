@@ -578,12 +578,19 @@ impl Channel for CollectionChannel {
         if event != "reload" {
             return Reply::error(reason(&format!("unknown event {event:?}")));
         }
+        // A reload reads and sends the whole collection: it spends the socket's budget.
+        if let Err(p) = ctx.spend_costly_push() {
+            return Reply::error(p);
+        }
         match self
             .read(None)
             .await
             .and_then(|s| self.answer(s, false, ctx))
         {
-            Ok(p) => Reply::ok(p),
+            Ok(p) => {
+                ctx.charge_reply_bytes(p.encoded_len());
+                Reply::ok(p)
+            }
             Err(p) => Reply::error(p),
         }
     }
