@@ -371,14 +371,29 @@ pub fn since_param(params: &crate::Payload) -> Result<Option<i64>, String> {
     }
 }
 
+/// Writes waiting or running at once, by default; see [`History::with_max_pending_writes`].
+pub const DEFAULT_MAX_PENDING_WRITES: usize = 1024;
+/// Longest a write's broadcasts wait for those of writes that committed before it. They are
+/// already committed and only have their broadcasts to send, so this is never reached unless
+/// one of them was lost; then the order gives way rather than stall every later write.
+const TURN_WAIT: Duration = Duration::from_secs(5);
+
 /// Recorded writes of one server: the store they go to, their retention, and the order their
 /// broadcasts leave in.
+///
+/// Transactions run side by side (on PostgreSQL; SQLite has one writer). Those with something
+/// to broadcast are numbered as they commit ([`crate::store::CommitOrder`]) and broadcast in
+/// that order (`turn`): this process's recorded broadcasts leave in commit order, so each
+/// topic's in seq order, and a write's broadcasts never overtake one committed before it.
 pub struct History {
     store: Store,
     config: HistoryConfig,
-    /// Held from a write's start until its broadcasts are out: this process's recorded
-    /// broadcasts leave in commit order, so each topic's in seq order.
-    order: Arc<tokio::sync::Mutex<()>>,
+    commits: Arc<crate::store::CommitOrder>,
+    /// The number of the last write whose broadcasts are out.
+    turn: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Writes waiting or running; past `max_pending` a write is refused at once.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    max_pending: usize,
 }
 
 impl History {
@@ -386,8 +401,19 @@ impl History {
         History {
             store,
             config,
-            order: Default::default(),
+            commits: Default::default(),
+            turn: Arc::new(tokio::sync::watch::Sender::new(0)),
+            pending: Default::default(),
+            max_pending: DEFAULT_MAX_PENDING_WRITES,
         }
+    }
+
+    /// Bounds the writes waiting or running at once (for a pool slot, the database, or their
+    /// turn to broadcast): one more is refused at once with [`StoreError::Busy`] (503 over
+    /// REST) instead of queueing without bound while the database is slow or down.
+    pub fn with_max_pending_writes(mut self, max: usize) -> History {
+        self.max_pending = max.max(1);
+        self
     }
 
     /// Sweeps expired events every `every`, for as long as the server runs.
@@ -415,17 +441,45 @@ impl History {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection, &mut Recorder<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (order, store, config) = (self.order.clone(), self.store.clone(), self.config.clone());
-        let endpoint = endpoint.clone();
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.pending.fetch_add(1, Relaxed) >= self.max_pending {
+            self.pending.fetch_sub(1, Relaxed);
+            crate::metrics::ENGINE.writes_refused.fetch_add(1, Relaxed);
+            return Err(StoreError::Busy(format!(
+                "{} writes already waiting",
+                self.max_pending
+            )));
+        }
+        let pending = Pending(self.pending.clone());
+        let (commits, store, config) = (
+            self.commits.clone(),
+            self.store.clone(),
+            self.config.clone(),
+        );
+        let (turn, endpoint) = (self.turn.clone(), endpoint.clone());
         let task = async move {
-            let _order = order.lock().await;
-            let (value, recorded) = store
-                .write(move |c| {
+            let _pending = pending;
+            let ((value, recorded), number) = store
+                .write_numbered(commits, move |c| {
                     let mut rec = Recorder::new(&config);
                     let v = f(c, &mut rec)?;
-                    Ok((v, rec.into_recorded()))
+                    let recorded = rec.into_recorded();
+                    let numbered = !recorded.is_empty();
+                    Ok(((v, recorded), numbered))
                 })
                 .await?;
+            let Some(number) = number else {
+                return Ok(value);
+            };
+            let mut watch = turn.subscribe();
+            let mine = watch.wait_for(|last| *last + 1 >= number);
+            if tokio::time::timeout(TURN_WAIT, mine).await.is_err() {
+                log::error!(
+                    "history: write {number} broadcasts out of turn: an earlier one was lost"
+                );
+            }
+            // Whatever happens below, the next write gets its turn.
+            let _next = Turn(turn, number);
             let pubsub = endpoint.pubsub();
             for r in recorded {
                 match r.seq {
@@ -441,6 +495,25 @@ impl History {
         actix_rt::spawn(crate::pubsub::Origin { conn, fut: task })
             .await
             .map_err(|e| StoreError::Pool(format!("write task: {e}")))?
+    }
+}
+
+/// Counts a write as pending until dropped.
+struct Pending(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Hands the turn to the write after `.1` when dropped.
+struct Turn(Arc<tokio::sync::watch::Sender<u64>>, u64);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let n = self.1;
+        self.0.send_modify(|last| *last = (*last).max(n));
     }
 }
 

@@ -318,6 +318,10 @@ struct ServeArgs {
     /// Seconds a recorded event is kept for replay.
     #[arg(long, env = "FAWKES_HISTORY_MAX_AGE", default_value_t = Retention::default().max_age.as_secs())]
     history_max_age: u64,
+    /// Writes (REST, channel pushes) waiting or running at once; one more is refused at once
+    /// with 503 rather than queued while the database is slow or down.
+    #[arg(long, env = "FAWKES_MAX_PENDING_WRITES", default_value_t = fawkes::history::DEFAULT_MAX_PENDING_WRITES)]
+    max_pending_writes: usize,
     /// Retention for topics with a prefix, `PREFIX=EVENTS/SECONDS` (e.g. `user:=200/3600`);
     /// repeat or separate with commas. The longest matching prefix wins.
     #[arg(long, env = "FAWKES_HISTORY_RETENTION", value_delimiter = ',', value_parser = HistoryConfig::parse_rule)]
@@ -687,7 +691,8 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
             },
             by_prefix: args.history_retention.clone(),
         },
-    );
+    )
+    .with_max_pending_writes(args.max_pending_writes);
     state.history.sweep_every(Duration::from_secs(60));
     let cluster = args.cluster.config().map_err(std::io::Error::other)?;
     if let Some(mut c) = cluster {

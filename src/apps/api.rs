@@ -18,6 +18,8 @@ pub enum ApiError {
     Forbidden,
     NotFound,
     Invalid(Vec<(String, String)>),
+    /// 503: the server is too busy for this request now; the reason says why.
+    Unavailable(String),
     Internal,
 }
 
@@ -30,7 +32,7 @@ impl ApiError {
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ApiError::BadRequest(why) => f.write_str(why),
+            ApiError::BadRequest(why) | ApiError::Unavailable(why) => f.write_str(why),
             ApiError::Invalid(fields) => {
                 let all: Vec<String> = fields.iter().map(|(k, m)| format!("{k} {m}")).collect();
                 f.write_str(&all.join(", "))
@@ -55,6 +57,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -71,7 +74,7 @@ impl ResponseError for ApiError {
                 }
                 Value::Object(m)
             }
-            ApiError::BadRequest(why) => json!({ "detail": why }),
+            ApiError::BadRequest(why) | ApiError::Unavailable(why) => json!({ "detail": why }),
             other => {
                 json!({ "detail": other.status_code().canonical_reason().unwrap_or("Error") })
             }
@@ -85,6 +88,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::App(e) => e,
             StoreError::Db(diesel::result::Error::NotFound) => ApiError::NotFound,
+            StoreError::Busy(why) => {
+                log::warn!("refused: {why}");
+                ApiError::Unavailable(format!("too busy, try again later: {why}"))
+            }
             other => {
                 log::error!("{other}");
                 ApiError::Internal

@@ -138,6 +138,11 @@ pub fn render(endpoint: &Endpoint) -> String {
             &e.costly_pushes_refused,
         ),
         (
+            "fawkes_writes_refused_total",
+            "Writes refused at once because too many were already waiting for the database",
+            &e.writes_refused,
+        ),
+        (
             "fawkes_broadcasts_total",
             "Broadcasts published on this node",
             &ps.broadcasts,

@@ -61,6 +61,8 @@ pub struct Engine {
     pub queue_overflows: AtomicU64,
     /// A client's mailbox (work for its socket task) was full: closed with 1013.
     pub mailbox_overflows: AtomicU64,
+    /// Writes refused because too many were already waiting (see `crate::history`).
+    pub writes_refused: AtomicU64,
     /// Costly pushes refused by a socket's budget (see [`crate::budget`]).
     pub costly_pushes_refused: AtomicU64,
     /// LongPoll sessions alive.
@@ -94,6 +96,7 @@ impl Engine {
             queue_overflows: ZERO,
             mailbox_overflows: ZERO,
             costly_pushes_refused: ZERO,
+            writes_refused: ZERO,
             longpoll_sessions: ZERO_I,
             joins: Mutex::new(Vec::new()),
         }

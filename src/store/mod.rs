@@ -34,6 +34,8 @@ pub type Conn = PooledConnection<ConnectionManager<DbConnection>>;
 pub enum StoreError {
     Db(diesel::result::Error),
     Pool(String),
+    /// Too much work already waiting: refused at once rather than queued without bound.
+    Busy(String),
     /// A failure the app raised on purpose to roll back; carries its own meaning.
     App(crate::apps::api::ApiError),
 }
@@ -43,6 +45,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Db(e) => write!(f, "database: {e}"),
             StoreError::Pool(e) => write!(f, "database pool: {e}"),
+            StoreError::Busy(e) => write!(f, "busy: {e}"),
             StoreError::App(e) => write!(f, "{e}"),
         }
     }
@@ -59,6 +62,12 @@ impl From<crate::apps::api::ApiError> for StoreError {
         StoreError::App(e)
     }
 }
+
+/// Numbers writes in the order they commit: a write that asks for a number commits under this
+/// lock and takes the next number before letting go, so the numbers follow the commits while
+/// the transactions themselves run side by side. Only the commit is serialized.
+#[derive(Debug, Default)]
+pub struct CommitOrder(Mutex<u64>);
 
 /// A pool of connections to one database; cheap to clone.
 #[derive(Clone)]
@@ -196,6 +205,16 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.writer(move |c| write_transaction(c, f)).await
+    }
+
+    /// Runs `job` (which makes its own transaction) as the one writer of this process on
+    /// SQLite, off the async executor.
+    async fn writer<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+    {
         let store = self.clone();
         actix_web::web::block(move || {
             // The write lock first, then a connection: writers queued on the lock hold no
@@ -206,12 +225,42 @@ impl Store {
                 .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
             let mut conn = store.conn()?;
             let start = std::time::Instant::now();
-            let result = write_transaction(&mut conn, f);
+            let result = job(&mut conn);
             crate::metrics::observe(&crate::metrics::DB_QUERY, start.elapsed());
             result
         })
         .await
         .map_err(|e| StoreError::Pool(format!("blocking pool: {e}")))?
+    }
+}
+
+impl Store {
+    /// [`Store::write`] for a write whose effects must leave in commit order: `f` returns its
+    /// value and whether it needs a number; such a write commits under `order`'s lock and gets
+    /// the next number (1, 2, 3, ...) with its value.
+    pub async fn write_numbered<T, F>(
+        &self,
+        order: Arc<CommitOrder>,
+        f: F,
+    ) -> Result<(T, Option<u64>), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<(T, bool), StoreError> + Send + 'static,
+    {
+        self.writer(move |c| {
+            // The guard leaves the transaction with its value: the commit happens under it.
+            let (value, guard) = write_transaction(c, |c| {
+                let (value, numbered) = f(c)?;
+                let guard = numbered.then(|| order.0.lock().unwrap_or_else(|e| e.into_inner()));
+                Ok((value, guard))
+            })?;
+            let number = guard.map(|mut last| {
+                *last += 1;
+                *last
+            });
+            Ok((value, number))
+        })
+        .await
     }
 }
 
