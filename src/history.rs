@@ -15,6 +15,7 @@ use crate::store::{now_ms, DbConnection, Store, StoreError};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use serde_json::{json, Map, Value};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,6 +164,59 @@ impl<'a> Recorder<'a> {
         Ok(payload)
     }
 
+    /// [`Recorder::record`] for many events at once, on any topics (a message to a room records
+    /// an `unread_updated` for each of its members): five statements whatever their number.
+    /// The topics' sequence rows are taken in topic order, so two writes recording on the same
+    /// topics never deadlock. Returns the payloads with their seq, in the order given.
+    pub fn record_all(
+        &mut self,
+        c: &mut DbConnection,
+        events: Vec<(String, String, Value)>,
+    ) -> Result<Vec<Value>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let topics: BTreeSet<&str> = events.iter().map(|(t, _, _)| t.as_str()).collect();
+        let topics: Vec<String> = topics.into_iter().map(str::to_owned).collect();
+        let mut last: HashMap<String, i64> = lock_seqs(c, &topics)?.into_iter().collect();
+        let now = now_ms();
+        let mut rows = Vec::with_capacity(events.len());
+        let mut out = Vec::with_capacity(events.len());
+        for (topic, event, mut payload) in events {
+            let seq = last.entry(topic.clone()).or_insert(0);
+            *seq += 1;
+            if let Value::Object(m) = &mut payload {
+                m.insert("seq".into(), json!(*seq));
+            }
+            let keep = self.config.retention(&topic);
+            let max_age = i64::try_from(keep.max_age.as_millis()).unwrap_or(i64::MAX);
+            rows.push(EventRow {
+                topic: topic.clone(),
+                seq: *seq,
+                event: event.clone(),
+                payload: payload.to_string(),
+                expires_at: now.saturating_add(max_age),
+            });
+            self.recorded.push(Recorded {
+                topic,
+                event,
+                payload: payload.clone(),
+                seq: Some(*seq),
+            });
+            out.push(payload);
+        }
+        // Each topic keeps its last `max_events`: what is at or below this goes.
+        let trims: Vec<(String, i64, i64)> = topics
+            .iter()
+            .map(|t| {
+                let seq = last.get(t).copied().unwrap_or(0);
+                (t.clone(), seq, seq - self.config.retention(t).max_events)
+            })
+            .collect();
+        store_events(c, &rows, &trims, now)?;
+        Ok(out)
+    }
+
     /// Broadcasts an event once the transaction commits, in order with the recorded ones,
     /// without recording it (a control message such as a membership's end).
     pub fn broadcast_after_commit(&mut self, topic: &str, event: &str, payload: Value) {
@@ -173,6 +227,135 @@ impl<'a> Recorder<'a> {
             seq: None,
         });
     }
+}
+
+/// An event row as [`Recorder::record_all`] writes it.
+#[derive(serde::Serialize)]
+struct EventRow {
+    topic: String,
+    seq: i64,
+    event: String,
+    payload: String,
+    expires_at: i64,
+}
+
+/// Creates the sequence rows of `topics` (sorted) that do not exist yet, takes them all in that
+/// order (locked until the transaction ends on PostgreSQL; SQLite has one writer) and returns
+/// their current seqs.
+fn lock_seqs(c: &mut DbConnection, topics: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
+    use diesel::sql_types::{Array, BigInt};
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        topic: String,
+        #[diesel(sql_type = BigInt)]
+        seq: i64,
+    }
+    let rows: Vec<Row> = match c {
+        DbConnection::Sqlite(c) => {
+            let list = serde_json::to_string(topics).unwrap_or_default();
+            diesel::sql_query(
+                "INSERT INTO topic_seqs (topic, seq) SELECT value, 0 FROM json_each(?) WHERE true \
+                 ON CONFLICT (topic) DO NOTHING",
+            )
+            .bind::<Text, _>(&list)
+            .execute(c)?;
+            diesel::sql_query(
+                "SELECT topic, seq FROM topic_seqs WHERE topic IN (SELECT value FROM json_each(?))",
+            )
+            .bind::<Text, _>(&list)
+            .load(c)?
+        }
+        DbConnection::Postgres(c) => {
+            diesel::sql_query(
+                "INSERT INTO topic_seqs (topic, seq) SELECT t, 0 FROM unnest($1) AS t ORDER BY t \
+                 ON CONFLICT (topic) DO NOTHING",
+            )
+            .bind::<Array<Text>, _>(topics)
+            .execute(c)?;
+            diesel::sql_query(
+                "SELECT topic, seq FROM topic_seqs WHERE topic = ANY($1) ORDER BY topic FOR UPDATE",
+            )
+            .bind::<Array<Text>, _>(topics)
+            .load(c)?
+        }
+    };
+    Ok(rows.into_iter().map(|r| (r.topic, r.seq)).collect())
+}
+
+/// Stores `rows`, moves each topic of `trims` (topic, last seq, trim at or below) to its last
+/// seq and trims its stream to its count; three statements whatever the number of rows.
+/// Expired events are left to the sweep ([`sweep_expired`]): replays skip them already, and
+/// looking for them per topic costs more than the rest together.
+fn store_events(
+    c: &mut DbConnection,
+    rows: &[EventRow],
+    trims: &[(String, i64, i64)],
+    now: i64,
+) -> Result<(), StoreError> {
+    use diesel::sql_types::{Array, BigInt};
+    match c {
+        DbConnection::Sqlite(c) => {
+            let rows = serde_json::to_string(rows).unwrap_or_default();
+            let trims = serde_json::to_string(trims).unwrap_or_default();
+            diesel::sql_query(
+                "INSERT INTO topic_events (topic, seq, event, payload, inserted_at, expires_at) \
+                 SELECT value ->> 'topic', value ->> 'seq', value ->> 'event', value ->> 'payload', \
+                 ?, value ->> 'expires_at' FROM json_each(?)",
+            )
+            .bind::<BigInt, _>(now)
+            .bind::<Text, _>(&rows)
+            .execute(c)?;
+            diesel::sql_query(
+                "UPDATE topic_seqs SET seq = t.value ->> '$[1]' FROM json_each(?) AS t \
+                 WHERE topic_seqs.topic = t.value ->> '$[0]'",
+            )
+            .bind::<Text, _>(&trims)
+            .execute(c)?;
+            diesel::sql_query(
+                "DELETE FROM topic_events WHERE rowid IN (SELECT e.rowid FROM json_each(?) AS t \
+                 JOIN topic_events AS e \
+                 ON e.topic = t.value ->> '$[0]' AND e.seq <= t.value ->> '$[2]')",
+            )
+            .bind::<Text, _>(&trims)
+            .execute(c)?;
+        }
+        DbConnection::Postgres(c) => {
+            let col = |f: fn(&EventRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+            let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+            let expires: Vec<i64> = rows.iter().map(|r| r.expires_at).collect();
+            diesel::sql_query(
+                "INSERT INTO topic_events (topic, seq, event, payload, inserted_at, expires_at) \
+                 SELECT topic, seq, event, payload, $5, expires_at \
+                 FROM unnest($1, $2, $3, $4, $6) AS r(topic, seq, event, payload, expires_at)",
+            )
+            .bind::<Array<Text>, _>(col(|r| r.topic.clone()))
+            .bind::<Array<BigInt>, _>(&seqs)
+            .bind::<Array<Text>, _>(col(|r| r.event.clone()))
+            .bind::<Array<Text>, _>(col(|r| r.payload.clone()))
+            .bind::<BigInt, _>(now)
+            .bind::<Array<BigInt>, _>(&expires)
+            .execute(c)?;
+            let topics: Vec<&str> = trims.iter().map(|t| t.0.as_str()).collect();
+            let lasts: Vec<i64> = trims.iter().map(|t| t.1).collect();
+            let floors: Vec<i64> = trims.iter().map(|t| t.2).collect();
+            diesel::sql_query(
+                "UPDATE topic_seqs SET seq = t.seq FROM unnest($1, $2) AS t(topic, seq) \
+                 WHERE topic_seqs.topic = t.topic",
+            )
+            .bind::<Array<Text>, _>(&topics)
+            .bind::<Array<BigInt>, _>(&lasts)
+            .execute(c)?;
+            diesel::sql_query(
+                "DELETE FROM topic_events AS e USING unnest($1, $2) AS t(topic, floor) \
+                 WHERE e.topic = t.topic AND e.seq <= t.floor",
+            )
+            .bind::<Array<Text>, _>(&topics)
+            .bind::<Array<BigInt>, _>(&floors)
+            .execute(c)?;
+        }
+    }
+    Ok(())
 }
 
 /// The topic's latest sequence number, 0 before any event.

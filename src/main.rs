@@ -298,6 +298,9 @@ struct ServeArgs {
     /// Largest voice signaling payload, in bytes.
     #[arg(long, env = "FAWKES_VOICE_MAX_SIGNAL_BYTES", default_value_t = ChatConfig::default().max_signal_bytes)]
     voice_max_signal_bytes: usize,
+    /// Most members a chat room may have (each message records an event for every member).
+    #[arg(long, env = "FAWKES_CHAT_MAX_ROOM_MEMBERS", default_value_t = ChatConfig::default().max_room_members)]
+    chat_max_room_members: i64,
     /// LongPoll sessions alive at once (per mount); more are refused with 503.
     #[arg(long, env = "FAWKES_MAX_LONGPOLL_SESSIONS", default_value_t = Limits::default().max_longpoll_sessions)]
     max_longpoll_sessions: usize,
@@ -679,6 +682,7 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
         rate_count: args.chat_rate_count.max(1),
         rate_window: Duration::from_secs(args.chat_rate_window.max(1)),
         max_signal_bytes: args.voice_max_signal_bytes,
+        max_room_members: args.chat_max_room_members.max(1),
         ..ChatConfig::default()
     };
     state.auth = verifiers;

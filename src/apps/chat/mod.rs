@@ -36,6 +36,9 @@ pub struct ChatConfig {
     pub typing_timeout: Duration,
     /// Largest voice signaling payload (an SDP offer or answer, an ICE candidate), in bytes.
     pub max_signal_bytes: usize,
+    /// Most members a room may have: each message records an `unread_updated` (and, with
+    /// `@everyone`, a `mention`) for every member, so this bounds what one message costs.
+    pub max_room_members: i64,
 }
 
 impl Default for ChatConfig {
@@ -46,6 +49,7 @@ impl Default for ChatConfig {
             rate_window: Duration::from_secs(10),
             typing_timeout: Duration::from_secs(5),
             max_signal_bytes: 64 * 1024,
+            max_room_members: 10_000,
         }
     }
 }
@@ -376,6 +380,42 @@ pub(crate) fn thread(c: &mut DbConnection, parent: i64) -> Result<Vec<Value>, St
         .select(MESSAGE_COLUMNS)
         .load::<MessageRow>(c)?;
     render(c, rows)
+}
+
+/// Stores one mention of message `message_id` for each of `users`, in one statement however many
+/// (`@everyone` in a large room).
+pub(crate) fn insert_mentions(
+    c: &mut DbConnection,
+    users: &[i64],
+    room_id: i64,
+    message_id: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    if users.is_empty() {
+        return Ok(());
+    }
+    match c {
+        DbConnection::Sqlite(c) => diesel::sql_query(
+            "INSERT INTO mentions (user_id, room_id, message_id, inserted_at) \
+             SELECT value, ?, ?, ? FROM json_each(?)",
+        )
+        .bind::<BigInt, _>(room_id)
+        .bind::<BigInt, _>(message_id)
+        .bind::<BigInt, _>(now)
+        .bind::<Text, _>(serde_json::to_string(users).unwrap_or_default())
+        .execute(c)?,
+        DbConnection::Postgres(c) => diesel::sql_query(
+            "INSERT INTO mentions (user_id, room_id, message_id, inserted_at) \
+             SELECT u, $2, $3, $4 FROM unnest($1) AS u",
+        )
+        .bind::<Array<BigInt>, _>(users)
+        .bind::<BigInt, _>(room_id)
+        .bind::<BigInt, _>(message_id)
+        .bind::<BigInt, _>(now)
+        .execute(c)?,
+    };
+    Ok(())
 }
 
 /// Who a body mentions: `@name` users who may read the room, `@everyone` (every member) and

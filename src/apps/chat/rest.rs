@@ -19,7 +19,14 @@ fn add_member(
     room_id: i64,
     user_id: i64,
     admin: bool,
+    max_members: i64,
 ) -> Result<(), StoreError> {
+    if let DbConnection::Postgres(pg) = c {
+        // Concurrent adds to one room count its members one after another.
+        diesel::sql_query("SELECT id FROM rooms WHERE id = $1 FOR UPDATE")
+            .bind::<diesel::sql_types::BigInt, _>(room_id)
+            .execute(pg)?;
+    }
     let exists = room_members::table
         .filter(room_members::room_id.eq(room_id))
         .filter(room_members::user_id.eq(user_id))
@@ -27,6 +34,17 @@ fn add_member(
         .get_result::<i64>(c)?
         > 0;
     if !exists {
+        let members = room_members::table
+            .filter(room_members::room_id.eq(room_id))
+            .count()
+            .get_result::<i64>(c)?;
+        if members >= max_members {
+            return Err(ApiError::invalid(
+                "user_id",
+                format!("cannot join: the room is full ({max_members} members)"),
+            )
+            .into());
+        }
         diesel::insert_into(room_members::table)
             .values((
                 room_members::room_id.eq(room_id),
@@ -49,6 +67,7 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::invalid("private", "must be true or false")),
     };
+    let max_members = state.chat.max_room_members;
     let room = state
         .store
         .write(move |c| {
@@ -60,7 +79,7 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
                 ))
                 .returning(rooms::id)
                 .get_result::<i64>(c)?;
-            add_member(c, id, user.id, true)?;
+            add_member(c, id, user.id, true, max_members)?;
             Ok(room_json(&Room { id, name, private }, 0))
         })
         .await?;
@@ -140,6 +159,7 @@ pub async fn add(
         .get("user_id")
         .and_then(Value::as_i64)
         .ok_or_else(|| ApiError::invalid("user_id", "must be a user id"))?;
+    let max_members = state.chat.max_room_members;
     state
         .store
         .write(move |c| {
@@ -151,7 +171,7 @@ pub async fn add(
             if accounts::user_by_id(c, target)?.is_none() {
                 return Err(ApiError::invalid("user_id", "does not exist").into());
             }
-            add_member(c, room_id, target, false)
+            add_member(c, room_id, target, false, max_members)
         })
         .await?;
     Ok(HttpResponse::NoContent().finish())

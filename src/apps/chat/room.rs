@@ -55,14 +55,14 @@ impl Fanout {
         self.room.push((topic, event.to_owned(), payload));
     }
 
-    /// Records every event on its topic's stream; they are broadcast once the write commits.
+    /// Records every event on its topic's stream, in a few statements however many members
+    /// they reach; they are broadcast once the write commits.
     fn record(self, c: &mut DbConnection, rec: &mut Recorder<'_>) -> Result<(), StoreError> {
-        for (topic, event, payload) in self.room {
-            rec.record(c, &topic, &event, payload)?;
-        }
-        for (user, event, payload) in self.users {
-            rec.record(c, &user_topic(user), event, payload)?;
-        }
+        let users = self
+            .users
+            .into_iter()
+            .map(|(user, event, payload)| (user_topic(user), event.to_owned(), payload));
+        rec.record_all(c, self.room.into_iter().chain(users).collect())?;
         Ok(())
     }
 }
@@ -206,15 +206,9 @@ impl RoomChannel {
                 .returning(messages::id)
                 .get_result::<i64>(c)?;
             let msg = message(c, id)?.expect("just inserted");
-            for who in mentioned(c, &body, &a, user, &present)? {
-                diesel::insert_into(mentions::table)
-                    .values((
-                        mentions::user_id.eq(who),
-                        mentions::room_id.eq(room_id),
-                        mentions::message_id.eq(id),
-                        mentions::inserted_at.eq(now),
-                    ))
-                    .execute(c)?;
+            let who = mentioned(c, &body, &a, user, &present)?;
+            super::insert_mentions(c, &who, room_id, id, now)?;
+            for who in who {
                 out.users.push((who, "mention", json!({"message": msg, "channel_id": room_id})));
             }
             match parent {
