@@ -63,6 +63,8 @@ pub struct Engine {
     pub mailbox_overflows: AtomicU64,
     /// LongPoll sessions alive.
     pub longpoll_sessions: AtomicI64,
+    /// Bytes held for WebSocket messages being put together from fragments.
+    pub assembling_bytes: AtomicI64,
     /// Joins by topic prefix: (prefix, accepted, refused).
     joins: Mutex<Vec<(String, u64, u64)>>,
 }
@@ -92,6 +94,7 @@ impl Engine {
             queue_overflows: ZERO,
             mailbox_overflows: ZERO,
             longpoll_sessions: ZERO_I,
+            assembling_bytes: ZERO_I,
             joins: Mutex::new(Vec::new()),
         }
     }
@@ -128,6 +131,14 @@ impl Engine {
     pub fn frames_out(&self, frames: usize, bytes: usize) {
         self.outbound.frames.fetch_add(frames as u64, Relaxed);
         self.outbound.bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// A message being put together from fragments took (or, negative, gave back) `bytes`.
+    #[inline]
+    pub fn assembling(&self, bytes: i64) {
+        if bytes != 0 {
+            self.assembling_bytes.fetch_add(bytes, Relaxed);
+        }
     }
 
     /// A connection closed with `code` (1006: without a close frame).
