@@ -32,6 +32,11 @@ const MAX_IOV: usize = 64;
 /// How long the last frames and the close frame may take to go out after the socket's task
 /// has ended: a client that reads nothing cannot hold the connection open.
 const LINGER: Duration = Duration::from_secs(10);
+/// Mails handled in a row before the client's frames (and the idle timer) get a turn first.
+/// Mail a channel sent itself while handling a frame still comes before the next frame (as in
+/// Phoenix) up to this many; beyond, a steady stream of mail cannot starve reads.
+const MAIL_BURST: u32 = 64;
+
 /// Where a WebSocket connection's messages come from and its frames go to.
 pub(crate) trait WsIo {
     /// Whether [`WsIo::poll_send`] writes the connection's frames (else its HTTP response
@@ -203,22 +208,34 @@ pub(crate) async fn run<W: WsIo>(mut state: SocketState, mut io: W, endpoint: En
     let mut rate = super::RateLimit::new(max_rate);
     let mut last_seen = Instant::now();
     let mut idle = pin!(tokio::time::sleep(idle_timeout));
+    // Mails handled in a row since the client's frames were last looked at.
+    let mut mail_streak = 0;
 
     let exit = loop {
         let event = poll_fn(|cx| {
             if io.poll_send(cx, &conn).is_ready() {
                 return Poll::Ready(Event::OutputOver);
             }
-            // Mail first: what a channel sent itself while handling a frame comes before the
-            // next frame, as in Phoenix.
-            if let Poll::Ready(m) = conn.poll_mail(cx) {
-                return Poll::Ready(Event::Mail(m));
+            // Mail first (see MAIL_BURST), then the client's frames and the idle timer.
+            let mail_first = mail_streak < MAIL_BURST;
+            if mail_first {
+                if let Poll::Ready(m) = poll_mail(&conn, cx) {
+                    mail_streak += 1;
+                    return Poll::Ready(Event::Mail(m));
+                }
             }
+            mail_streak = 0;
             if let Poll::Ready(m) = io.poll_recv(cx) {
                 return Poll::Ready(Event::Recv(m));
             }
             if idle.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Idle);
+            }
+            if !mail_first {
+                if let Poll::Ready(m) = poll_mail(&conn, cx) {
+                    mail_streak = 1;
+                    return Poll::Ready(Event::Mail(m));
+                }
             }
             Poll::Pending
         })
@@ -310,6 +327,15 @@ async fn writing<W: WsIo, F: Future>(io: &mut W, conn: &Connection, fut: F) -> F
         fut.as_mut().poll(cx)
     })
     .await
+}
+
+/// The next mail, within the task's cooperative budget: a task whose mail never runs out still
+/// lets the other tasks of its worker run, and its own socket and timer with them.
+fn poll_mail(conn: &Connection, cx: &mut Context<'_>) -> Poll<Option<Mail>> {
+    let coop = ready!(tokio::task::coop::poll_proceed(cx));
+    let mail = ready!(conn.poll_mail(cx));
+    coop.made_progress();
+    Poll::Ready(mail)
 }
 
 fn read_error(id: u64, e: ReadError, limits: &crate::config::Limits) -> Exit {
