@@ -9,6 +9,10 @@ pub struct Limits {
     /// Largest WebSocket message (after reassembling fragments) a client may send. Over it, the
     /// socket is closed with 1009. Phoenix's default: 10,000,000 bytes.
     pub max_frame_size: usize,
+    /// Frames one WebSocket message may come in (its first frame, continuations and last);
+    /// over it, the socket is closed with 1009. Each fragment also counts against
+    /// `max_messages_per_second`.
+    pub max_fragments: usize,
     /// Channels one socket may have joined at once; the next join is refused with
     /// `{"reason":"too many channels joined"}`. Phoenix's default: 100.
     pub max_channels: usize,
@@ -23,8 +27,9 @@ pub struct Limits {
     pub max_topic_bytes: usize,
     /// A socket that sends nothing for this long is closed (1002, as Phoenix on Bandit).
     pub idle_timeout: Duration,
-    /// Messages per second one socket may send, averaged over a one-second burst; beyond it the
-    /// server reads its frames no faster (TCP pushes back on the client). 0: no limit.
+    /// Frames per second one socket may send (a message, a fragment of one or a ping counts
+    /// as one), with a one-second burst; beyond it the server reads its frames no faster (TCP
+    /// pushes back on the client). 0: no limit.
     pub max_messages_per_second: u32,
     /// Costly pushes (a database query, a large reply: see [`crate::budget`]) one socket may
     /// make per second, with a burst of as many; beyond, the push is refused with
@@ -47,6 +52,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_frame_size: 10_000_000,
+            max_fragments: 4096,
             max_channels: 100,
             max_queue: 1024,
             max_queue_bytes: 4 * 1024 * 1024,

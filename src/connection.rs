@@ -27,7 +27,7 @@ pub mod close_code {
     pub const IDLE: u16 = 1002;
     /// A frame that is not valid for the negotiated serializer.
     pub const BAD_FRAME: u16 = 1011;
-    /// A frame over the configured maximum size.
+    /// A message over the configured maximum size, or in more fragments than allowed.
     pub const TOO_BIG: u16 = 1009;
     /// The outbound queue or mailbox overflowed: the client did not keep up.
     pub const OVERLOADED: u16 = 1013;

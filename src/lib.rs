@@ -4,8 +4,9 @@
 //! # Layout
 //! - [`protocol`]: messages and the V1 / V2 / binary serializers. Pure, no IO.
 //! - [`transport`]: WebSocket and LongPoll, and the connect steps shared by transports; `frame`
-//!   builds whole WebSocket frames; `ws_io` serves a WebSocket on the socket it owns after the
-//!   upgrade (reads, vectored writes, the connection's loop).
+//!   builds whole WebSocket frames; `ws_read` parses client frames into messages within the
+//!   limits; `ws_io` serves a WebSocket on the socket it owns after the upgrade (reads,
+//!   vectored writes, the connection's loop).
 //! - [`connection`]: a client's bounded outbound queue and mailbox, shared with publishers.
 //! - [`socket`]: one client's joined channels and the protocol's join/leave/reply rules.
 //! - [`channel`]: the app-facing [`Channel`] trait, its context and the topic [`Router`].

@@ -339,6 +339,9 @@ struct ServeArgs {
     /// Largest client WebSocket message, in bytes (closed with 1009 above it).
     #[arg(long, env = "FAWKES_MAX_FRAME_SIZE", default_value_t = Limits::default().max_frame_size)]
     max_frame_size: usize,
+    /// Frames one client WebSocket message may come in (closed with 1009 above it).
+    #[arg(long, env = "FAWKES_MAX_FRAGMENTS", default_value_t = Limits::default().max_fragments)]
+    max_fragments: usize,
     /// Channels one socket may join at once.
     #[arg(long, env = "FAWKES_MAX_CHANNELS", default_value_t = Limits::default().max_channels)]
     max_channels: usize,
@@ -352,7 +355,8 @@ struct ServeArgs {
     /// Seconds without a frame from a client before its socket is closed.
     #[arg(long, env = "FAWKES_IDLE_TIMEOUT", default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout: u64,
-    /// Messages per second one socket may send (reads slow down beyond it); 0 for no limit.
+    /// Frames per second one socket may send, a fragment or a ping counting as one (reads slow
+    /// down beyond it); 0 for no limit.
     #[arg(long, env = "FAWKES_MAX_MESSAGES_PER_SECOND", default_value_t = Limits::default().max_messages_per_second)]
     max_messages_per_second: u32,
     /// Costly pushes (a database query, a large reply) one socket may make per second; 0 for no
@@ -404,6 +408,7 @@ impl ServeArgs {
         Config {
             limits: Limits {
                 max_frame_size: self.max_frame_size,
+                max_fragments: self.max_fragments.max(1),
                 max_channels: self.max_channels,
                 max_queue: self.max_queue.max(1),
                 max_queue_bytes: self.max_queue_bytes.max(1),

@@ -19,6 +19,16 @@ pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
+/// One frame of a message sent in fragments: `Text` or `Binary` starts it, `Continue`
+/// frames follow, `Last` ends it.
+#[derive(Debug, Clone, Copy)]
+pub enum Fragment<'a> {
+    Text(&'a [u8]),
+    Binary(&'a [u8]),
+    Continue(&'a [u8]),
+    Last(&'a [u8]),
+}
+
 /// What the server sent.
 #[derive(Debug)]
 pub enum Frame {
@@ -52,6 +62,32 @@ impl Client {
     pub async fn send_binary(&mut self, data: Vec<u8>) -> Result {
         self.ws
             .send(Message::Binary(data))
+            .await
+            .map_err(|e| format!("{}: send failed: {e}", self.name))
+    }
+
+    /// Sends frames as they are, a message's fragments among them, then flushes once.
+    pub async fn send_fragments<'a>(
+        &mut self,
+        fragments: impl IntoIterator<Item = Fragment<'a>>,
+    ) -> Result {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        for f in fragments {
+            let (op, data, fin) = match f {
+                Fragment::Text(d) => (Data::Text, d, false),
+                Fragment::Binary(d) => (Data::Binary, d, false),
+                Fragment::Continue(d) => (Data::Continue, d, false),
+                Fragment::Last(d) => (Data::Continue, d, true),
+            };
+            let frame = Frame::message(data.to_vec(), OpCode::Data(op), fin);
+            self.ws
+                .feed(Message::Frame(frame))
+                .await
+                .map_err(|e| format!("{}: send failed: {e}", self.name))?;
+        }
+        self.ws
+            .flush()
             .await
             .map_err(|e| format!("{}: send failed: {e}", self.name))
     }

@@ -729,3 +729,69 @@ fn sockets_in_an_actix_web_app_of_ones_own_still_serve_websockets() {
         c.expect_close(1011).await.unwrap();
     });
 }
+
+/// `stream:*`: a channel whose mail never runs out. Each message it handles mails it the next
+/// one, and every 1000th broadcasts a `tick` to its topic: a steady stream for the socket's
+/// task to handle, and for the client to read.
+struct Stream;
+
+struct Next(u64);
+
+#[async_trait(?Send)]
+impl Channel for Stream {
+    async fn join(
+        &mut self,
+        _: &str,
+        _: Payload,
+        ctx: &mut ChannelContext,
+    ) -> Result<Payload, Payload> {
+        ctx.send_self(Next(0));
+        Ok(Payload::empty())
+    }
+
+    async fn handle_info(&mut self, info: Info, ctx: &mut ChannelContext) -> Flow {
+        if let Some(Next(n)) = info.downcast::<Next>() {
+            if n % 1000 == 0 {
+                ctx.broadcast("tick", json!({ "n": n }));
+            }
+            ctx.send_self(Next(n + 1));
+        }
+        Flow::Continue
+    }
+}
+
+/// Mail does not starve the client's frames: a socket whose channel always has mail still
+/// answers each heartbeat while the stream goes on, and is not closed for being idle (1 s
+/// here) while its client keeps sending them.
+#[test]
+fn a_socket_whose_mail_never_runs_out_still_reads_its_client() {
+    let socket = Socket::new(Router::new().channel("stream:*", || Stream));
+    let server = support::start_with(limits(|l| l.idle_timeout = Duration::from_secs(1)), socket);
+    rt().block_on(async {
+        let mut c = Client::connect("c", &server.url(), V2).await.unwrap();
+        join(&mut c, "1", "stream:1", "{}").await;
+        let mut ticks = 0;
+        // Three idle timeouts' worth of heartbeats.
+        for i in 0..12 {
+            c.send(&format!(r#"[null,"{i}","phoenix","heartbeat",{{}}]"#))
+                .await
+                .unwrap();
+            let reply =
+                format!(r#"[null,"{i}","phoenix","phx_reply",{{"response":{{}},"status":"ok"}}]"#);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                match c.recv_within(wait).await.unwrap() {
+                    Some(Frame::Text(t)) if t.contains(r#""tick""#) => ticks += 1,
+                    Some(Frame::Text(t)) if t == reply => break,
+                    None => {
+                        panic!("heartbeat {i} not answered within 5 s ({ticks} ticks meanwhile)")
+                    }
+                    Some(other) => panic!("heartbeat {i}: expected its reply, got {other:?}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(ticks > 0, "the stream went on meanwhile");
+    });
+}

@@ -189,6 +189,12 @@ pub fn render(endpoint: &Endpoint) -> String {
         "LongPoll sessions alive",
         e.longpoll_sessions.load(Relaxed),
     );
+    gauge(
+        &r,
+        "fawkes_assembling_bytes",
+        "Bytes held for WebSocket messages being put together from fragments",
+        e.assembling_bytes.load(Relaxed),
+    );
 
     if let Some(c) = endpoint.cluster_stats() {
         cluster(&r, c);

@@ -67,6 +67,8 @@ pub struct Engine {
     pub costly_pushes_refused: AtomicU64,
     /// LongPoll sessions alive.
     pub longpoll_sessions: AtomicI64,
+    /// Bytes held for WebSocket messages being put together from fragments.
+    pub assembling_bytes: AtomicI64,
     /// Joins by topic prefix: (prefix, accepted, refused).
     joins: Mutex<Vec<(String, u64, u64)>>,
 }
@@ -98,6 +100,7 @@ impl Engine {
             costly_pushes_refused: ZERO,
             writes_refused: ZERO,
             longpoll_sessions: ZERO_I,
+            assembling_bytes: ZERO_I,
             joins: Mutex::new(Vec::new()),
         }
     }
@@ -134,6 +137,14 @@ impl Engine {
     pub fn frames_out(&self, frames: usize, bytes: usize) {
         self.outbound.frames.fetch_add(frames as u64, Relaxed);
         self.outbound.bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// A message being put together from fragments took (or, negative, gave back) `bytes`.
+    #[inline]
+    pub fn assembling(&self, bytes: i64) {
+        if bytes != 0 {
+            self.assembling_bytes.fetch_add(bytes, Relaxed);
+        }
     }
 
     /// A connection closed with `code` (1006: without a close frame).

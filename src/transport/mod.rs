@@ -5,6 +5,7 @@ pub mod frame;
 pub mod longpoll;
 pub mod websocket;
 pub(crate) mod ws_io;
+pub mod ws_read;
 
 use crate::config::CheckOrigin;
 use crate::endpoint::{ConnectInfo, Connected, Endpoint, Params, Socket};

@@ -10,10 +10,11 @@
 //! (see [`crate::server::configure_sockets`]), reading through actix-web's payload and writing
 //! through its response body (with actix-http's buffers, about 16 kB per connection).
 
-use super::ws_io::{self, Reader, WsIo};
+use super::ws_io::{self, WsIo};
+use super::ws_read::{Incoming, ReadError, Reader};
 use super::{connect, Mount};
 use crate::connection::Connection;
-use crate::endpoint::Connected;
+use crate::endpoint::{Connected, Endpoint};
 use crate::metrics::Transport;
 use crate::protocol::Serializer;
 use crate::socket::SocketState;
@@ -125,7 +126,7 @@ where
     // buffers.
     let parts = framed.into_parts();
     let endpoint = mount.endpoint.clone();
-    let reader = Reader::new(endpoint.config().limits.max_frame_size, &parts.read_buf);
+    let reader = reader(&endpoint, &parts.read_buf);
     let io = ws_io::Owned::new(parts.io, reader);
     drop(parts.read_buf);
     drop(parts.write_buf);
@@ -141,6 +142,12 @@ where
     // handshake's future, and the HTTP dispatcher's task holding it, end here.
     actix_rt::spawn(ws_io::run(state, io, endpoint));
     Ok(())
+}
+
+/// A reader within the endpoint's limits; `early`: what the client sent after its request.
+fn reader(endpoint: &Endpoint, early: &[u8]) -> Reader {
+    let limits = &endpoint.config().limits;
+    Reader::new(limits.max_frame_size, limits.max_fragments, early)
 }
 
 /// Writes a whole response on a socket taken from the HTTP dispatcher; the connection then ends.
@@ -183,7 +190,7 @@ pub async fn handle(req: HttpRequest, body: web::Payload, mount: web::Data<Mount
         conn,
         accepted.connected,
     );
-    let reader = Reader::new(endpoint.config().limits.max_frame_size, &[]);
+    let reader = reader(&endpoint, &[]);
     actix_rt::spawn(ws_io::run(
         state,
         Payload {
@@ -246,18 +253,17 @@ struct Payload {
 impl WsIo for Payload {
     const WRITES: bool = false;
 
-    fn poll_recv(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<ws_io::Incoming, ProtocolError>>> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Incoming, ReadError>>> {
         loop {
-            if let Some(msg) = self.reader.next() {
+            if let Some(msg) = self.reader.parse() {
                 return Poll::Ready(Some(msg));
             }
             match futures_util::ready!(Pin::new(&mut self.body).poll_next(cx)) {
                 Some(Ok(bytes)) => self.reader.extend(&bytes),
                 Some(Err(e)) => {
-                    return Poll::Ready(Some(Err(ProtocolError::Io(io::Error::other(e)))))
+                    return Poll::Ready(Some(Err(ReadError::Protocol(ProtocolError::Io(
+                        io::Error::other(e),
+                    )))))
                 }
                 None => return Poll::Ready(None),
             }
