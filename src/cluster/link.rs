@@ -66,10 +66,12 @@ pub(super) fn start(
             ps,
             bounds: Bounds {
                 max_bytes: config.max_message_bytes,
+                max_term_bytes: config.max_term_bytes,
                 ..Bounds::default()
             },
             stats: stats.clone(),
             not_json_logged: HashSet::new(),
+            over_bounds_logged: false,
             presence_in,
             phx,
             config: config.clone(),
@@ -211,6 +213,8 @@ struct Arrivals {
     stats: Arc<Stats>,
     /// Topics whose undeliverable payloads were logged already (bounded).
     not_json_logged: HashSet<String>,
+    /// A message over the bounds was logged already: one line, however many follow.
+    over_bounds_logged: bool,
     presence_in: mpsc::Sender<Vec<u8>>,
     phx: Arc<str>,
     config: Arc<ClusterConfig>,
@@ -241,6 +245,12 @@ impl Arrivals {
                 self.stats.not_json.fetch_add(1, Ordering::Relaxed);
                 if self.not_json_logged.len() < 1024 && self.not_json_logged.insert(topic.clone()) {
                     log::warn!("cluster: a broadcast on {topic} carries {what}, which JSON cannot; not delivered (logged once per topic)");
+                }
+            }
+            Inbound::OverBounds(why) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                if !std::mem::replace(&mut self.over_bounds_logged, true) {
+                    log::warn!("cluster: refused a message from Redis: {why} (--cluster-max-message-bytes, --cluster-max-term-bytes); counted in fawkes_redis_refused_total, logged once");
                 }
             }
             Inbound::Ignored(why) => {

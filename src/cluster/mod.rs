@@ -35,8 +35,10 @@ pub struct ClusterConfig {
     pub pubsub_name: String,
     /// A node heard from for this long is down: its presences leave.
     pub presence_down_after: Duration,
-    /// Largest message read from Redis; larger ones are ignored and counted.
+    /// Largest message read from Redis; larger ones are refused and counted.
     pub max_message_bytes: usize,
+    /// Memory one message's decoded term may take (see [`term::Bounds::max_term_bytes`]).
+    pub max_term_bytes: usize,
     /// Messages waiting to be published; past it they are dropped and counted.
     pub publish_queue: usize,
     /// Topic prefixes whose broadcasts carry a `"seq"` from the shared change log.
@@ -53,6 +55,7 @@ impl ClusterConfig {
             pubsub_name: DEFAULT_PUBSUB_NAME.to_owned(),
             presence_down_after: Duration::from_secs(30),
             max_message_bytes: 8 * 1024 * 1024,
+            max_term_bytes: term::Bounds::default().max_term_bytes,
             publish_queue: 65_536,
             recorded_prefixes: Vec::new(),
             reorder_hold: Duration::from_millis(250),
@@ -92,9 +95,13 @@ pub struct ClusterArgs {
     /// Seconds without a heartbeat after which another node counts as down.
     #[arg(long, env = "FAWKES_PRESENCE_DOWN_AFTER", default_value_t = 30)]
     pub presence_down_after: u64,
-    /// Largest message read from Redis, in bytes (larger: ignored and counted).
+    /// Largest message read from Redis, in bytes (larger: refused and counted).
     #[arg(long, env = "FAWKES_CLUSTER_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub cluster_max_message_bytes: usize,
+    /// Memory one message from Redis may take once decoded, in bytes: every Erlang term it
+    /// makes counts its own size and what it holds (more: refused and counted).
+    #[arg(long, env = "FAWKES_CLUSTER_MAX_TERM_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub cluster_max_term_bytes: usize,
     /// Messages waiting to be published to Redis; past it (Redis slow or away) they are dropped
     /// and counted.
     #[arg(long, env = "FAWKES_CLUSTER_PUBLISH_QUEUE", default_value_t = 65_536)]
@@ -121,6 +128,7 @@ impl ClusterArgs {
         c.pubsub_name = self.pubsub_name.clone();
         c.presence_down_after = Duration::from_secs(self.presence_down_after.max(1));
         c.max_message_bytes = self.cluster_max_message_bytes.max(1024);
+        c.max_term_bytes = self.cluster_max_term_bytes.max(1024);
         c.publish_queue = self.cluster_publish_queue.max(1);
         Ok(Some(c))
     }
@@ -140,6 +148,8 @@ pub struct Stats {
     pub received: AtomicU64,
     /// Messages that were not for this node or not channel broadcasts, or could not be read.
     pub ignored: AtomicU64,
+    /// Messages over a bound (size, nesting, decoded memory), refused unread.
+    pub refused: AtomicU64,
     /// Channel broadcasts whose payload JSON cannot carry (not delivered).
     pub not_json: AtomicU64,
     /// Recorded broadcasts dropped as already delivered.

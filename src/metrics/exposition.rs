@@ -233,6 +233,11 @@ fn cluster(r: &Registry, c: &crate::cluster::Stats) {
             &c.ignored,
         ),
         (
+            "fawkes_redis_refused_total",
+            "Messages from Redis refused for a bound: size, nesting or decoded memory",
+            &c.refused,
+        ),
+        (
             "fawkes_redis_not_json_total",
             "Broadcasts from other nodes whose payload JSON cannot carry (not delivered)",
             &c.not_json,
