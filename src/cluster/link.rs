@@ -3,13 +3,15 @@
 //! node keeps serving its own clients; what it cannot publish is counted, and the outage is
 //! logged once when it starts and once when it ends.
 
-use super::message::{self, Inbound};
-use super::order::{Backfill, Order};
+use super::message::{self, Inbound, Remote};
+use super::order::Order;
 use super::term::Bounds;
-use super::{tracker, ClusterConfig, Stats};
+use super::{tracker, ClusterConfig, Recorded, Stats};
 use crate::endpoint::Endpoint;
+use crate::protocol::Payload;
 use crate::pubsub::{Adapter, Broadcast, PubSub};
 use futures_util::StreamExt;
+use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,17 +21,25 @@ use tokio::sync::mpsc;
 /// A message to publish: (Redis channel, bytes).
 type Outgoing = (Arc<str>, Vec<u8>);
 
-/// Publishes this node's broadcasts, in phoenix_pubsub_redis's format.
+/// Publishes this node's broadcasts, in phoenix_pubsub_redis's format; recorded ones signed.
 struct RedisAdapter {
     node: String,
     channel: Arc<str>,
     tx: mpsc::Sender<Outgoing>,
     stats: Arc<Stats>,
+    recorded: Option<Arc<Recorded>>,
 }
 
 impl Adapter for RedisAdapter {
     fn publish(&self, b: &Arc<Broadcast>) {
-        let bytes = message::encode(&self.node, &b.topic, &b.event, &b.payload);
+        let sealed = match (&self.recorded, b.seq, &b.payload) {
+            (Some(r), Some(_), Payload::Json(Value::Object(m))) => {
+                Some(Payload::Json(r.key.seal(&b.topic, &b.event, m)))
+            }
+            _ => None,
+        };
+        let payload = sealed.as_ref().unwrap_or(&b.payload);
+        let bytes = message::encode(&self.node, &b.topic, &b.event, payload);
         if self.tx.try_send((self.channel.clone(), bytes)).is_err() {
             self.stats.unpublished.fetch_add(1, Ordering::Relaxed);
         }
@@ -46,19 +56,22 @@ pub(super) fn start(
     endpoint: &Endpoint,
     config: Arc<ClusterConfig>,
     stats: Arc<Stats>,
-    backfill: Option<Arc<dyn Backfill>>,
+    recorded: Option<Recorded>,
 ) {
     let ps = endpoint.pubsub().clone();
     let (tx, rx) = mpsc::channel::<Outgoing>(config.publish_queue.max(1));
+    let recorded = recorded.map(Arc::new);
+    let backfill = recorded.as_ref().map(|r| r.change_log.clone());
     let order = Arc::new(Order::new(config.reorder_hold, backfill, stats.clone()));
     ps.set_sequencer(order.clone());
-    order.run(ps.clone());
+    order.clone().run(ps.clone());
     let phx: Arc<str> = message::redis_channel(&config.pubsub_name).into();
     ps.set_adapter(RedisAdapter {
         node: config.node_name.clone(),
         channel: phx.clone(),
         tx: tx.clone(),
         stats: stats.clone(),
+        recorded: recorded.clone(),
     });
     let presence_in = tracker::start(endpoint.presence(), &config, stats.clone(), tx);
     let link = Link {
@@ -72,12 +85,15 @@ pub(super) fn start(
             stats: stats.clone(),
             not_json_logged: HashSet::new(),
             over_bounds_logged: false,
+            unsigned_logged: false,
+            recorded,
             presence_in,
             phx,
             config: config.clone(),
         },
         config,
         stats,
+        order,
     };
     actix_rt::spawn(link.run(rx));
 }
@@ -86,6 +102,7 @@ struct Link {
     inbound: Arrivals,
     config: Arc<ClusterConfig>,
     stats: Arc<Stats>,
+    order: Arc<Order>,
 }
 
 impl Link {
@@ -115,6 +132,9 @@ impl Link {
                     ever_up = true;
                     backoff = FIRST_BACKOFF;
                     self.stats.up.store(true, Ordering::Relaxed);
+                    // Subscribed again: what was written while this node heard nothing is in
+                    // the change log, and what is published from now on arrives.
+                    self.order.catch_up(&self.inbound.ps);
                     let why = self.serve(sub, &mut publisher, &mut out).await;
                     self.stats.up.store(false, Ordering::Relaxed);
                     self.stats.outages.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +235,9 @@ struct Arrivals {
     not_json_logged: HashSet<String>,
     /// A message over the bounds was logged already: one line, however many follow.
     over_bounds_logged: bool,
+    /// Likewise for a recorded broadcast whose seq no node of the cluster signed.
+    unsigned_logged: bool,
+    recorded: Option<Arc<Recorded>>,
     presence_in: mpsc::Sender<Vec<u8>>,
     phx: Arc<str>,
     config: Arc<ClusterConfig>,
@@ -230,9 +253,15 @@ impl Arrivals {
             return;
         }
         match message::decode(bytes, &self.config.node_name, self.bounds) {
-            Inbound::Deliver(r) => {
+            Inbound::Deliver(mut r) => {
+                let Ok(seq) = self.recorded_seq(&mut r) else {
+                    self.stats.unsigned.fetch_add(1, Ordering::Relaxed);
+                    if !std::mem::replace(&mut self.unsigned_logged, true) {
+                        log::warn!("cluster: dropped a broadcast on {} whose seq no node of this cluster signed (not a Fawkes node on this database); counted in fawkes_recorded_unsigned_total, logged once", r.topic);
+                    }
+                    return;
+                };
                 self.stats.received.fetch_add(1, Ordering::Relaxed);
-                let seq = self.recorded_seq(&r.topic, &r.payload);
                 self.ps.local_broadcast(Broadcast {
                     topic: r.topic,
                     event: r.event,
@@ -260,11 +289,22 @@ impl Arrivals {
         }
     }
 
-    /// A recorded topic's broadcast carries its `"seq"` in its payload.
-    fn recorded_seq(&self, topic: &str, payload: &crate::protocol::Payload) -> Option<i64> {
-        if !(self.config.recorded_prefixes.iter()).any(|p| topic.starts_with(p.as_str())) {
-            return None;
+    /// A recorded topic's broadcast carries its `"seq"` in its payload, signed by the node that
+    /// took it from the database. The signature is taken out; a seq without a good one is not
+    /// believed (`Err`: the broadcast is dropped). A broadcast without a seq is not recorded.
+    fn recorded_seq(&self, r: &mut Remote) -> Result<Option<i64>, ()> {
+        let Some(rec) = self.recorded.as_ref().filter(|rec| rec.covers(&r.topic)) else {
+            return Ok(None);
+        };
+        let Payload::Json(Value::Object(m)) = &mut r.payload else {
+            return Ok(None);
+        };
+        if !m.contains_key("seq") && !m.contains_key(super::seal::FIELD) {
+            return Ok(None);
         }
-        payload.json()?.get("seq")?.as_i64()
+        if !rec.key.open(&r.topic, &r.event, m) {
+            return Err(());
+        }
+        m.get("seq").and_then(Value::as_i64).map(Some).ok_or(())
     }
 }

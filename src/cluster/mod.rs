@@ -6,7 +6,8 @@
 //! ([`message`], on the term codec of [`term`]). Presence is replicated between Fawkes nodes on a
 //! channel of their own, Phoenix.Tracker's way: per-node deltas, heartbeats, and a node silent
 //! too long counted as down ([`tracker`]). Recorded broadcasts, which several nodes number from
-//! one database, are delivered in seq order, a gap filled from the change log ([`order`]).
+//! one database, are delivered in seq order, a gap filled from the change log ([`order`]), and
+//! their seqs are believed only when a node of the cluster signed them ([`seal`]).
 //! [`link`] owns the Redis connections and survives Redis going away.
 //!
 //! Without a Redis URL none of this runs: one node needs nothing but itself.
@@ -14,10 +15,12 @@
 pub mod link;
 pub mod message;
 pub mod order;
+pub mod seal;
 pub mod term;
 pub mod tracker;
 
 pub use order::Backfill;
+pub use seal::SealKey;
 
 use crate::endpoint::Endpoint;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -41,8 +44,6 @@ pub struct ClusterConfig {
     pub max_term_bytes: usize,
     /// Messages waiting to be published; past it they are dropped and counted.
     pub publish_queue: usize,
-    /// Topic prefixes whose broadcasts carry a `"seq"` from the shared change log.
-    pub recorded_prefixes: Vec<String>,
     /// How long an early recorded broadcast waits for the ones before it.
     pub reorder_hold: Duration,
 }
@@ -57,7 +58,6 @@ impl ClusterConfig {
             max_message_bytes: 8 * 1024 * 1024,
             max_term_bytes: term::Bounds::default().max_term_bytes,
             publish_queue: 65_536,
-            recorded_prefixes: Vec::new(),
             reorder_hold: Duration::from_millis(250),
         }
     }
@@ -154,11 +154,32 @@ pub struct Stats {
     pub not_json: AtomicU64,
     /// Recorded broadcasts dropped as already delivered.
     pub duplicates: AtomicU64,
-    /// Recorded broadcasts fetched from the change log to fill a gap.
+    /// Recorded broadcasts fetched from the change log to fill a gap or catch up.
     pub backfilled: AtomicU64,
+    /// Recorded broadcasts whose seq is past the change log's latest (dropped).
+    pub unknown: AtomicU64,
+    /// Broadcasts on recorded topics whose seq no node of this cluster signed (dropped).
+    pub unsigned: AtomicU64,
     /// Presence replication messages sent and received.
     pub presence_sent: AtomicU64,
     pub presence_received: AtomicU64,
+}
+
+/// Topics whose broadcasts the nodes number from one database, and what a node needs to trust
+/// those numbers and fill their gaps. Given by the layer that owns the database.
+pub struct Recorded {
+    /// Topic prefixes whose broadcasts carry a `"seq"` from the change log.
+    pub prefixes: Vec<String>,
+    /// Where missing events are read from.
+    pub change_log: Arc<dyn Backfill>,
+    /// The key the cluster's nodes sign their recorded broadcasts with (kept in the database).
+    pub key: SealKey,
+}
+
+impl Recorded {
+    pub(crate) fn covers(&self, topic: &str) -> bool {
+        self.prefixes.iter().any(|p| topic.starts_with(p.as_str()))
+    }
 }
 
 /// A running cluster link.
@@ -170,13 +191,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects `endpoint` to the other nodes: its broadcasts are published, theirs delivered,
-    /// presence replicated. `backfill` fills gaps in recorded topics (none: gaps are waited
-    /// out, then skipped). Call from within the server's runtime; the link runs as its tasks
-    /// and keeps retrying while Redis is away.
+    /// presence replicated. With `recorded`, those topics' broadcasts are delivered in seq
+    /// order on every node (without it no broadcast from another node carries a seq, and a gap
+    /// in this node's own is waited out, then skipped). Call from within the server's runtime;
+    /// the link runs as its tasks and keeps retrying while Redis is away.
     pub fn start(
         endpoint: &Endpoint,
         config: ClusterConfig,
-        backfill: Option<Arc<dyn Backfill>>,
+        recorded: Option<Recorded>,
     ) -> Cluster {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
@@ -187,7 +209,7 @@ impl Cluster {
             config.pubsub_name
         );
         endpoint.set_cluster_stats(stats.clone());
-        link::start(endpoint, config.clone(), stats.clone(), backfill);
+        link::start(endpoint, config.clone(), stats.clone(), recorded);
         Cluster { config, stats }
     }
 }

@@ -6,10 +6,10 @@
 import {test, before, after} from "node:test"
 import assert from "node:assert/strict"
 import {deflateSync} from "node:zlib"
-import {nextEvent, recorded} from "../helpers.js"
+import {QUIET_MS, nextEvent, recordEvents, recorded, sleep} from "../helpers.js"
 import {
-  PHX_CHANNEL, api, createUser, eventually, joined, linked, logsOf, metrics, procKb, publish,
-  startNode, startRedis, stopNodes
+  PHX_CHANNEL, api, broadcastTerm, createUser, eventually, joined, linked, logsOf, metrics, procKb,
+  publish, startNode, startRedis, stopNodes
 } from "./nodes.js"
 
 const users = {}
@@ -61,4 +61,34 @@ test("a compressed-term bomb on Redis is refused by its memory: counted, logged 
   const post = await api("n2", users.dave, "POST", "/api/community/posts", {body: "after the bomb"})
   assert.equal(post.status, 201)
   assert.deepStrictEqual(recorded(await seen), post.json)
+})
+
+test("a forged seq on Redis silences no topic: the next post reaches feed clients on every node", async t => {
+  const subs = await Promise.all(["n1", "n2", "n3"].map(n => joined(t, n, users.carol, "community:feed")))
+  const start = subs[0].reply.seq
+  assert.ok(subs.every(s => s.reply.seq === start))
+  const got = subs.map(s => recordEvents(s.channel, "new_post"))
+  const before = await Promise.all(["n1", "n2", "n3"].map(metrics))
+  // seq 2^63-1, from a node nobody knows and in the name of a real node (n2, which takes it for
+  // its own and drops it); the payload as a Fawkes node writes it, but for the signature.
+  const forged = node => broadcastTerm({node, topic: "community:feed", event: "new_post",
+    payload: {id: 0, body: "forged", user: {id: users.dave.id, name: "dave"}, seq: 2n ** 63n - 1n}})
+  assert.equal(publish(PHX_CHANNEL, forged("phx@elsewhere")), 3)
+  assert.equal(publish(PHX_CHANNEL, forged("n2")), 3)
+  // Longer than an early broadcast is held (250 ms): a believed seq would be skipped to by now.
+  await sleep(600)
+  const post = await api("n2", users.dave, "POST", "/api/community/posts", {body: "after the forgery"})
+  assert.equal(post.status, 201)
+  for(const g of got){
+    await eventually(() => g.payloads.length >= 1, () => `new_post on every node: ${JSON.stringify(got.map(g => g.payloads))}`)
+  }
+  await sleep(QUIET_MS)
+  for(const g of got){
+    assert.deepStrictEqual(g.payloads.map(recorded), [post.json])
+    assert.equal(g.payloads[0].seq, start + 1)
+  }
+  // Not delivered, counted: both forgeries on n1 and n3, the one not in its own name on n2.
+  const after = await Promise.all(["n1", "n2", "n3"].map(metrics))
+  assert.deepStrictEqual(after.map((m, i) => m.fawkes_recorded_unsigned_total - before[i].fawkes_recorded_unsigned_total), [2, 1, 2])
+  assert.equal(logsOf("n1").match(/whose seq no node of this cluster signed/g)?.length, 1)
 })
