@@ -12,14 +12,61 @@ use crate::protocol::Payload;
 use crate::pubsub::{Adapter, Broadcast, PubSub};
 use futures_util::StreamExt;
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// A message to publish: (Redis channel, bytes).
-type Outgoing = (Arc<str>, Vec<u8>);
+/// A message to publish.
+pub(super) struct Outgoing {
+    pub channel: Arc<str>,
+    pub bytes: Vec<u8>,
+    /// A recorded broadcast's (topic, seq): one that cannot be published is announced when the
+    /// link is back ([`Unsent`]).
+    pub recorded: Option<(String, i64)>,
+}
+
+/// Topics this node could not publish a recorded broadcast of, with the latest seq of each. Its
+/// own outage is one only this node knows of: once its link is back it tells the others how
+/// far those topics went (signed, on the Fawkes channel), and they fill the gap from the change
+/// log rather than wait for the topic's next write. At most `max` topics (the others' clients
+/// of any more catch up at the topic's next write or their own node's reconnect).
+struct Unsent {
+    topics: Mutex<HashMap<String, i64>>,
+    max: usize,
+    /// Topics past `max` were logged already, in this outage.
+    full_logged: std::sync::atomic::AtomicBool,
+}
+
+impl Unsent {
+    fn new(max: usize) -> Unsent {
+        Unsent {
+            topics: Mutex::default(),
+            max,
+            full_logged: Default::default(),
+        }
+    }
+
+    fn note(&self, m: &Outgoing) {
+        let Some((topic, seq)) = &m.recorded else {
+            return;
+        };
+        let mut map = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get_mut(topic) {
+            *s = (*s).max(*seq);
+        } else if map.len() < self.max {
+            map.insert(topic.clone(), *seq);
+        } else if !self.full_logged.swap(true, Ordering::Relaxed) {
+            log::warn!("cluster: over {} topics with unpublished recorded broadcasts (--cluster-unsent-topics); those past it are not announced when the link is back", self.max);
+        }
+    }
+
+    fn take(&self) -> HashMap<String, i64> {
+        self.full_logged.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *self.topics.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 /// Publishes this node's broadcasts, in phoenix_pubsub_redis's format; recorded ones signed.
 struct RedisAdapter {
@@ -28,6 +75,7 @@ struct RedisAdapter {
     tx: mpsc::Sender<Outgoing>,
     stats: Arc<Stats>,
     recorded: Option<Arc<Recorded>>,
+    unsent: Arc<Unsent>,
 }
 
 impl Adapter for RedisAdapter {
@@ -39,9 +87,15 @@ impl Adapter for RedisAdapter {
             _ => None,
         };
         let payload = sealed.as_ref().unwrap_or(&b.payload);
-        let bytes = message::encode(&self.node, &b.topic, &b.event, payload);
-        if self.tx.try_send((self.channel.clone(), bytes)).is_err() {
+        let m = Outgoing {
+            channel: self.channel.clone(),
+            bytes: message::encode(&self.node, &b.topic, &b.event, payload),
+            recorded: sealed.and(b.seq).map(|s| (b.topic.clone(), s)),
+        };
+        if let Err(e) = self.tx.try_send(m) {
             self.stats.unpublished.fetch_add(1, Ordering::Relaxed);
+            let (mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) = e;
+            self.unsent.note(&m);
         }
     }
 }
@@ -66,12 +120,14 @@ pub(super) fn start(
     ps.set_sequencer(order.clone());
     order.clone().run(ps.clone());
     let phx: Arc<str> = message::redis_channel(&config.pubsub_name).into();
+    let unsent = Arc::new(Unsent::new(config.unsent_topics));
     ps.set_adapter(RedisAdapter {
         node: config.node_name.clone(),
         channel: phx.clone(),
         tx: tx.clone(),
         stats: stats.clone(),
         recorded: recorded.clone(),
+        unsent: unsent.clone(),
     });
     let presence_in = tracker::start(endpoint.presence(), &config, stats.clone(), tx);
     let link = Link {
@@ -89,20 +145,32 @@ pub(super) fn start(
             recorded,
             presence_in,
             phx,
+            reached: reached_channel(&config.pubsub_name).into(),
+            order: order.clone(),
             config: config.clone(),
         },
         config,
         stats,
         order,
+        unsent,
     };
     actix_rt::spawn(link.run(rx));
 }
+
+/// The Fawkes nodes' channel for "topic T reached seq S" (see [`Unsent`]): JSON
+/// `{"topic": T, "payload": {"seq": S, "seq_sig": …}}`, signed as a recorded broadcast is.
+pub fn reached_channel(pubsub_name: &str) -> String {
+    format!("fawkes:{pubsub_name}:recorded")
+}
+
+const REACHED: &str = "reached";
 
 struct Link {
     inbound: Arrivals,
     config: Arc<ClusterConfig>,
     stats: Arc<Stats>,
     order: Arc<Order>,
+    unsent: Arc<Unsent>,
 }
 
 impl Link {
@@ -135,7 +203,10 @@ impl Link {
                     // Subscribed again: what was written while this node heard nothing is in
                     // the change log, and what is published from now on arrives.
                     self.order.catch_up(&self.inbound.ps);
-                    let why = self.serve(sub, &mut publisher, &mut out).await;
+                    let why = match self.announce_unsent(&mut publisher).await {
+                        Ok(()) => self.serve(sub, &mut publisher, &mut out).await,
+                        Err(e) => e,
+                    };
                     self.stats.up.store(false, Ordering::Relaxed);
                     self.stats.outages.fetch_add(1, Ordering::Relaxed);
                     log::error!(
@@ -155,7 +226,10 @@ impl Link {
                         tokio::select! {
                             _ = &mut wait => break,
                             m = out.recv() => match m {
-                                Some(_) => { self.stats.unpublished.fetch_add(1, Ordering::Relaxed); }
+                                Some(m) => {
+                                    self.stats.unpublished.fetch_add(1, Ordering::Relaxed);
+                                    self.unsent.note(&m);
+                                }
                                 None => return,
                             },
                         }
@@ -175,12 +249,58 @@ impl Link {
             let mut sub = client.get_async_pubsub().await?;
             sub.subscribe(&*self.inbound.phx).await?;
             sub.subscribe(&**presence).await?;
+            sub.subscribe(&*self.inbound.reached).await?;
             let publisher = client.get_multiplexed_async_connection().await?;
             Ok::<_, redis::RedisError>((sub, publisher))
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// Tells the other nodes how far the topics went whose recorded broadcasts this node could
+    /// not publish (see [`Unsent`]).
+    async fn announce_unsent(
+        &self,
+        publisher: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), String> {
+        let Some(rec) = &self.inbound.recorded else {
+            return Ok(());
+        };
+        let unsent = self.unsent.take();
+        if unsent.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (topic, seq) in &unsent {
+            let mut p = serde_json::Map::new();
+            p.insert("seq".into(), (*seq).into());
+            let msg =
+                serde_json::json!({"topic": topic, "payload": rec.key.seal(topic, REACHED, &p)});
+            pipe.cmd("PUBLISH")
+                .arg(&*self.inbound.reached)
+                .arg(msg.to_string())
+                .ignore();
+        }
+        match pipe.query_async::<()>(publisher).await {
+            Ok(()) => {
+                log::info!(
+                    "cluster: told the other nodes of {} topic(s) written while the link was down",
+                    unsent.len()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                for (topic, seq) in unsent {
+                    self.unsent.note(&Outgoing {
+                        channel: self.inbound.reached.clone(),
+                        bytes: Vec::new(),
+                        recorded: Some((topic, seq)),
+                    });
+                }
+                Err(format!("publishing: {e}"))
+            }
         }
     }
 
@@ -208,8 +328,8 @@ impl Link {
                         }
                     }
                     let mut pipe = redis::pipe();
-                    for (channel, bytes) in &batch {
-                        pipe.cmd("PUBLISH").arg(&**channel).arg(bytes.as_slice()).ignore();
+                    for m in &batch {
+                        pipe.cmd("PUBLISH").arg(&*m.channel).arg(m.bytes.as_slice()).ignore();
                     }
                     match pipe.query_async::<()>(publisher).await {
                         Ok(()) => {
@@ -217,6 +337,7 @@ impl Link {
                         }
                         Err(e) => {
                             self.stats.unpublished.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            batch.iter().for_each(|m| self.unsent.note(m));
                             return format!("publishing: {e}");
                         }
                     }
@@ -240,11 +361,18 @@ struct Arrivals {
     recorded: Option<Arc<Recorded>>,
     presence_in: mpsc::Sender<Vec<u8>>,
     phx: Arc<str>,
+    /// See [`reached_channel`].
+    reached: Arc<str>,
+    order: Arc<Order>,
     config: Arc<ClusterConfig>,
 }
 
 impl Arrivals {
     fn handle(&mut self, channel: &str, bytes: &[u8]) {
+        if channel == &*self.reached {
+            self.reached(bytes);
+            return;
+        }
         if channel != &*self.phx {
             if self.presence_in.try_send(bytes.to_vec()).is_err() {
                 // The tracker is behind: a delta lost here shows as a gap, and a full sync follows.
@@ -286,6 +414,28 @@ impl Arrivals {
                 self.stats.ignored.fetch_add(1, Ordering::Relaxed);
                 log::debug!("cluster: ignored a message: {why}");
             }
+        }
+    }
+
+    /// Another node's "topic T reached seq S", if signed by a node of the cluster: a topic
+    /// ordered here that is behind it is filled from the change log.
+    fn reached(&mut self, bytes: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Reached {
+            topic: String,
+            payload: serde_json::Map<String, Value>,
+        }
+        let Some(rec) = &self.recorded else { return };
+        let Ok(mut r) = serde_json::from_slice::<Reached>(bytes) else {
+            self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if !rec.key.open(&r.topic, REACHED, &mut r.payload) {
+            self.stats.unsigned.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Some(seq) = r.payload.get("seq").and_then(Value::as_i64) {
+            self.order.reached(&self.ps, &r.topic, seq);
         }
     }
 

@@ -44,6 +44,8 @@ pub struct ClusterConfig {
     pub max_term_bytes: usize,
     /// Messages waiting to be published; past it they are dropped and counted.
     pub publish_queue: usize,
+    /// Topics whose unpublished recorded broadcasts are announced when the link is back.
+    pub unsent_topics: usize,
     /// How long an early recorded broadcast waits for the ones before it.
     pub reorder_hold: Duration,
 }
@@ -58,6 +60,7 @@ impl ClusterConfig {
             max_message_bytes: 8 * 1024 * 1024,
             max_term_bytes: term::Bounds::default().max_term_bytes,
             publish_queue: 65_536,
+            unsent_topics: 4096,
             reorder_hold: Duration::from_millis(250),
         }
     }
@@ -106,6 +109,10 @@ pub struct ClusterArgs {
     /// and counted.
     #[arg(long, env = "FAWKES_CLUSTER_PUBLISH_QUEUE", default_value_t = 65_536)]
     pub cluster_publish_queue: usize,
+    /// Topics whose recorded broadcasts could not be published (this node's link down) that
+    /// are announced to the other nodes when it is back, so they fill the gap at once.
+    #[arg(long, env = "FAWKES_CLUSTER_UNSENT_TOPICS", default_value_t = 4096)]
+    pub cluster_unsent_topics: usize,
 }
 
 impl ClusterArgs {
@@ -130,6 +137,7 @@ impl ClusterArgs {
         c.max_message_bytes = self.cluster_max_message_bytes.max(1024);
         c.max_term_bytes = self.cluster_max_term_bytes.max(1024);
         c.publish_queue = self.cluster_publish_queue.max(1);
+        c.unsent_topics = self.cluster_unsent_topics;
         Ok(Some(c))
     }
 }

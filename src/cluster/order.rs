@@ -244,6 +244,30 @@ impl Order {
         t.drain(ps);
     }
 
+    /// Another node announced that `topic` reached `seq` (its broadcasts up to there could not
+    /// be published): if this node orders the topic for subscribers and is behind, it fills
+    /// the gap from the change log.
+    pub fn reached(self: &Arc<Self>, ps: &PubSub, topic: &str, seq: i64) {
+        if self.backfill.is_none() {
+            return;
+        }
+        let last = {
+            let mut topics = self.topics();
+            let Some(t) = topics.get_mut(topic) else {
+                return;
+            };
+            match t.last {
+                Some(last) if seq > last && !t.filling && ps.subscriber_count(topic) > 0 => {
+                    t.filling = true;
+                    last
+                }
+                _ => return,
+            }
+        };
+        let (me, ps, topic) = (self.clone(), ps.clone(), topic.to_owned());
+        actix_rt::spawn(async move { me.fill(&ps, topic, last, Some(seq)).await });
+    }
+
     /// Catches up every topic with subscribers here from the change log: what was written
     /// while this node heard nothing (the Redis link down) reaches them now, in order, once.
     /// One topic at a time, so that a node with many topics does not take every pooled

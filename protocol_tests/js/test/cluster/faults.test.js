@@ -9,7 +9,7 @@ import {deflateSync} from "node:zlib"
 import {QUIET_MS, nextEvent, recordEvents, recorded, sleep} from "../helpers.js"
 import {
   PHX_CHANNEL, api, broadcastTerm, createUser, eventually, joined, linked, logsOf, metrics, procKb,
-  publish, startNode, startRedis, stopNodes
+  publish, redisCli, startNode, startRedis, stopNodes, stopRedis
 } from "./nodes.js"
 
 const users = {}
@@ -91,4 +91,74 @@ test("a forged seq on Redis silences no topic: the next post reaches feed client
   const after = await Promise.all(["n1", "n2", "n3"].map(metrics))
   assert.deepStrictEqual(after.map((m, i) => m.fawkes_recorded_unsigned_total - before[i].fawkes_recorded_unsigned_total), [2, 1, 2])
   assert.equal(logsOf("n1").match(/whose seq no node of this cluster signed/g)?.length, 1)
+})
+
+/** Feed clients on n1 and n2, each recording its `new_post`s; the feed's seq at their join. */
+async function feedOn(t){
+  const a = await joined(t, "n1", users.carol, "community:feed")
+  const b = await joined(t, "n2", users.carol, "community:feed")
+  assert.equal(a.reply.seq, b.reply.seq)
+  return {start: a.reply.seq, atA: recordEvents(a.channel, "new_post"), atB: recordEvents(b.channel, "new_post")}
+}
+
+const up = async node => (await metrics(node)).fawkes_redis_up === 1
+
+test("a write made while Redis is down reaches the other nodes' clients once it is back, with no later write", async t => {
+  const {start, atA, atB} = await feedOn(t)
+  await stopRedis()
+  await eventually(async () => !(await up("n1")) && !(await up("n2")), "both links down")
+  const post = await api("n1", users.dave, "POST", "/api/community/posts", {body: "while Redis is down"})
+  assert.equal(post.status, 201)
+  await eventually(() => atA.payloads.length === 1, "n1's own client has it")
+  await sleep(QUIET_MS)
+  assert.equal(atB.payloads.length, 0, "n2 cannot have it yet")
+  await startRedis()
+  // Nothing else is written: the post comes from n2's catch-up when its link is back.
+  await eventually(() => atB.payloads.length >= 1, "the post reaches n2's client", 15000)
+  await sleep(QUIET_MS)
+  assert.deepStrictEqual(atB.payloads.map(recorded), [post.json])
+  assert.equal(atB.payloads[0].seq, start + 1)
+  assert.deepStrictEqual(atA.payloads, atB.payloads)
+  await eventually(async () => await up("n1") && await up("n2") && await up("n3"), "every link back", 15000)
+})
+
+test("a write made while only its own node's link is down reaches the others when that link is back", async t => {
+  const {start, atA, atB} = await feedOn(t)
+  // n1 alone is cut off: the others stay linked and hear nothing of what n1 writes.
+  redisCli(["ACL", "SETUSER", "n1", "off"])
+  redisCli(["CLIENT", "KILL", "USER", "n1"])
+  await eventually(async () => !(await up("n1")), "n1's link down")
+  assert.ok(await up("n2"))
+  const post = await api("n1", users.dave, "POST", "/api/community/posts", {body: "while n1 alone is cut off"})
+  assert.equal(post.status, 201)
+  await eventually(() => atA.payloads.length === 1, "n1's own client has it")
+  await sleep(QUIET_MS)
+  assert.equal(atB.payloads.length, 0, "n2 cannot have it yet")
+  redisCli(["ACL", "SETUSER", "n1", "on"])
+  // n2 never lost its link: n1 tells it how far the feed went, and n2 reads the rest.
+  await eventually(() => atB.payloads.length >= 1, "the post reaches n2's client", 15000)
+  await sleep(QUIET_MS)
+  assert.deepStrictEqual(atB.payloads.map(recorded), [post.json])
+  assert.equal(atB.payloads[0].seq, start + 1)
+  assert.deepStrictEqual(atA.payloads, atB.payloads)
+})
+
+test("a node whose own link was down catches up, once it is back, what the others wrote meanwhile", async t => {
+  const {start, atA, atB} = await feedOn(t)
+  // n2 alone is cut off: n1 publishes its write, and n2 is not there to hear it.
+  redisCli(["ACL", "SETUSER", "n2", "off"])
+  redisCli(["CLIENT", "KILL", "USER", "n2"])
+  await eventually(async () => !(await up("n2")), "n2's link down")
+  assert.ok(await up("n1"))
+  const post = await api("n1", users.dave, "POST", "/api/community/posts", {body: "while n2 alone is cut off"})
+  assert.equal(post.status, 201)
+  await eventually(() => atA.payloads.length === 1, "n1's own client has it")
+  await sleep(QUIET_MS)
+  assert.equal(atB.payloads.length, 0, "n2 cannot have it yet")
+  redisCli(["ACL", "SETUSER", "n2", "on"])
+  await eventually(() => atB.payloads.length >= 1, "the post reaches n2's client", 15000)
+  await sleep(QUIET_MS)
+  assert.deepStrictEqual(atB.payloads.map(recorded), [post.json])
+  assert.equal(atB.payloads[0].seq, start + 1)
+  assert.deepStrictEqual(atA.payloads, atB.payloads)
 })

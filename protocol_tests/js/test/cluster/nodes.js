@@ -42,9 +42,15 @@ function waitForLine(child, pattern, what){
 /** The one redis-server of this file: its port stays the same across restarts. */
 export const redis = {port: 0, child: null}
 
+/** Nodes that may start: each signs in to Redis as an ACL user of its own name, so that a test
+ * can cut one node off (`ACL SETUSER n1 off`, `CLIENT KILL USER n1`) and let the others be. */
+const NODE_NAMES = ["n1", "n2", "n3"]
+const redisPassword = name => `pw-${name}`
+
 export async function startRedis(){
   if(!redis.port){ redis.port = await freePort() }
-  redis.child = spawn("redis-server", ["--port", String(redis.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+  const users = NODE_NAMES.flatMap(n => ["--user", n, "on", `>${redisPassword(n)}`, "~*", "&*", "+@all"])
+  redis.child = spawn("redis-server", ["--port", String(redis.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", ...users],
     {stdio: ["ignore", "pipe", "inherit"]})
   await waitForLine(redis.child, /Ready to accept connections/, "redis-server")
 }
@@ -69,7 +75,8 @@ export const nodes = {}
 export async function startNode(name, args = []){
   const port = await freePort()
   const log = openSync(join(LOGS, `${name}.log`), "a")
-  const child = spawn(BIN, ["serve", "--port", String(port), "--redis-url", `redis://127.0.0.1:${redis.port}`,
+  assert.ok(NODE_NAMES.includes(name), `${name} has no Redis user`)
+  const child = spawn(BIN, ["serve", "--port", String(port), "--redis-url", `redis://${name}:${redisPassword(name)}@127.0.0.1:${redis.port}`,
     "--node-name", name, "--metrics-token", METRICS_TOKEN, ...args], {
     env: {...process.env, DATABASE_URL, RUST_LOG: "info"}, stdio: ["ignore", "pipe", log]
   })
