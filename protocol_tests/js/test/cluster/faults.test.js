@@ -6,10 +6,10 @@
 import {test, before, after} from "node:test"
 import assert from "node:assert/strict"
 import {deflateSync} from "node:zlib"
-import {QUIET_MS, nextEvent, recordEvents, recorded, sleep} from "../helpers.js"
+import {QUIET_MS, joinOk, nextEvent, openSocket, pushOk, recordEvents, recordMessages, recorded, sleep} from "../helpers.js"
 import {
   PHX_CHANNEL, api, broadcastTerm, createUser, eventually, joined, linked, logsOf, metrics, procKb,
-  publish, redisCli, startNode, startRedis, stopNodes, stopRedis
+  publish, redisCli, socketOn, startNode, startRedis, stopNodes, stopRedis
 } from "./nodes.js"
 
 const users = {}
@@ -161,4 +161,86 @@ test("a node whose own link was down catches up, once it is back, what the other
   assert.deepStrictEqual(atB.payloads.map(recorded), [post.json])
   assert.equal(atB.payloads[0].seq, start + 1)
   assert.deepStrictEqual(atA.payloads, atB.payloads)
+})
+
+/** A private room of alice's with `members` added; returns its id. */
+async function privateRoom(name, members){
+  const room = await api("n1", users.alice, "POST", "/api/channels", {name: `${name}-${Date.now()}`, private: true})
+  assert.equal(room.status, 201)
+  for(const u of members){
+    assert.equal((await api("n1", users.alice, "POST", `/api/channels/${room.json.id}/members`, {user_id: u.id})).status, 204)
+  }
+  return room.json.id
+}
+
+/** A socket of `user` on `node` with `topics` joined: every message it gets, and which channels closed. */
+async function member(t, node, user, topics){
+  const socket = socketOn(t, node, user)
+  const messages = recordMessages(socket)
+  await openSocket(socket)
+  const closed = []
+  for(const topic of topics){
+    const ch = socket.channel(topic)
+    ch.onClose(() => closed.push(topic))
+    await joinOk(ch)
+  }
+  const channel = topic => socket.channels.find(c => c.topic === topic)
+  return {socket, messages, closed, channel}
+}
+
+test("a message committed after a removal reaches no node before it: the removed user never gets it", async t => {
+  const rid = await privateRoom("ordered", [users.bob, users.carol])
+  const topic = `channel:${rid}`
+  const bob = await member(t, "n3", users.bob, [topic])
+  const carol = await member(t, "n3", users.carol, [topic])
+  const alice = await member(t, "n2", users.alice, [topic])
+  // n1 alone is cut off: the removal it commits reaches n3 only later, while a message
+  // committed on n2 after it reaches n3 at once.
+  redisCli(["ACL", "SETUSER", "n1", "off"])
+  redisCli(["CLIENT", "KILL", "USER", "n1"])
+  await eventually(async () => !(await up("n1")), "n1's link down")
+  assert.equal((await api("n1", users.alice, "DELETE", `/api/channels/${rid}/members/${users.bob.id}`)).status, 204)
+  const msg = await pushOk(alice.channel(topic), "new_message", {body: "after bob left"})
+  await eventually(() => carol.messages.some(m => m.event === "new_message"), "the message reaches carol on n3")
+  await sleep(QUIET_MS)
+  // Bob never gets the message; carol gets the removal first, then the message.
+  const ofRoom = ms => ms.filter(m => m.topic === topic && !m.event.startsWith("phx_") && !m.event.startsWith("presence"))
+  assert.deepStrictEqual(ofRoom(bob.messages), [])
+  await eventually(() => bob.closed.length === 1, "bob's channel closes")
+  const got = ofRoom(carol.messages)
+  assert.deepStrictEqual(got.map(m => m.event), ["member_removed", "new_message"])
+  assert.deepStrictEqual(recorded(got[0].payload), {user_id: users.bob.id})
+  assert.deepStrictEqual(recorded(got[1].payload), msg)
+  assert.equal(got[1].payload.seq, got[0].payload.seq + 1)
+  assert.deepStrictEqual(ofRoom(bob.messages), [])
+  assert.deepStrictEqual(bob.closed, [topic])
+  redisCli(["ACL", "SETUSER", "n1", "on"])
+  await eventually(() => up("n1"), "n1's link back", 15000)
+})
+
+test("a removal made while Redis is down holds on every node once it is back: the removed user's channels close", async t => {
+  const rid = await privateRoom("outage", [users.bob, users.carol])
+  const room = `channel:${rid}`
+  const alice = await member(t, "n1", users.alice, [room])
+  const parent = await pushOk(alice.channel(room), "new_message", {body: "a thread"})
+  const topics = [room, `thread:${parent.id}`, `voice:${rid}`, "community:feed"]
+  const bob = await member(t, "n2", users.bob, topics)
+  const carol = await member(t, "n2", users.carol, [room])
+  await stopRedis()
+  await eventually(async () => !(await up("n1")) && !(await up("n2")), "both links down")
+  // Bob is removed from the room and leaves the community on n1, which cannot tell n2.
+  assert.equal((await api("n1", users.alice, "DELETE", `/api/channels/${rid}/members/${users.bob.id}`)).status, 204)
+  assert.equal((await api("n1", users.bob, "DELETE", "/api/community/join")).status, 204)
+  await sleep(QUIET_MS)
+  assert.deepStrictEqual(bob.closed, [], "n2 cannot know yet")
+  await startRedis()
+  await eventually(() => bob.closed.length === 4, () => `bob's channels close: ${bob.closed}`, 15000)
+  assert.deepStrictEqual([...bob.closed].sort(), [...topics].sort())
+  // The room goes on without him.
+  await eventually(async () => await up("n1") && await up("n2"), "both links back", 15000)
+  const msg = await pushOk(alice.channel(room), "new_message", {body: "after bob left"})
+  await eventually(() => carol.messages.some(m => m.event === "new_message" && m.payload.id === msg.id), "carol on n2 gets it")
+  await sleep(QUIET_MS)
+  assert.deepStrictEqual(bob.messages.filter(m => m.event === "new_message" || m.event === "member_removed"), [])
+  assert.equal((await api("n2", users.bob, "POST", "/api/community/join")).status, 204)
 })
