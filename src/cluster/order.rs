@@ -104,6 +104,14 @@ impl TopicOrder {
     }
 }
 
+/// A fill to start: `topic` after `after` up to `upto`; `held` is the largest seq held then.
+struct Fill {
+    topic: String,
+    after: i64,
+    upto: Option<i64>,
+    held: Option<i64>,
+}
+
 /// A node's [`Sequencer`].
 pub struct Order {
     topics: Mutex<HashMap<String, TopicOrder>>,
@@ -132,10 +140,16 @@ impl Order {
             let mut tick = tokio::time::interval((self.hold / 4).max(Duration::from_millis(5)));
             loop {
                 tick.tick().await;
-                for (topic, after, upto) in self.due(&ps) {
+                for Fill {
+                    topic,
+                    after,
+                    upto,
+                    held,
+                } in self.due(&ps)
+                {
                     let me = self.clone();
                     let ps = ps.clone();
-                    actix_rt::spawn(async move { me.fill(&ps, topic, after, upto).await });
+                    actix_rt::spawn(async move { me.fill(&ps, topic, after, upto, held).await });
                 }
             }
         });
@@ -143,7 +157,7 @@ impl Order {
 
     /// Topics whose wait is over: without an order yet, it starts before the first held;
     /// with a gap, a fill is started (returned) or, without a change log, the gap is skipped.
-    fn due(&self, ps: &PubSub) -> Vec<(String, i64, Option<i64>)> {
+    fn due(&self, ps: &PubSub) -> Vec<Fill> {
         let now = Instant::now();
         let mut fills = Vec::new();
         let mut topics = self.topics();
@@ -163,7 +177,12 @@ impl Order {
                 (None, _) => t.last = Some(before),
                 (Some(last), Some(_)) => {
                     t.filling = true;
-                    fills.push((topic.clone(), last, Some(before)));
+                    fills.push(Fill {
+                        topic: topic.clone(),
+                        after: last,
+                        upto: Some(before),
+                        held: t.held.keys().next_back().copied(),
+                    });
                     return true;
                 }
                 (Some(last), None) => {
@@ -180,9 +199,18 @@ impl Order {
     }
 
     /// Delivers `topic`'s events after `after` (up to `upto`, or the latest) from the change
-    /// log, then what is held and now in line. Held broadcasts past the log's latest were not
-    /// numbered by this cluster's database: they are dropped.
-    async fn fill(&self, ps: &PubSub, topic: String, after: i64, upto: Option<i64>) {
+    /// log, then what is held and now in line. Broadcasts held when the fill started (up to
+    /// seq `held`) were committed before the log was read: those past its latest were not
+    /// numbered by this cluster's database and are dropped. Those that came during the read
+    /// may be newer than it, and stay.
+    async fn fill(
+        &self,
+        ps: &PubSub,
+        topic: String,
+        after: i64,
+        upto: Option<i64>,
+        held: Option<i64>,
+    ) {
         let got = match &self.backfill {
             Some(b) => b.events(&topic, after, upto).await,
             None => Err("no change log".to_owned()),
@@ -215,8 +243,11 @@ impl Order {
                     self.stats.backfilled.fetch_add(1, Ordering::Relaxed);
                     last = s;
                 }
-                if let Some(past) = latest.checked_add(1) {
-                    let unknown = t.held.split_off(&past);
+                if let (Some(past), Some(held)) = (latest.checked_add(1), held) {
+                    let mut unknown = t.held.split_off(&past);
+                    if let Some(after_held) = held.checked_add(1) {
+                        t.held.append(&mut unknown.split_off(&after_held));
+                    }
                     if let Some(first) = unknown.keys().next() {
                         self.stats
                             .unknown
@@ -251,7 +282,7 @@ impl Order {
         if self.backfill.is_none() {
             return;
         }
-        let last = {
+        let (last, held) = {
             let mut topics = self.topics();
             let Some(t) = topics.get_mut(topic) else {
                 return;
@@ -259,13 +290,13 @@ impl Order {
             match t.last {
                 Some(last) if seq > last && !t.filling && ps.subscriber_count(topic) > 0 => {
                     t.filling = true;
-                    last
+                    (last, t.held.keys().next_back().copied())
                 }
                 _ => return,
             }
         };
         let (me, ps, topic) = (self.clone(), ps.clone(), topic.to_owned());
-        actix_rt::spawn(async move { me.fill(&ps, topic, last, Some(seq)).await });
+        actix_rt::spawn(async move { me.fill(&ps, topic, last, Some(seq), held).await });
     }
 
     /// Catches up every topic with subscribers here from the change log: what was written
@@ -276,14 +307,14 @@ impl Order {
         if self.backfill.is_none() {
             return;
         }
-        let due: Vec<(String, i64)> = self
+        let due: Vec<(String, i64, Option<i64>)> = self
             .topics()
             .iter_mut()
             .filter(|(topic, t)| !t.filling && ps.subscriber_count(topic) > 0)
             .filter_map(|(topic, t)| {
                 let last = t.last?;
                 t.filling = true;
-                Some((topic.clone(), last))
+                Some((topic.clone(), last, t.held.keys().next_back().copied()))
             })
             .collect();
         if due.is_empty() {
@@ -295,8 +326,8 @@ impl Order {
         );
         let (me, ps) = (self.clone(), ps.clone());
         actix_rt::spawn(async move {
-            for (topic, last) in due {
-                me.fill(&ps, topic, last, None).await;
+            for (topic, last, held) in due {
+                me.fill(&ps, topic, last, None, held).await;
             }
         });
     }
@@ -486,6 +517,19 @@ mod tests {
         ps.local_broadcast(b(6));
         assert_eq!(settle(&seen, 5).await, vec![1, 2, 4, 5, 6]);
         assert_eq!(order.stats.duplicates.load(Ordering::Relaxed), 1);
+    }
+
+    #[actix_rt::test]
+    async fn what_arrives_during_a_catch_up_is_kept() {
+        let (ps, seen, order) = setup(Some(Arc::new(Log(Mutex::new(5)))));
+        order.clone().run(ps.clone());
+        ps.anchor_recorded("t", 0);
+        order.catch_up(&ps);
+        // Committed after the catch-up read the log (whose latest it saw as 5): held meanwhile,
+        // then delivered, not taken for a seq the log does not know.
+        ps.local_broadcast(b(6));
+        assert_eq!(settle(&seen, 5).await, vec![1, 2, 4, 5, 6]);
+        assert_eq!(order.stats.unknown.load(Ordering::Relaxed), 0);
     }
 
     #[actix_rt::test]
