@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// What a channel does with a client's event.
@@ -183,6 +183,11 @@ pub struct ChannelContext {
     pub(crate) timers: Vec<tokio::task::JoinHandle<()>>,
     /// Recorded broadcasts at or below this seq are not sent: the join reply covered them.
     pub(crate) covered: Arc<AtomicI64>,
+    /// The rule that ends the channel on a broadcast of its own topic, shared with its
+    /// subscription (see [`ChannelContext::stop_on_recorded`]).
+    pub(crate) own_stop: Arc<OnceLock<StopRule>>,
+    /// Rules that end it on other topics' broadcasts.
+    pub(crate) stops: Vec<(String, Arc<StopRule>)>,
 }
 
 /// Where to send a reply later: see [`ChannelContext::reply`].
@@ -341,6 +346,9 @@ impl ChannelContext {
     /// all are, so the reply and what follows neither overlap nor leave a gap.
     pub fn skip_recorded_through(&self, seq: i64) {
         self.covered.fetch_max(seq, Ordering::Relaxed);
+        if let Some(rule) = self.own_stop.get() {
+            rule.settle(seq);
+        }
         self.socket
             .endpoint
             .pubsub()
@@ -357,6 +365,51 @@ impl ChannelContext {
             channel: self.id,
         });
         self.add_subscription(topic, sub);
+    }
+
+    /// Ends this channel the way a server-side leave does on the first broadcast on recorded
+    /// `topic` (this channel's own, or another) that `ends` accepts and that the join's reads
+    /// did not cover: call before those reads (so nothing in between is missed), then
+    /// [`ChannelContext::stop_covered_through`] with the seq they saw (for the channel's own
+    /// topic, its join reply's seq does it). Broadcasts at or below that seq are past: they
+    /// end nothing. The topic's order on this node starts there too, so that on a cluster what
+    /// a node missed while its Redis link was down is caught up, an ending included. Nothing
+    /// broadcast to the channel after the ending broadcast reaches the client, nor does the
+    /// ending broadcast itself. How an app takes a channel away from a user whose access ends
+    /// with a recorded event.
+    pub fn stop_on_recorded(
+        &mut self,
+        topic: &str,
+        ends: impl Fn(&Broadcast) -> bool + Send + Sync + 'static,
+    ) {
+        let rule = StopRule {
+            conn: self.socket.conn.clone(),
+            channel: self.id,
+            ends: Box::new(ends),
+            state: Mutex::new(StopState::Pending { seen: None }),
+        };
+        if topic == self.topic {
+            let _ = self.own_stop.set(rule);
+            return;
+        }
+        if self.stops.iter().any(|(t, _)| t == topic) {
+            return;
+        }
+        let rule = Arc::new(rule);
+        self.stops.push((topic.to_owned(), rule.clone()));
+        self.add_subscription(topic, Arc::new(RuleSubscriber(rule)));
+    }
+
+    /// The join's reads covered recorded `topic` through `seq`: see
+    /// [`ChannelContext::stop_on_recorded`].
+    pub fn stop_covered_through(&self, topic: &str, seq: i64) {
+        if topic == self.topic {
+            return self.skip_recorded_through(seq);
+        }
+        if let Some((_, rule)) = self.stops.iter().find(|(t, _)| t == topic) {
+            rule.settle(seq);
+            self.socket.endpoint.pubsub().anchor_recorded(topic, seq);
+        }
     }
 
     pub fn unsubscribe(&mut self, topic: &str) {
@@ -464,12 +517,19 @@ pub(crate) struct FastlaneSubscriber {
     pub intercepts: &'static [&'static str],
     /// Shared with the channel's context: see [`ChannelContext::skip_recorded_through`].
     pub covered: Arc<AtomicI64>,
+    /// Shared with the channel's context: see [`ChannelContext::stop_on_recorded`].
+    pub stop: Arc<OnceLock<StopRule>>,
 }
 
 impl Subscriber for FastlaneSubscriber {
     fn deliver(&self, d: &Dispatch<'_>) {
         let seq = d.broadcast.seq;
         if seq.is_some_and(|s| s <= self.covered.load(Ordering::Relaxed)) {
+            return;
+        }
+        // Checked here rather than by a subscription of its own, so that the ending broadcast
+        // and nothing after it reaches the client, whatever order subscriptions are served in.
+        if self.stop.get().is_some_and(|r| r.ends(d.broadcast)) {
             return;
         }
         if self.intercepts.contains(&d.broadcast.event.as_str()) {
@@ -529,6 +589,68 @@ impl Subscriber for StopSubscriber {
 
     fn connection(&self) -> Option<u64> {
         Some(self.conn.id)
+    }
+}
+
+/// When a recorded broadcast ends a channel: see [`ChannelContext::stop_on_recorded`].
+pub(crate) struct StopRule {
+    conn: Arc<Connection>,
+    channel: ChannelId,
+    ends: Box<dyn Fn(&Broadcast) -> bool + Send + Sync>,
+    state: Mutex<StopState>,
+}
+
+enum StopState {
+    /// The join is still reading: the largest seq of an ending broadcast seen meanwhile.
+    Pending { seen: Option<i64> },
+    /// The join's reads covered the topic through this seq.
+    Covered(i64),
+}
+
+impl StopRule {
+    /// Whether `b` ends the channel (which is then revoked, now or once the join's reads are
+    /// known to predate it); such a broadcast is not delivered to the channel.
+    fn ends(&self, b: &Broadcast) -> bool {
+        if !(self.ends)(b) {
+            return false;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match (&mut *state, b.seq) {
+            (StopState::Covered(through), Some(s)) if s <= *through => return false,
+            (StopState::Pending { seen }, Some(s)) => {
+                *seen = Some(seen.map_or(s, |x| x.max(s)));
+                return true;
+            }
+            _ => {}
+        }
+        drop(state);
+        self.conn.revoke(self.channel);
+        true
+    }
+
+    /// The join's reads covered the topic through `seq`: an ending seen after it ends the channel.
+    fn settle(&self, through: i64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let StopState::Pending { seen } = *state {
+            *state = StopState::Covered(through);
+            drop(state);
+            if seen.is_some_and(|s| s > through) {
+                self.conn.revoke(self.channel);
+            }
+        }
+    }
+}
+
+/// A subscription that ends its channel by a [`StopRule`].
+struct RuleSubscriber(Arc<StopRule>);
+
+impl Subscriber for RuleSubscriber {
+    fn deliver(&self, d: &Dispatch<'_>) {
+        self.0.ends(d.broadcast);
+    }
+
+    fn connection(&self) -> Option<u64> {
+        Some(self.0.conn.id)
     }
 }
 

@@ -10,7 +10,7 @@
 //! never overlap nor leave a gap.
 
 use crate::endpoint::Endpoint;
-use crate::store::schema::{topic_events, topic_seqs};
+use crate::store::schema::{cluster_keys, topic_events, topic_seqs};
 use crate::store::{now_ms, DbConnection, Store, StoreError};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
@@ -409,17 +409,45 @@ impl crate::cluster::Backfill for ChangeLog {
         &self,
         topic: &str,
         after: i64,
-        upto: i64,
-    ) -> futures_util::future::LocalBoxFuture<'static, Result<crate::cluster::order::Events, String>>
+        upto: Option<i64>,
+    ) -> futures_util::future::LocalBoxFuture<'static, Result<crate::cluster::order::Filled, String>>
     {
         let (store, topic) = (self.0.clone(), topic.to_owned());
         Box::pin(async move {
             store
-                .read(move |c| events_between(c, &topic, after, upto))
+                .read(move |c| {
+                    let latest = latest_seq(c, &topic)?;
+                    let events = events_between(c, &topic, after, upto.unwrap_or(latest))?;
+                    Ok(crate::cluster::order::Filled { events, latest })
+                })
                 .await
                 .map_err(|e| e.to_string())
         })
     }
+}
+
+/// The key the nodes on this database sign their recorded broadcasts with
+/// ([`crate::cluster::seal`]): made at random by the first node to ask, the same for all after.
+pub fn cluster_key(c: &mut DbConnection) -> Result<Vec<u8>, StoreError> {
+    let fresh: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let insert = "INSERT INTO cluster_keys (name, secret) VALUES ('recorded', ?) ON CONFLICT (name) DO NOTHING";
+    match c {
+        DbConnection::Sqlite(c) => diesel::sql_query(insert)
+            .bind::<Text, _>(&fresh)
+            .execute(c)?,
+        DbConnection::Postgres(c) => diesel::sql_query(insert.replace('?', "$1"))
+            .bind::<Text, _>(&fresh)
+            .execute(c)?,
+    };
+    let hex = cluster_keys::table
+        .find("recorded")
+        .select(cluster_keys::secret)
+        .first::<String>(c)?;
+    Ok((0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect())
 }
 
 /// The topic's next sequence number; the row it takes stays locked (PostgreSQL) or the write

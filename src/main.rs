@@ -704,16 +704,21 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
     .with_max_pending_writes(args.max_pending_writes);
     state.history.sweep_every(Duration::from_secs(60));
     let cluster = args.cluster.config().map_err(std::io::Error::other)?;
-    if let Some(mut c) = cluster {
+    if let Some(c) = cluster {
         if !args.db.database_url.starts_with("postgres") {
             log::warn!("cluster: nodes on SQLite do not share their data; several nodes need one PostgreSQL database");
         }
-        c.recorded_prefixes = apps::RECORDED_PREFIXES
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
-        let backfill = std::sync::Arc::new(fawkes::history::ChangeLog(state.store.clone()));
-        fawkes::cluster::Cluster::start(&endpoint, c, Some(backfill));
+        let key = (state.store.write(fawkes::history::cluster_key).await)
+            .map_err(|e| std::io::Error::other(format!("reading the cluster key: {e}")))?;
+        let recorded = fawkes::cluster::Recorded {
+            prefixes: apps::RECORDED_PREFIXES
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            change_log: std::sync::Arc::new(fawkes::history::ChangeLog(state.store.clone())),
+            key: fawkes::cluster::SealKey::new(key),
+        };
+        fawkes::cluster::Cluster::start(&endpoint, c, Some(recorded));
     }
     let state = actix_web::web::Data::new(state);
     accounts::watch_revocations(state.clone());

@@ -245,6 +245,7 @@ impl SocketState {
         let id: ChannelId = ps.next_id();
         let conn = self.shared.conn.clone();
         let covered = Arc::new(AtomicI64::new(0));
+        let own_stop = Arc::new(std::sync::OnceLock::new());
         // Subscribe before join runs, so that nothing published after the join's reads is
         // missed; hold those broadcasts until the reply is written.
         conn.hold(id);
@@ -256,6 +257,7 @@ impl SocketState {
                 channel: id,
                 intercepts,
                 covered: covered.clone(),
+                stop: own_stop.clone(),
             }),
         );
         let mut ctx = ChannelContext {
@@ -268,6 +270,8 @@ impl SocketState {
             subscriptions: Vec::new(),
             timers: Vec::new(),
             covered: covered.clone(),
+            own_stop,
+            stops: Vec::new(),
         };
         let result = guarded(
             conn.id,

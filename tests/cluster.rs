@@ -1,11 +1,15 @@
 //! Several `fawkes serve` nodes as one, over a real redis-server and one PostgreSQL database,
 //! with phoenix.js clients spread over the nodes: `protocol_tests/js/test/cluster/`. The Node
-//! test starts Redis and the nodes itself, so that it can kill a node and restart Redis.
+//! tests start Redis and the nodes themselves, so that they can kill a node, stop and restart
+//! Redis, and PUBLISH on it what any Redis client could.
 
 mod support;
 
-#[test]
-fn three_nodes_over_redis_with_phoenix_js() {
+/// One cluster at a time: three nodes hold 48 PostgreSQL connections (16 each), and two
+/// clusters at once would take most of a default server's 100.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn redis_installed() {
     assert!(
         std::process::Command::new("redis-server")
             .arg("--version")
@@ -13,6 +17,12 @@ fn three_nodes_over_redis_with_phoenix_js() {
             .is_ok(),
         "redis-server must be installed (Debian: apt-get install redis-server; bash .ci/run does)"
     );
+}
+
+#[test]
+fn three_nodes_over_redis_with_phoenix_js() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    redis_installed();
     support::node_test(
         "test/cluster/cluster.test.js",
         &[
@@ -20,5 +30,20 @@ fn three_nodes_over_redis_with_phoenix_js() {
             ("DATABASE_URL", support::fresh_postgres("cluster")),
         ],
         7,
+    );
+}
+
+/// Hostile messages on Redis and outages in the middle of writes.
+#[test]
+fn what_redis_does_to_three_nodes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    redis_installed();
+    support::node_test(
+        "test/cluster/faults.test.js",
+        &[
+            ("FAWKES_BIN", env!("CARGO_BIN_EXE_fawkes").to_owned()),
+            ("DATABASE_URL", support::fresh_postgres("cluster_faults")),
+        ],
+        8,
     );
 }

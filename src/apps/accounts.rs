@@ -31,10 +31,16 @@ impl User {
     }
 }
 
-/// Where leaving the community is announced, to end the user's `community:feed` channels.
+/// Where leaving the community is recorded (a stream per user), to end the user's
+/// `community:feed` channels on every node, also one that missed it while Redis was away.
 pub fn community_member_topic(user_id: i64) -> String {
-    format!("community_member:{user_id}")
+    format!("{COMMUNITY_MEMBER_PREFIX}{user_id}")
 }
+
+pub const COMMUNITY_MEMBER_PREFIX: &str = "community_member:";
+
+/// The event of [`community_member_topic`] that ends a membership.
+pub const LEFT: &str = "left";
 
 /// The socket id of every socket opened with one token: revoking it disconnects them.
 pub fn token_socket_id(token_id: i64) -> String {
@@ -424,8 +430,8 @@ pub async fn join_community(state: web::Data<AppState>, req: HttpRequest) -> Api
             set_community_member(c, user.id, member)?;
             if !member {
                 // Ends the user's open `community:feed` channels: they are no longer members.
-                let topic = community_member_topic(user.id);
-                rec.broadcast_after_commit(&topic, "removed", json!({}));
+                // Recorded, so that a node that missed it (Redis away) reads it from the log.
+                rec.record(c, &community_member_topic(user.id), LEFT, json!({}))?;
             }
             Ok(())
         })

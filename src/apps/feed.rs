@@ -404,19 +404,25 @@ impl Channel for FeedChannel {
     ) -> Result<Payload, Payload> {
         let unauthorized = || Payload::Json(json!({"reason": "unauthorized"}));
         let user = current_user(ctx).ok_or_else(unauthorized)?;
-        // Leaving the community ends this channel; listening before the check below means a
-        // leave that lands in between is not missed.
-        ctx.stop_on(&crate::apps::accounts::community_member_topic(user.id));
+        // Leaving the community (a recorded event of the user's own stream) ends this channel;
+        // listening before the check below means a leave that lands in between is not missed.
+        let leaves = crate::apps::accounts::community_member_topic(user.id);
+        ctx.stop_on_recorded(&leaves, |b| b.event == crate::apps::accounts::LEFT);
         // Membership may have changed since connect: ask the database.
-        let fresh = self
+        let t = leaves.clone();
+        let (fresh, seq) = self
             .state
             .store
-            .run(move |c| crate::apps::accounts::user_by_id(c, user.id))
+            .read(move |c| {
+                let u = crate::apps::accounts::user_by_id(c, user.id)?;
+                Ok((u, crate::history::latest_seq(c, &t)?))
+            })
             .await
             .map_err(|e| {
                 log::error!("feed join: {e}");
                 unauthorized()
             })?;
+        ctx.stop_covered_through(&leaves, seq);
         match fresh {
             Some(u) if u.community_member => self.state.history.join(ctx, &params).await,
             _ => Err(unauthorized()),

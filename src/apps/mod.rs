@@ -78,8 +78,14 @@ pub fn current_user(ctx: &ChannelContext) -> Option<User> {
 
 /// Topics whose broadcasts are recorded (numbered by `"seq"` in the change log): on several
 /// nodes, each delivers them in seq order.
-pub const RECORDED_PREFIXES: &[&str] =
-    &[feed::TOPIC, "collection:", "channel:", "thread:", "user:"];
+pub const RECORDED_PREFIXES: &[&str] = &[
+    feed::TOPIC,
+    "collection:",
+    "channel:",
+    "thread:",
+    "user:",
+    accounts::COMMUNITY_MEMBER_PREFIX,
+];
 
 /// The apps' socket: `?token=` (or phoenix.js's `authToken`) is an API token, a Phoenix.Token
 /// or a JWT (see [`accounts::sign_in`]); a bad one is refused (403), none at all gives an

@@ -3,35 +3,99 @@
 //! node keeps serving its own clients; what it cannot publish is counted, and the outage is
 //! logged once when it starts and once when it ends.
 
-use super::message::{self, Inbound};
-use super::order::{Backfill, Order};
+use super::message::{self, Inbound, Remote};
+use super::order::Order;
 use super::term::Bounds;
-use super::{tracker, ClusterConfig, Stats};
+use super::{tracker, ClusterConfig, Recorded, Stats};
 use crate::endpoint::Endpoint;
+use crate::protocol::Payload;
 use crate::pubsub::{Adapter, Broadcast, PubSub};
 use futures_util::StreamExt;
-use std::collections::HashSet;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// A message to publish: (Redis channel, bytes).
-type Outgoing = (Arc<str>, Vec<u8>);
+/// A message to publish.
+pub(super) struct Outgoing {
+    pub channel: Arc<str>,
+    pub bytes: Vec<u8>,
+    /// A recorded broadcast's (topic, seq): one that cannot be published is announced when the
+    /// link is back ([`Unsent`]).
+    pub recorded: Option<(String, i64)>,
+}
 
-/// Publishes this node's broadcasts, in phoenix_pubsub_redis's format.
+/// Topics this node could not publish a recorded broadcast of, with the latest seq of each. Its
+/// own outage is one only this node knows of: once its link is back it tells the others how
+/// far those topics went (signed, on the Fawkes channel), and they fill the gap from the change
+/// log rather than wait for the topic's next write. At most `max` topics (the others' clients
+/// of any more catch up at the topic's next write or their own node's reconnect).
+struct Unsent {
+    topics: Mutex<HashMap<String, i64>>,
+    max: usize,
+    /// Topics past `max` were logged already, in this outage.
+    full_logged: std::sync::atomic::AtomicBool,
+}
+
+impl Unsent {
+    fn new(max: usize) -> Unsent {
+        Unsent {
+            topics: Mutex::default(),
+            max,
+            full_logged: Default::default(),
+        }
+    }
+
+    fn note(&self, m: &Outgoing) {
+        let Some((topic, seq)) = &m.recorded else {
+            return;
+        };
+        let mut map = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get_mut(topic) {
+            *s = (*s).max(*seq);
+        } else if map.len() < self.max {
+            map.insert(topic.clone(), *seq);
+        } else if !self.full_logged.swap(true, Ordering::Relaxed) {
+            log::warn!("cluster: over {} topics with unpublished recorded broadcasts (--cluster-unsent-topics); those past it are not announced when the link is back", self.max);
+        }
+    }
+
+    fn take(&self) -> HashMap<String, i64> {
+        self.full_logged.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *self.topics.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Publishes this node's broadcasts, in phoenix_pubsub_redis's format; recorded ones signed.
 struct RedisAdapter {
     node: String,
     channel: Arc<str>,
     tx: mpsc::Sender<Outgoing>,
     stats: Arc<Stats>,
+    recorded: Option<Arc<Recorded>>,
+    unsent: Arc<Unsent>,
 }
 
 impl Adapter for RedisAdapter {
     fn publish(&self, b: &Arc<Broadcast>) {
-        let bytes = message::encode(&self.node, &b.topic, &b.event, &b.payload);
-        if self.tx.try_send((self.channel.clone(), bytes)).is_err() {
+        let sealed = match (&self.recorded, b.seq, &b.payload) {
+            (Some(r), Some(_), Payload::Json(Value::Object(m))) => {
+                Some(Payload::Json(r.key.seal(&b.topic, &b.event, m)))
+            }
+            _ => None,
+        };
+        let payload = sealed.as_ref().unwrap_or(&b.payload);
+        let m = Outgoing {
+            channel: self.channel.clone(),
+            bytes: message::encode(&self.node, &b.topic, &b.event, payload),
+            recorded: sealed.and(b.seq).map(|s| (b.topic.clone(), s)),
+        };
+        if let Err(e) = self.tx.try_send(m) {
             self.stats.unpublished.fetch_add(1, Ordering::Relaxed);
+            let (mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) = e;
+            self.unsent.note(&m);
         }
     }
 }
@@ -46,19 +110,24 @@ pub(super) fn start(
     endpoint: &Endpoint,
     config: Arc<ClusterConfig>,
     stats: Arc<Stats>,
-    backfill: Option<Arc<dyn Backfill>>,
+    recorded: Option<Recorded>,
 ) {
     let ps = endpoint.pubsub().clone();
     let (tx, rx) = mpsc::channel::<Outgoing>(config.publish_queue.max(1));
+    let recorded = recorded.map(Arc::new);
+    let backfill = recorded.as_ref().map(|r| r.change_log.clone());
     let order = Arc::new(Order::new(config.reorder_hold, backfill, stats.clone()));
     ps.set_sequencer(order.clone());
-    order.run(ps.clone());
+    order.clone().run(ps.clone());
     let phx: Arc<str> = message::redis_channel(&config.pubsub_name).into();
+    let unsent = Arc::new(Unsent::new(config.unsent_topics));
     ps.set_adapter(RedisAdapter {
         node: config.node_name.clone(),
         channel: phx.clone(),
         tx: tx.clone(),
         stats: stats.clone(),
+        recorded: recorded.clone(),
+        unsent: unsent.clone(),
     });
     let presence_in = tracker::start(endpoint.presence(), &config, stats.clone(), tx);
     let link = Link {
@@ -66,24 +135,42 @@ pub(super) fn start(
             ps,
             bounds: Bounds {
                 max_bytes: config.max_message_bytes,
+                max_term_bytes: config.max_term_bytes,
                 ..Bounds::default()
             },
             stats: stats.clone(),
             not_json_logged: HashSet::new(),
+            over_bounds_logged: false,
+            unsigned_logged: false,
+            recorded,
             presence_in,
             phx,
+            reached: reached_channel(&config.pubsub_name).into(),
+            order: order.clone(),
             config: config.clone(),
         },
         config,
         stats,
+        order,
+        unsent,
     };
     actix_rt::spawn(link.run(rx));
 }
+
+/// The Fawkes nodes' channel for "topic T reached seq S" (see [`Unsent`]): JSON
+/// `{"topic": T, "payload": {"seq": S, "seq_sig": …}}`, signed as a recorded broadcast is.
+pub fn reached_channel(pubsub_name: &str) -> String {
+    format!("fawkes:{pubsub_name}:recorded")
+}
+
+const REACHED: &str = "reached";
 
 struct Link {
     inbound: Arrivals,
     config: Arc<ClusterConfig>,
     stats: Arc<Stats>,
+    order: Arc<Order>,
+    unsent: Arc<Unsent>,
 }
 
 impl Link {
@@ -113,7 +200,13 @@ impl Link {
                     ever_up = true;
                     backoff = FIRST_BACKOFF;
                     self.stats.up.store(true, Ordering::Relaxed);
-                    let why = self.serve(sub, &mut publisher, &mut out).await;
+                    // Subscribed again: what was written while this node heard nothing is in
+                    // the change log, and what is published from now on arrives.
+                    self.order.catch_up(&self.inbound.ps);
+                    let why = match self.announce_unsent(&mut publisher).await {
+                        Ok(()) => self.serve(sub, &mut publisher, &mut out).await,
+                        Err(e) => e,
+                    };
                     self.stats.up.store(false, Ordering::Relaxed);
                     self.stats.outages.fetch_add(1, Ordering::Relaxed);
                     log::error!(
@@ -133,7 +226,10 @@ impl Link {
                         tokio::select! {
                             _ = &mut wait => break,
                             m = out.recv() => match m {
-                                Some(_) => { self.stats.unpublished.fetch_add(1, Ordering::Relaxed); }
+                                Some(m) => {
+                                    self.stats.unpublished.fetch_add(1, Ordering::Relaxed);
+                                    self.unsent.note(&m);
+                                }
                                 None => return,
                             },
                         }
@@ -153,12 +249,58 @@ impl Link {
             let mut sub = client.get_async_pubsub().await?;
             sub.subscribe(&*self.inbound.phx).await?;
             sub.subscribe(&**presence).await?;
+            sub.subscribe(&*self.inbound.reached).await?;
             let publisher = client.get_multiplexed_async_connection().await?;
             Ok::<_, redis::RedisError>((sub, publisher))
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// Tells the other nodes how far the topics went whose recorded broadcasts this node could
+    /// not publish (see [`Unsent`]).
+    async fn announce_unsent(
+        &self,
+        publisher: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), String> {
+        let Some(rec) = &self.inbound.recorded else {
+            return Ok(());
+        };
+        let unsent = self.unsent.take();
+        if unsent.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (topic, seq) in &unsent {
+            let mut p = serde_json::Map::new();
+            p.insert("seq".into(), (*seq).into());
+            let msg =
+                serde_json::json!({"topic": topic, "payload": rec.key.seal(topic, REACHED, &p)});
+            pipe.cmd("PUBLISH")
+                .arg(&*self.inbound.reached)
+                .arg(msg.to_string())
+                .ignore();
+        }
+        match pipe.query_async::<()>(publisher).await {
+            Ok(()) => {
+                log::info!(
+                    "cluster: told the other nodes of {} topic(s) written while the link was down",
+                    unsent.len()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                for (topic, seq) in unsent {
+                    self.unsent.note(&Outgoing {
+                        channel: self.inbound.reached.clone(),
+                        bytes: Vec::new(),
+                        recorded: Some((topic, seq)),
+                    });
+                }
+                Err(format!("publishing: {e}"))
+            }
         }
     }
 
@@ -186,8 +328,8 @@ impl Link {
                         }
                     }
                     let mut pipe = redis::pipe();
-                    for (channel, bytes) in &batch {
-                        pipe.cmd("PUBLISH").arg(&**channel).arg(bytes.as_slice()).ignore();
+                    for m in &batch {
+                        pipe.cmd("PUBLISH").arg(&*m.channel).arg(m.bytes.as_slice()).ignore();
                     }
                     match pipe.query_async::<()>(publisher).await {
                         Ok(()) => {
@@ -195,6 +337,7 @@ impl Link {
                         }
                         Err(e) => {
                             self.stats.unpublished.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            batch.iter().for_each(|m| self.unsent.note(m));
                             return format!("publishing: {e}");
                         }
                     }
@@ -211,13 +354,25 @@ struct Arrivals {
     stats: Arc<Stats>,
     /// Topics whose undeliverable payloads were logged already (bounded).
     not_json_logged: HashSet<String>,
+    /// A message over the bounds was logged already: one line, however many follow.
+    over_bounds_logged: bool,
+    /// Likewise for a recorded broadcast whose seq no node of the cluster signed.
+    unsigned_logged: bool,
+    recorded: Option<Arc<Recorded>>,
     presence_in: mpsc::Sender<Vec<u8>>,
     phx: Arc<str>,
+    /// See [`reached_channel`].
+    reached: Arc<str>,
+    order: Arc<Order>,
     config: Arc<ClusterConfig>,
 }
 
 impl Arrivals {
     fn handle(&mut self, channel: &str, bytes: &[u8]) {
+        if channel == &*self.reached {
+            self.reached(bytes);
+            return;
+        }
         if channel != &*self.phx {
             if self.presence_in.try_send(bytes.to_vec()).is_err() {
                 // The tracker is behind: a delta lost here shows as a gap, and a full sync follows.
@@ -226,9 +381,15 @@ impl Arrivals {
             return;
         }
         match message::decode(bytes, &self.config.node_name, self.bounds) {
-            Inbound::Deliver(r) => {
+            Inbound::Deliver(mut r) => {
+                let Ok(seq) = self.recorded_seq(&mut r) else {
+                    self.stats.unsigned.fetch_add(1, Ordering::Relaxed);
+                    if !std::mem::replace(&mut self.unsigned_logged, true) {
+                        log::warn!("cluster: dropped a broadcast on {} whose seq no node of this cluster signed (not a Fawkes node on this database); counted in fawkes_recorded_unsigned_total, logged once", r.topic);
+                    }
+                    return;
+                };
                 self.stats.received.fetch_add(1, Ordering::Relaxed);
-                let seq = self.recorded_seq(&r.topic, &r.payload);
                 self.ps.local_broadcast(Broadcast {
                     topic: r.topic,
                     event: r.event,
@@ -243,6 +404,12 @@ impl Arrivals {
                     log::warn!("cluster: a broadcast on {topic} carries {what}, which JSON cannot; not delivered (logged once per topic)");
                 }
             }
+            Inbound::OverBounds(why) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                if !std::mem::replace(&mut self.over_bounds_logged, true) {
+                    log::warn!("cluster: refused a message from Redis: {why} (--cluster-max-message-bytes, --cluster-max-term-bytes); counted in fawkes_redis_refused_total, logged once");
+                }
+            }
             Inbound::Ignored(why) => {
                 self.stats.ignored.fetch_add(1, Ordering::Relaxed);
                 log::debug!("cluster: ignored a message: {why}");
@@ -250,11 +417,44 @@ impl Arrivals {
         }
     }
 
-    /// A recorded topic's broadcast carries its `"seq"` in its payload.
-    fn recorded_seq(&self, topic: &str, payload: &crate::protocol::Payload) -> Option<i64> {
-        if !(self.config.recorded_prefixes.iter()).any(|p| topic.starts_with(p.as_str())) {
-            return None;
+    /// Another node's "topic T reached seq S", if signed by a node of the cluster: a topic
+    /// ordered here that is behind it is filled from the change log.
+    fn reached(&mut self, bytes: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Reached {
+            topic: String,
+            payload: serde_json::Map<String, Value>,
         }
-        payload.json()?.get("seq")?.as_i64()
+        let Some(rec) = &self.recorded else { return };
+        let Ok(mut r) = serde_json::from_slice::<Reached>(bytes) else {
+            self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if !rec.key.open(&r.topic, REACHED, &mut r.payload) {
+            self.stats.unsigned.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Some(seq) = r.payload.get("seq").and_then(Value::as_i64) {
+            self.order.reached(&self.ps, &r.topic, seq);
+        }
+    }
+
+    /// A recorded topic's broadcast carries its `"seq"` in its payload, signed by the node that
+    /// took it from the database. The signature is taken out; a seq without a good one is not
+    /// believed (`Err`: the broadcast is dropped). A broadcast without a seq is not recorded.
+    fn recorded_seq(&self, r: &mut Remote) -> Result<Option<i64>, ()> {
+        let Some(rec) = self.recorded.as_ref().filter(|rec| rec.covers(&r.topic)) else {
+            return Ok(None);
+        };
+        let Payload::Json(Value::Object(m)) = &mut r.payload else {
+            return Ok(None);
+        };
+        if !m.contains_key("seq") && !m.contains_key(super::seal::FIELD) {
+            return Ok(None);
+        }
+        if !rec.key.open(&r.topic, &r.event, m) {
+            return Err(());
+        }
+        m.get("seq").and_then(Value::as_i64).map(Some).ok_or(())
     }
 }

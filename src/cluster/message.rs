@@ -62,6 +62,8 @@ pub enum Inbound {
         topic: String,
         what: &'static str,
     },
+    /// Over a bound of [`Bounds`] (size, depth, memory): refused before it cost more.
+    OverBounds(term::DecodeError),
     /// Not a channel broadcast of version 3: tracker traffic, other versions, garbage.
     Ignored(String),
 }
@@ -70,6 +72,7 @@ pub enum Inbound {
 pub fn decode(bytes: &[u8], me: &str, bounds: Bounds) -> Inbound {
     match term::decode(bytes, bounds) {
         Ok(t) => classify(&t, me),
+        Err(e) if e.is_over_bounds() => Inbound::OverBounds(e),
         Err(e) => Inbound::Ignored(e.to_string()),
     }
 }
@@ -288,6 +291,7 @@ mod tests {
         let bounds = Bounds {
             max_bytes: 4096,
             max_depth: 16,
+            ..Bounds::default()
         };
         for c in ["01_", "02_", "03_", "06_", "08_", "10_", "11_", "12_"] {
             let bytes = capture(c);

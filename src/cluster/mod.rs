@@ -6,7 +6,8 @@
 //! ([`message`], on the term codec of [`term`]). Presence is replicated between Fawkes nodes on a
 //! channel of their own, Phoenix.Tracker's way: per-node deltas, heartbeats, and a node silent
 //! too long counted as down ([`tracker`]). Recorded broadcasts, which several nodes number from
-//! one database, are delivered in seq order, a gap filled from the change log ([`order`]).
+//! one database, are delivered in seq order, a gap filled from the change log ([`order`]), and
+//! their seqs are believed only when a node of the cluster signed them ([`seal`]).
 //! [`link`] owns the Redis connections and survives Redis going away.
 //!
 //! Without a Redis URL none of this runs: one node needs nothing but itself.
@@ -14,10 +15,12 @@
 pub mod link;
 pub mod message;
 pub mod order;
+pub mod seal;
 pub mod term;
 pub mod tracker;
 
 pub use order::Backfill;
+pub use seal::SealKey;
 
 use crate::endpoint::Endpoint;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -35,12 +38,14 @@ pub struct ClusterConfig {
     pub pubsub_name: String,
     /// A node heard from for this long is down: its presences leave.
     pub presence_down_after: Duration,
-    /// Largest message read from Redis; larger ones are ignored and counted.
+    /// Largest message read from Redis; larger ones are refused and counted.
     pub max_message_bytes: usize,
+    /// Memory one message's decoded term may take (see [`term::Bounds::max_term_bytes`]).
+    pub max_term_bytes: usize,
     /// Messages waiting to be published; past it they are dropped and counted.
     pub publish_queue: usize,
-    /// Topic prefixes whose broadcasts carry a `"seq"` from the shared change log.
-    pub recorded_prefixes: Vec<String>,
+    /// Topics whose unpublished recorded broadcasts are announced when the link is back.
+    pub unsent_topics: usize,
     /// How long an early recorded broadcast waits for the ones before it.
     pub reorder_hold: Duration,
 }
@@ -53,8 +58,9 @@ impl ClusterConfig {
             pubsub_name: DEFAULT_PUBSUB_NAME.to_owned(),
             presence_down_after: Duration::from_secs(30),
             max_message_bytes: 8 * 1024 * 1024,
+            max_term_bytes: term::Bounds::default().max_term_bytes,
             publish_queue: 65_536,
-            recorded_prefixes: Vec::new(),
+            unsent_topics: 4096,
             reorder_hold: Duration::from_millis(250),
         }
     }
@@ -92,13 +98,21 @@ pub struct ClusterArgs {
     /// Seconds without a heartbeat after which another node counts as down.
     #[arg(long, env = "FAWKES_PRESENCE_DOWN_AFTER", default_value_t = 30)]
     pub presence_down_after: u64,
-    /// Largest message read from Redis, in bytes (larger: ignored and counted).
+    /// Largest message read from Redis, in bytes (larger: refused and counted).
     #[arg(long, env = "FAWKES_CLUSTER_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub cluster_max_message_bytes: usize,
+    /// Memory one message from Redis may take once decoded, in bytes: every Erlang term it
+    /// makes counts its own size and what it holds (more: refused and counted).
+    #[arg(long, env = "FAWKES_CLUSTER_MAX_TERM_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub cluster_max_term_bytes: usize,
     /// Messages waiting to be published to Redis; past it (Redis slow or away) they are dropped
     /// and counted.
     #[arg(long, env = "FAWKES_CLUSTER_PUBLISH_QUEUE", default_value_t = 65_536)]
     pub cluster_publish_queue: usize,
+    /// Topics whose recorded broadcasts could not be published (this node's link down) that
+    /// are announced to the other nodes when it is back, so they fill the gap at once.
+    #[arg(long, env = "FAWKES_CLUSTER_UNSENT_TOPICS", default_value_t = 4096)]
+    pub cluster_unsent_topics: usize,
 }
 
 impl ClusterArgs {
@@ -121,7 +135,9 @@ impl ClusterArgs {
         c.pubsub_name = self.pubsub_name.clone();
         c.presence_down_after = Duration::from_secs(self.presence_down_after.max(1));
         c.max_message_bytes = self.cluster_max_message_bytes.max(1024);
+        c.max_term_bytes = self.cluster_max_term_bytes.max(1024);
         c.publish_queue = self.cluster_publish_queue.max(1);
+        c.unsent_topics = self.cluster_unsent_topics;
         Ok(Some(c))
     }
 }
@@ -140,15 +156,38 @@ pub struct Stats {
     pub received: AtomicU64,
     /// Messages that were not for this node or not channel broadcasts, or could not be read.
     pub ignored: AtomicU64,
+    /// Messages over a bound (size, nesting, decoded memory), refused unread.
+    pub refused: AtomicU64,
     /// Channel broadcasts whose payload JSON cannot carry (not delivered).
     pub not_json: AtomicU64,
     /// Recorded broadcasts dropped as already delivered.
     pub duplicates: AtomicU64,
-    /// Recorded broadcasts fetched from the change log to fill a gap.
+    /// Recorded broadcasts fetched from the change log to fill a gap or catch up.
     pub backfilled: AtomicU64,
+    /// Recorded broadcasts whose seq is past the change log's latest (dropped).
+    pub unknown: AtomicU64,
+    /// Broadcasts on recorded topics whose seq no node of this cluster signed (dropped).
+    pub unsigned: AtomicU64,
     /// Presence replication messages sent and received.
     pub presence_sent: AtomicU64,
     pub presence_received: AtomicU64,
+}
+
+/// Topics whose broadcasts the nodes number from one database, and what a node needs to trust
+/// those numbers and fill their gaps. Given by the layer that owns the database.
+pub struct Recorded {
+    /// Topic prefixes whose broadcasts carry a `"seq"` from the change log.
+    pub prefixes: Vec<String>,
+    /// Where missing events are read from.
+    pub change_log: Arc<dyn Backfill>,
+    /// The key the cluster's nodes sign their recorded broadcasts with (kept in the database).
+    pub key: SealKey,
+}
+
+impl Recorded {
+    pub(crate) fn covers(&self, topic: &str) -> bool {
+        self.prefixes.iter().any(|p| topic.starts_with(p.as_str()))
+    }
 }
 
 /// A running cluster link.
@@ -160,13 +199,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects `endpoint` to the other nodes: its broadcasts are published, theirs delivered,
-    /// presence replicated. `backfill` fills gaps in recorded topics (none: gaps are waited
-    /// out, then skipped). Call from within the server's runtime; the link runs as its tasks
-    /// and keeps retrying while Redis is away.
+    /// presence replicated. With `recorded`, those topics' broadcasts are delivered in seq
+    /// order on every node (without it no broadcast from another node carries a seq, and a gap
+    /// in this node's own is waited out, then skipped). Call from within the server's runtime;
+    /// the link runs as its tasks and keeps retrying while Redis is away.
     pub fn start(
         endpoint: &Endpoint,
         config: ClusterConfig,
-        backfill: Option<Arc<dyn Backfill>>,
+        recorded: Option<Recorded>,
     ) -> Cluster {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
@@ -177,7 +217,7 @@ impl Cluster {
             config.pubsub_name
         );
         endpoint.set_cluster_stats(stats.clone());
-        link::start(endpoint, config.clone(), stats.clone(), backfill);
+        link::start(endpoint, config.clone(), stats.clone(), recorded);
         Cluster { config, stats }
     }
 }

@@ -35,6 +35,8 @@ const ATOM_UTF8: u8 = 118;
 const SMALL_ATOM_UTF8: u8 = 119;
 const V4_PORT: u8 = 120;
 
+const TERM_SIZE: usize = std::mem::size_of::<Term>();
+
 /// A decoded term. Pids, ports and references are kept only as what they are: nothing here
 /// needs their contents, and JSON cannot carry them.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +72,36 @@ impl Term {
     }
 
     /// The value under an atom key of a map.
+    /// The memory this term takes, in bytes: its own size, plus the slots of its lists, tuples
+    /// and maps and the bytes of its binaries and atoms, all the way down. What the decoder
+    /// counts against [`Bounds::max_term_bytes`].
+    pub fn footprint(&self) -> usize {
+        TERM_SIZE + self.held()
+    }
+
+    /// What the term holds beyond its own size.
+    fn held(&self) -> usize {
+        match self {
+            Term::Atom(a) => a.capacity(),
+            Term::Binary(b) => b.capacity(),
+            Term::List(items) | Term::Tuple(items) => {
+                items.capacity() * TERM_SIZE + items.iter().map(Term::held).sum::<usize>()
+            }
+            Term::Map(pairs) => {
+                pairs.capacity() * 2 * TERM_SIZE
+                    + pairs
+                        .iter()
+                        .map(|(k, v)| k.held() + v.held())
+                        .sum::<usize>()
+            }
+            Term::Int(_)
+            | Term::BigInt(_)
+            | Term::Float(_)
+            | Term::ImproperList
+            | Term::Opaque(_) => 0,
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<&Term> {
         match self {
             Term::Map(pairs) => pairs
@@ -88,6 +120,10 @@ pub struct Bounds {
     pub max_bytes: usize,
     /// Deepest nesting of lists, tuples and maps.
     pub max_depth: usize,
+    /// Memory the decoded term may take, in bytes, as [`Term::footprint`] counts it. A few bytes
+    /// on the wire make a term of 32 in memory (an empty list is one byte), so the wire size
+    /// alone does not bound this: 8 KiB compressed can unfold to millions of terms.
+    pub max_term_bytes: usize,
 }
 
 impl Default for Bounds {
@@ -95,6 +131,7 @@ impl Default for Bounds {
         Bounds {
             max_bytes: 8 * 1024 * 1024,
             max_depth: 64,
+            max_term_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -110,6 +147,18 @@ pub enum DecodeError {
     BadCompression,
     TrailingBytes,
     BadAtom,
+    /// The decoded term would take more memory than [`Bounds::max_term_bytes`].
+    OverBudget,
+}
+
+impl DecodeError {
+    /// A message refused for a bound (size, depth, memory) rather than for what it is.
+    pub fn is_over_bounds(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::TooLarge | DecodeError::TooDeep | DecodeError::OverBudget
+        )
+    }
 }
 
 impl std::fmt::Display for DecodeError {
@@ -123,6 +172,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::BadCompression => f.write_str("bad compressed term"),
             DecodeError::TrailingBytes => f.write_str("bytes after the term"),
             DecodeError::BadAtom => f.write_str("atom is not valid text"),
+            DecodeError::OverBudget => f.write_str("decoded term over the memory limit"),
         }
     }
 }
@@ -159,7 +209,9 @@ pub fn decode(bytes: &[u8], bounds: Bounds) -> Result<Term, DecodeError> {
         buf: &body,
         at: 0,
         max_depth: bounds.max_depth,
+        budget: bounds.max_term_bytes,
     };
+    r.charge(TERM_SIZE)?;
     let term = r.term(0)?;
     if r.at != r.buf.len() {
         return Err(DecodeError::TrailingBytes);
@@ -167,10 +219,14 @@ pub fn decode(bytes: &[u8], bounds: Bounds) -> Result<Term, DecodeError> {
     Ok(term)
 }
 
+/// Reads terms; every slot it allocates and every byte a term holds is charged to `budget`
+/// before (for slots) or as soon as (for an atom's text, at most 510 bytes) it is made.
 struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
     max_depth: usize,
+    /// Bytes of term memory still allowed.
+    budget: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -179,6 +235,20 @@ impl<'a> Reader<'a> {
         let s = self.buf.get(self.at..end).ok_or(DecodeError::Truncated)?;
         self.at = end;
         Ok(s)
+    }
+
+    fn charge(&mut self, bytes: usize) -> Result<(), DecodeError> {
+        self.budget = self
+            .budget
+            .checked_sub(bytes)
+            .ok_or(DecodeError::OverBudget)?;
+        Ok(())
+    }
+
+    /// Room for `n` terms, charged before it is allocated.
+    fn slots(&mut self, n: usize) -> Result<Vec<Term>, DecodeError> {
+        self.charge(n.checked_mul(TERM_SIZE).ok_or(DecodeError::OverBudget)?)?;
+        Ok(Vec::with_capacity(n))
     }
 
     fn u8(&mut self) -> Result<u8, DecodeError> {
@@ -206,13 +276,15 @@ impl<'a> Reader<'a> {
 
     fn atom_text(&mut self, len: usize, latin1: bool) -> Result<String, DecodeError> {
         let raw = self.take(len)?;
-        if latin1 {
-            Ok(raw.iter().map(|&b| char::from(b)).collect())
+        let text = if latin1 {
+            raw.iter().map(|&b| char::from(b)).collect()
         } else {
             std::str::from_utf8(raw)
                 .map(str::to_owned)
-                .map_err(|_| DecodeError::BadAtom)
-        }
+                .map_err(|_| DecodeError::BadAtom)?
+        };
+        self.charge(text.capacity())?;
+        Ok(text)
     }
 
     fn term(&mut self, depth: usize) -> Result<Term, DecodeError> {
@@ -257,19 +329,23 @@ impl<'a> Reader<'a> {
             }
             BINARY => {
                 let len = self.u32()?;
-                Term::Binary(self.take(len)?.to_vec())
+                let raw = self.take(len)?;
+                self.charge(len)?;
+                Term::Binary(raw.to_vec())
             }
             STRING => {
                 // A list of bytes (an Erlang charlist).
                 let len = self.u16()?;
                 let raw = self.take(len)?;
-                Term::List(raw.iter().map(|&b| Term::Int(i128::from(b))).collect())
+                let mut items = self.slots(len)?;
+                items.extend(raw.iter().map(|&b| Term::Int(i128::from(b))));
+                Term::List(items)
             }
             NIL => Term::List(Vec::new()),
             LIST => {
                 let n = self.u32()?;
                 let n = self.count(n, 1)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = self.slots(n)?;
                 for _ in 0..n {
                     items.push(self.term(depth + 1)?);
                 }
@@ -285,7 +361,7 @@ impl<'a> Reader<'a> {
                     self.u32()?
                 };
                 let n = self.count(n, 1)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = self.slots(n)?;
                 for _ in 0..n {
                     items.push(self.term(depth + 1)?);
                 }
@@ -294,6 +370,10 @@ impl<'a> Reader<'a> {
             MAP => {
                 let n = self.u32()?;
                 let n = self.count(n, 2)?;
+                self.charge(
+                    n.checked_mul(2 * TERM_SIZE)
+                        .ok_or(DecodeError::OverBudget)?,
+                )?;
                 let mut pairs = Vec::with_capacity(n);
                 for _ in 0..n {
                     let k = self.term(depth + 1)?;
@@ -584,6 +664,7 @@ mod tests {
         let b = Bounds {
             max_bytes: 64,
             max_depth: 3,
+            ..Bounds::default()
         };
         // A list that claims four billion elements in nine bytes.
         assert_eq!(
@@ -616,6 +697,79 @@ mod tests {
         let mut lie = vec![131, 80, 0, 0, 0, 2];
         lie.extend(z.finish().unwrap());
         assert_eq!(decode(&lie, b), Err(DecodeError::BadCompression));
+    }
+
+    /// A list of `n` empty lists, compressed: 8 million of them fit in 8,347 bytes.
+    fn empty_lists_bomb(n: u32) -> Vec<u8> {
+        let mut raw = vec![LIST];
+        raw.extend(n.to_be_bytes());
+        raw.resize(raw.len() + n as usize + 1, NIL);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut z, &raw).unwrap();
+        let mut msg = vec![VERSION, COMPRESSED];
+        msg.extend((raw.len() as u32).to_be_bytes());
+        msg.extend(z.finish().unwrap());
+        msg
+    }
+
+    #[test]
+    fn a_compressed_bomb_is_refused_by_its_memory() {
+        let bomb = empty_lists_bomb(8_000_000);
+        assert!(bomb.len() < 9000, "{}", bomb.len());
+        // Its wire size is within the default bounds; its 8 million terms (256 MB) are not.
+        assert_eq!(
+            decode(&bomb, Bounds::default()),
+            Err(DecodeError::OverBudget)
+        );
+        // The same shape within the budget decodes, and costs what it says.
+        let small = empty_lists_bomb(1000);
+        let t = decode(&small, Bounds::default()).unwrap();
+        assert_eq!(t.footprint(), TERM_SIZE * 1001);
+        let exact = Bounds {
+            max_term_bytes: TERM_SIZE * 1001,
+            ..Bounds::default()
+        };
+        assert!(decode(&small, exact).is_ok());
+        let short = Bounds {
+            max_term_bytes: TERM_SIZE * 1001 - 1,
+            ..Bounds::default()
+        };
+        assert_eq!(decode(&small, short), Err(DecodeError::OverBudget));
+    }
+
+    #[test]
+    fn every_kind_of_term_is_charged() {
+        let mut e = Encoder::new();
+        e.json(&json!({"a": [1, "bcd", {"e": null}], "big": u64::MAX, "f": 1.5, "s": "héllo"}));
+        let bytes = e.finish();
+        let t = decode(&bytes, Bounds::default()).unwrap();
+        let need = t.footprint();
+        // Slots: the map's 4 pairs, the list's 3, the inner map's 1 pair; bytes: keys and strings.
+        let slots = 1 + 4 * 2 + 3 + 2;
+        let held = "a".len()
+            + "big".len()
+            + "f".len()
+            + "s".len()
+            + "bcd".len()
+            + "e".len()
+            + "nil".len()
+            + "héllo".len();
+        assert_eq!(need, slots * TERM_SIZE + held);
+        for max in [need - 1, need / 2, TERM_SIZE, 0] {
+            let b = Bounds {
+                max_term_bytes: max,
+                ..Bounds::default()
+            };
+            assert_eq!(decode(&bytes, b), Err(DecodeError::OverBudget), "{max}");
+        }
+        let b = Bounds {
+            max_term_bytes: need,
+            ..Bounds::default()
+        };
+        assert_eq!(decode(&bytes, b), Ok(t));
+        // A charlist (STRING_EXT) takes a slot per byte.
+        let chars = decode(&[131, 107, 0, 3, b'a', b'b', b'c'], Bounds::default()).unwrap();
+        assert_eq!(chars.footprint(), 4 * TERM_SIZE);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! The messages are JSON on a channel of their own, `fawkes:<pubsub-name>:presence`; Phoenix
 //! nodes neither read nor write it.
 
+use super::link::Outgoing;
 use super::{ClusterConfig, Stats};
 use crate::presence::{Change, Presence, Replication};
 use serde::{Deserialize, Serialize};
@@ -108,7 +109,7 @@ struct Tracker {
     views: HashMap<String, View>,
     down_after: Duration,
     stats: Arc<Stats>,
-    out: mpsc::Sender<(Arc<str>, Vec<u8>)>,
+    out: mpsc::Sender<Outgoing>,
     channel: Arc<str>,
     lost: Arc<AtomicBool>,
     state_wanted: bool,
@@ -116,12 +117,12 @@ struct Tracker {
 }
 
 /// Starts replicating `presence`. Messages for the presence channel go in through the returned
-/// sender; what the tracker publishes goes to `out` as (channel, bytes).
-pub fn start(
+/// sender; what the tracker publishes goes to `out`.
+pub(super) fn start(
     presence: &Presence,
     config: &ClusterConfig,
     stats: Arc<Stats>,
-    out: mpsc::Sender<(Arc<str>, Vec<u8>)>,
+    out: mpsc::Sender<Outgoing>,
 ) -> mpsc::Sender<Vec<u8>> {
     let (changes_tx, mut changes) = mpsc::channel::<Change>(65_536);
     let (in_tx, mut inbound) = mpsc::channel::<Vec<u8>>(4096);
@@ -182,7 +183,12 @@ impl Tracker {
     fn publish(&self, w: &Wire) {
         let bytes = serde_json::to_vec(w).expect("JSON of strings and values");
         self.stats.presence_sent.fetch_add(1, Ordering::Relaxed);
-        if self.out.try_send((self.channel.clone(), bytes)).is_err() {
+        let m = Outgoing {
+            channel: self.channel.clone(),
+            bytes,
+            recorded: None,
+        };
+        if self.out.try_send(m).is_err() {
             self.stats.unpublished.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -249,6 +249,11 @@ fn cluster(r: &Registry, c: &crate::cluster::Stats) {
             &c.ignored,
         ),
         (
+            "fawkes_redis_refused_total",
+            "Messages from Redis refused for a bound: size, nesting or decoded memory",
+            &c.refused,
+        ),
+        (
             "fawkes_redis_not_json_total",
             "Broadcasts from other nodes whose payload JSON cannot carry (not delivered)",
             &c.not_json,
@@ -260,8 +265,18 @@ fn cluster(r: &Registry, c: &crate::cluster::Stats) {
         ),
         (
             "fawkes_recorded_backfilled_total",
-            "Recorded broadcasts read from the change log to fill a gap",
+            "Recorded broadcasts read from the change log to fill a gap or catch up",
             &c.backfilled,
+        ),
+        (
+            "fawkes_recorded_unsigned_total",
+            "Broadcasts on recorded topics whose seq no node of this cluster signed (dropped)",
+            &c.unsigned,
+        ),
+        (
+            "fawkes_recorded_unknown_total",
+            "Recorded broadcasts whose seq is past the change log's latest (dropped)",
+            &c.unknown,
         ),
         (
             "fawkes_presence_replication_sent_total",

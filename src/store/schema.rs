@@ -142,6 +142,14 @@ diesel::allow_tables_to_appear_in_same_query!(
 );
 
 diesel::table! {
+    /// The key the nodes on this database sign their recorded broadcasts with.
+    cluster_keys (name) {
+        name -> Text,
+        secret -> Text,
+    }
+}
+
+diesel::table! {
     /// Each recorded topic's latest sequence number.
     topic_seqs (topic) {
         topic -> Text,

@@ -124,10 +124,19 @@ impl Access {
     }
 }
 
-/// Where a user's leaving a room is announced: their `channel:`, `thread:` and `voice:`
-/// channels of the room stop on it (see [`crate::ChannelContext::stop_on`]).
-pub fn room_member_topic(room_id: i64, user_id: i64) -> String {
-    format!("room_member:{room_id}:{user_id}")
+/// The recorded event of the room's stream (`channel:<id>`) that ends a membership: recorded
+/// there, it reaches every node in order with the room's messages (none committed after it is
+/// delivered before it) and is caught up after a Redis outage like them.
+pub const MEMBER_REMOVED: &str = "member_removed";
+
+/// Whether a broadcast on a room's stream ends `user_id`'s membership: their `channel:`,
+/// `thread:` and `voice:` channels of the room stop on it (see
+/// [`crate::ChannelContext::stop_on_recorded`]).
+pub fn ends_membership(user_id: i64) -> impl Fn(&crate::pubsub::Broadcast) -> bool + Send + Sync {
+    move |b| {
+        b.event == MEMBER_REMOVED
+            && b.payload.json().and_then(|p| p.get("user_id")?.as_i64()) == Some(user_id)
+    }
 }
 
 /// The room if the user may read it: 404 for no room, 403 for a private room they are not in.

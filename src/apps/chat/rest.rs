@@ -1,6 +1,6 @@
 //! `/api/channels`: rooms, members and message history.
 
-use super::{history, readable, room_json, room_member_topic, unread_count, Room};
+use super::{history, readable, room_json, unread_count, Room, MEMBER_REMOVED};
 use crate::apps::accounts;
 use crate::apps::api::{
     authenticate, object_body, paging, path_id, text_field, ApiError, ApiResult,
@@ -187,8 +187,8 @@ pub async fn remove(
     let user = authenticate(&state, &req).await?;
     let room_id = path_id(&path.0)?;
     let target = path_id(&path.1)?;
-    // Through the recorded streams' order, so no message committed after the removal can be
-    // broadcast before it.
+    // Recorded in the room's stream: on every node no message committed after the removal is
+    // delivered before it, and a node that missed it (Redis away) reads it from the change log.
     state
         .history
         .write(&state.endpoint, move |c, rec| {
@@ -205,7 +205,8 @@ pub async fn remove(
             if gone == 0 {
                 return Err(ApiError::NotFound.into());
             }
-            rec.broadcast_after_commit(&room_member_topic(room_id, target), "removed", json!({}));
+            let topic = super::room::room_topic(room_id);
+            rec.record(c, &topic, MEMBER_REMOVED, json!({ "user_id": target }))?;
             Ok(())
         })
         .await?;

@@ -1,12 +1,12 @@
 //! `channel:<id>` (a room) and `thread:<id>` (a message's replies).
 
 use super::{
-    access, history, membership, mention_count, mentioned, message, reactions_json, readable,
-    room_member_topic, thread, unread_count,
+    access, ends_membership, history, membership, mention_count, mentioned, message,
+    reactions_json, readable, thread, unread_count,
 };
 use crate::apps::accounts::User;
 use crate::apps::{current_user, AppState};
-use crate::history::{position, since_param, Recorder};
+use crate::history::{latest_seq, position, since_param, Recorder};
 use crate::store::schema::{mentions, messages, reactions, room_members};
 use crate::store::{iso, now_ms, DbConnection, StoreError};
 use crate::{async_trait, Channel, ChannelContext, Flow, Info, Payload, Reply, StopReason};
@@ -411,7 +411,8 @@ impl Channel for RoomChannel {
         let room_id = topic_id(topic, "channel:").ok_or_else(unauthorized)?;
         let since = since_param(&params).map_err(reason)?;
         // Listen for a removal before checking access: one that lands in between is not missed.
-        ctx.stop_on(&room_member_topic(room_id, user.id));
+        // It comes in the room's own stream; the join reply's seq says which are past.
+        ctx.stop_on_recorded(topic, ends_membership(user.id));
         let (u, t) = (user.clone(), topic.to_owned());
         let (reply, pos) = self
             .state
@@ -583,18 +584,20 @@ impl Channel for ThreadChannel {
             })
             .await
             .map_err(|_| unauthorized())?;
-        ctx.stop_on(&room_member_topic(room, user.id));
-        let t = topic.to_owned();
-        let (reply, pos) = self
+        let room_stream = room_topic(room);
+        ctx.stop_on_recorded(&room_stream, ends_membership(user.id));
+        let (t, r) = (topic.to_owned(), room_stream.clone());
+        let (reply, pos, room_seq) = self
             .state
             .store
             .read(move |c| {
                 readable(c, room, &user)?;
                 let reply = json!({ "messages": thread(c, parent)? });
-                Ok((reply, position(c, &t, since)?))
+                Ok((reply, position(c, &t, since)?, latest_seq(c, &r)?))
             })
             .await
             .map_err(|_| unauthorized())?;
+        ctx.stop_covered_through(&room_stream, room_seq);
         Ok(pos.join_reply(ctx, reply))
     }
 

@@ -4,7 +4,7 @@
 //! offer, answer or ICE candidate reaches only the sockets of the user it is addressed to.
 
 use super::room::topic_id;
-use super::{readable, room_member_topic};
+use super::{ends_membership, readable};
 use crate::apps::accounts::User;
 use crate::apps::{current_user, AppState};
 use crate::{async_trait, Channel, ChannelContext, Flow, Info, Payload, Reply, StopReason};
@@ -53,14 +53,21 @@ impl Channel for VoiceChannel {
     ) -> Result<Payload, Payload> {
         let user = current_user(ctx).ok_or_else(|| reason("unauthorized"))?;
         let room_id = topic_id(topic, "voice:").ok_or_else(|| reason("unauthorized"))?;
-        // Listen for a removal before checking access: one that lands in between is not missed.
-        ctx.stop_on(&room_member_topic(room_id, user.id));
-        let u = user.clone();
-        self.state
+        // Listen for a removal (in the room's stream) before checking access: one that lands in
+        // between is not missed.
+        let room_stream = super::room::room_topic(room_id);
+        ctx.stop_on_recorded(&room_stream, ends_membership(user.id));
+        let (u, r) = (user.clone(), room_stream.clone());
+        let room_seq = self
+            .state
             .store
-            .run(move |c| readable(c, room_id, &u).map(|_| ()))
+            .read(move |c| {
+                readable(c, room_id, &u)?;
+                crate::history::latest_seq(c, &r)
+            })
             .await
             .map_err(|_| reason("unauthorized"))?;
+        ctx.stop_covered_through(&room_stream, room_seq);
         self.user = Some(user);
         self.room_id = room_id;
         ctx.subscribe(&self.inbox(self.me()));

@@ -5,99 +5,12 @@
 
 import {test, before, after} from "node:test"
 import assert from "node:assert/strict"
-import {spawn, execFileSync} from "node:child_process"
-import {createServer} from "node:net"
-import {openSync, readFileSync, mkdtempSync} from "node:fs"
-import {tmpdir} from "node:os"
-import {join} from "node:path"
-import {Socket, Presence} from "phoenix"
-import {WebSocket} from "ws"
-import {disconnect, joinOk, nextEvent, openSocket, pushOk, recorded, sleep, waitUntil} from "../helpers.js"
+import {Presence} from "phoenix"
+import {joinOk, nextEvent, openSocket, pushOk, recorded, sleep, waitUntil} from "../helpers.js"
+import {api, cli, createUser, eventually, joined, logsOf, metrics, nodes, socketOn, startNode, startRedis, stopNodes, stopRedis} from "./nodes.js"
 
-const BIN = process.env.FAWKES_BIN
-const DATABASE_URL = process.env.DATABASE_URL
-if(!BIN || !DATABASE_URL){ throw new Error("FAWKES_BIN and DATABASE_URL are required") }
 const DOWN_AFTER_S = 3
-const METRICS_TOKEN = "cluster-metrics"
-const LOGS = mkdtempSync(join(tmpdir(), "fawkes-cluster-"))
-
-function freePort(){
-  return new Promise(resolve => {
-    const s = createServer().listen(0, "127.0.0.1", () => { const {port} = s.address(); s.close(() => resolve(port)) })
-  })
-}
-
-function waitForLine(child, pattern, what){
-  return new Promise((resolve, reject) => {
-    let seen = ""
-    const timer = setTimeout(() => reject(new Error(`${what} did not start: ${seen}`)), 10000)
-    child.stdout.on("data", d => {
-      seen += d
-      if(pattern.test(seen)){ clearTimeout(timer); resolve() }
-    })
-    child.on("exit", code => { clearTimeout(timer); reject(new Error(`${what} exited ${code}: ${seen}`)) })
-  })
-}
-
-let redisPort
-let redis
-async function startRedis(){
-  redis = spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {stdio: ["ignore", "pipe", "inherit"]})
-  await waitForLine(redis, /Ready to accept connections/, "redis-server")
-}
-function stopRedis(){
-  return new Promise(resolve => { redis.once("exit", resolve); redis.kill("SIGKILL") })
-}
-
-const nodes = {}
-async function startNode(name){
-  const port = await freePort()
-  const log = openSync(join(LOGS, `${name}.log`), "a")
-  const child = spawn(BIN, ["serve", "--port", String(port), "--redis-url", `redis://127.0.0.1:${redisPort}`,
-    "--node-name", name, "--presence-down-after", String(DOWN_AFTER_S), "--metrics-token", METRICS_TOKEN], {
-    env: {...process.env, DATABASE_URL, RUST_LOG: "info"}, stdio: ["ignore", "pipe", log]
-  })
-  await waitForLine(child, /listening/, `node ${name}`)
-  nodes[name] = {child, base: `http://127.0.0.1:${port}`}
-  return nodes[name]
-}
-
-function cli(...args){
-  return execFileSync(BIN, args, {env: {...process.env, DATABASE_URL}}).toString().trim().split("\n")
-}
-
-function createUser(name){
-  const out = cli("users", "create", "--name", name, "--community-member")
-  const id = Number(/\(id (\d+)\)/.exec(out[0])[1])
-  return {id, name, token: out[out.length - 1]}
-}
-
-async function api(node, user, method, path, body){
-  const resp = await fetch(nodes[node].base + path, {
-    method,
-    headers: {"authorization": `Bearer ${user.token}`, "content-type": "application/json"},
-    body: body === undefined ? undefined : JSON.stringify(body)
-  })
-  const text = await resp.text()
-  return {status: resp.status, json: text ? JSON.parse(text) : null}
-}
-
-function socketOn(t, node, user, opts = {}){
-  const socket = new Socket(nodes[node].base.replace(/^http/, "ws") + "/socket", {
-    transport: WebSocket, params: {token: user.token}, timeout: 3000,
-    reconnectAfterMs: () => 100, rejoinAfterMs: () => 100, ...opts
-  })
-  t.after(() => disconnect(socket))
-  return socket
-}
-
-async function joined(t, node, user, topic, params){
-  const socket = socketOn(t, node, user)
-  await openSocket(socket)
-  const channel = socket.channel(topic, params)
-  const reply = await joinOk(channel)
-  return {socket, channel, reply}
-}
+const startNodeHere = name => startNode(name, ["--presence-down-after", String(DOWN_AFTER_S)])
 
 /** A client whose Presence sees the join's presence_state and every diff after it. */
 async function watchPresence(t, node, user, topic){
@@ -118,7 +31,7 @@ async function linked(t, from, to){
   const b = await joined(t, to, users.bob, `channel:${room.id}`)
   let seen = false
   b.channel.on("typing", () => { seen = true })
-  await waitUntil(async () => {
+  await eventually(async () => {
     a.channel.push("typing_start", {})
     await sleep(100)
     return seen
@@ -126,24 +39,10 @@ async function linked(t, from, to){
   a.channel.leave(); b.channel.leave()
 }
 
-/** The node's Prometheus samples, by name (with labels). */
-async function metrics(node){
-  const resp = await fetch(nodes[node].base + "/metrics", {headers: {authorization: `Bearer ${METRICS_TOKEN}`}})
-  assert.equal(resp.status, 200)
-  const samples = {}
-  for(const line of (await resp.text()).split("\n")){
-    if(line && !line.startsWith("#")){ const i = line.lastIndexOf(" "); samples[line.slice(0, i)] = Number(line.slice(i + 1)) }
-  }
-  return samples
-}
-
-function logsOf(name){ try { return readFileSync(join(LOGS, `${name}.log`), "utf8") } catch { return "" } }
-
 before(async () => {
-  redisPort = await freePort()
   await startRedis()
   // One at a time: the first to open the database migrates it.
-  for(const n of ["n1", "n2", "n3"]){ await startNode(n) }
+  for(const n of ["n1", "n2", "n3"]){ await startNodeHere(n) }
   for(const name of ["alice", "bob", "carol", "dave"]){ users[name] = createUser(name) }
   room = (await api("n1", users.alice, "POST", "/api/channels", {name: "cluster", private: false})).json
   for(const u of [users.bob, users.carol, users.dave]){
@@ -151,10 +50,7 @@ before(async () => {
   }
 })
 
-after(async () => {
-  for(const n of Object.values(nodes)){ n.child.kill("SIGKILL") }
-  if(redis){ redis.kill("SIGKILL") }
-})
+after(stopNodes)
 
 test("the nodes link up over Redis", async t => {
   await linked(t, "n1", "n2")
