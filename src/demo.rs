@@ -5,7 +5,7 @@
 //! With `--demo`, `POST /demo/users` creates a community member and answers its token, so a
 //! visitor can try the pages with one click; without it, pages ask for an API token.
 
-use crate::apps::accounts::{self, NewUser};
+use crate::accounts::{self, NewUser};
 use crate::apps::api::{object_body, ApiError, ApiResult};
 use crate::apps::AppState;
 use actix_web::http::header;

@@ -10,7 +10,7 @@
 //! `X-CSRF-Token` (or the form) and, when the browser sends one, an `Origin` of this host. Anonymous page requests are
 //! redirected to the sign-in form, anonymous API calls get 401, signed-in non-admins 403.
 
-use crate::apps::accounts::{self, SignInError};
+use crate::accounts::{self, SignInError};
 use crate::apps::AppState;
 use crate::endpoint::Endpoint;
 use crate::pubsub::{Dispatch, Subscriber};
@@ -222,7 +222,7 @@ async fn caller(
     let Some((token, csrf)) = ins.session(req) else {
         return Ok(Caller::Anonymous);
     };
-    match accounts::sign_in(state, token).await {
+    match accounts::sign_in(&state.auth, &state.store, token).await {
         Ok(s) if s.user.admin => Ok(Caller::Admin { csrf }),
         Ok(_) => Ok(Caller::NotAdmin),
         Err(SignInError::Refused(_)) => {
@@ -339,7 +339,7 @@ async fn create_session(
     if token.is_empty() {
         return sign_in_failed(&ins, "Give an admin's API token.");
     }
-    match accounts::sign_in(&state, token.clone()).await {
+    match accounts::sign_in(&state.auth, &state.store, token.clone()).await {
         Ok(s) if s.user.admin => {
             let (id, _) = ins.create_session(token);
             log::info!("inspector: {} signed in", s.user.name);

@@ -30,6 +30,7 @@
 //! - [`inspector`]: `/admin`, live counts, topics and frames, and disconnects, for admins.
 //! - [`config_file`]: `fawkes.toml`, whose keys are the flags' names.
 
+pub mod accounts;
 pub mod apps;
 pub mod auth;
 pub mod budget;

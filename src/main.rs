@@ -721,7 +721,7 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
         fawkes::cluster::Cluster::start(&endpoint, c, Some(recorded));
     }
     let state = actix_web::web::Data::new(state);
-    accounts::watch_revocations(state.clone());
+    accounts::watch_revocations(state.store.clone(), state.endpoint.clone());
     let socket = apps::socket(state.clone());
     let tls = args.tls_cert.is_some();
     let metrics = MetricsConfig {

@@ -31,7 +31,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "store, recorded history and sign-in",
-        &["store", "history", "auth", "accounts", "apps::accounts"],
+        &["store", "history", "auth", "accounts"],
     ),
     (
         "apps",

@@ -1,9 +1,9 @@
 //! What every REST route shares: JSON errors with Phoenix-style bodies, bearer-token
 //! authentication, and request-body parsing.
 
-use crate::apps::accounts::{self, SignInError, User};
+use crate::accounts::{self, SignInError, User};
 use crate::apps::AppState;
-use crate::store::{StoreError, NUL_REFUSED};
+use crate::store::{Refusal, StoreError, NUL_REFUSED};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
@@ -83,10 +83,38 @@ impl ResponseError for ApiError {
     }
 }
 
+/// A refusal raised inside a write, as the REST answer it means.
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::NotFound => ApiError::NotFound,
+            Refusal::Forbidden => ApiError::Forbidden,
+            Refusal::Unauthorized => ApiError::Unauthorized,
+            Refusal::Malformed(why) => ApiError::BadRequest(why),
+            Refusal::Invalid(fields) => ApiError::Invalid(fields),
+        }
+    }
+}
+
+/// REST errors raised inside a write roll it back as the refusal they mean.
+impl From<ApiError> for StoreError {
+    fn from(e: ApiError) -> Self {
+        StoreError::Refused(match e {
+            ApiError::NotFound => Refusal::NotFound,
+            ApiError::Forbidden => Refusal::Forbidden,
+            ApiError::Unauthorized => Refusal::Unauthorized,
+            ApiError::BadRequest(why) => Refusal::Malformed(why),
+            ApiError::Invalid(fields) => Refusal::Invalid(fields),
+            ApiError::Unavailable(why) => return StoreError::Busy(why),
+            ApiError::Internal => return StoreError::Pool("internal error".into()),
+        })
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::App(e) => e,
+            StoreError::Refused(r) => r.into(),
             StoreError::Db(diesel::result::Error::NotFound) => ApiError::NotFound,
             StoreError::Busy(why) => {
                 log::warn!("refused: {why}");
@@ -117,7 +145,7 @@ fn bearer(req: &HttpRequest) -> Option<String> {
 /// The user of the request's bearer token (an API token, Phoenix.Token or JWT), or 401.
 pub async fn authenticate(state: &AppState, req: &HttpRequest) -> ApiResult<User> {
     let token = bearer(req).ok_or(ApiError::Unauthorized)?;
-    match accounts::sign_in(state, token).await {
+    match accounts::sign_in(&state.auth, &state.store, token).await {
         Ok(s) => Ok(s.user),
         Err(SignInError::Refused(_)) => Err(ApiError::Unauthorized),
         Err(SignInError::Store(e)) => Err(e.into()),

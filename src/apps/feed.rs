@@ -406,15 +406,15 @@ impl Channel for FeedChannel {
         let user = current_user(ctx).ok_or_else(unauthorized)?;
         // Leaving the community (a recorded event of the user's own stream) ends this channel;
         // listening before the check below means a leave that lands in between is not missed.
-        let leaves = crate::apps::accounts::community_member_topic(user.id);
-        ctx.stop_on_recorded(&leaves, |b| b.event == crate::apps::accounts::LEFT);
+        let leaves = crate::accounts::community_member_topic(user.id);
+        ctx.stop_on_recorded(&leaves, |b| b.event == crate::accounts::LEFT);
         // Membership may have changed since connect: ask the database.
         let t = leaves.clone();
         let (fresh, seq) = self
             .state
             .store
             .read(move |c| {
-                let u = crate::apps::accounts::user_by_id(c, user.id)?;
+                let u = crate::accounts::user_by_id(c, user.id)?;
                 Ok((u, crate::history::latest_seq(c, &t)?))
             })
             .await

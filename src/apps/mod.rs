@@ -1,18 +1,20 @@
 //! The apps served by `fawkes serve`, written on the protocol engine like any Phoenix app:
 //! each with its REST handlers, channels and queries together.
 //!
-//! - [`accounts`]: users, API tokens, community membership, `/api/me`.
+//! - [`account`]: the signed-in user's own routes: `/api/me`, joining the community.
 //! - [`feed`]: the community feed and `community:feed`.
 //! - [`chat`]: rooms, messages, threads, mentions, presence and voice signaling.
 //! - [`collections`]: JSON records with gap-free sequence numbers and `collection:<name>`.
 //! - [`api`]: what every REST route shares (errors, auth, body parsing).
 
-pub mod accounts;
+pub mod account;
 pub mod api;
 pub mod chat;
 pub mod collections;
 pub mod feed;
 
+/// Users, tokens and sign-in live below the apps; re-exported at their old path.
+pub use crate::accounts;
 use crate::endpoint::{Connected, Endpoint, Refused, Socket};
 use crate::store::Store;
 use crate::{Assigns, ChannelContext, Router};
@@ -134,7 +136,7 @@ pub fn socket(state: web::Data<AppState>) -> Socket {
             let Some(token) = token else {
                 return Ok(Connected::default());
             };
-            match accounts::sign_in(&state, token).await {
+            match accounts::sign_in(&state.auth, &state.store, token).await {
                 Ok(s) => Ok(Connected {
                     assigns: Assigns::new().with(SocketUser(s.user)),
                     id: Some(s.socket_id),
@@ -152,11 +154,11 @@ pub fn socket(state: web::Data<AppState>) -> Socket {
 pub fn routes(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
     use actix_web::web::{delete, get, patch, post, resource};
     cfg.app_data(state)
-        .service(resource("/api/me").route(get().to(accounts::me)))
+        .service(resource("/api/me").route(get().to(account::me)))
         .service(
             resource("/api/community/join")
-                .route(post().to(accounts::join_community))
-                .route(delete().to(accounts::join_community)),
+                .route(post().to(account::join_community))
+                .route(delete().to(account::join_community)),
         )
         .service(
             resource("/api/community/posts")

@@ -36,8 +36,48 @@ pub enum StoreError {
     Pool(String),
     /// Too much work already waiting: refused at once rather than queued without bound.
     Busy(String),
-    /// A failure the app raised on purpose to roll back; carries its own meaning.
-    App(crate::apps::api::ApiError),
+    /// A write refused on purpose (rolled back): what the caller asked for, not what failed.
+    Refused(Refusal),
+}
+
+/// Why a write was refused on purpose. The store knows no transport: the REST layer and the
+/// channels each turn it into their own answer (a status, an error reply).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    Forbidden,
+    Unauthorized,
+    /// The request itself is wrong, and why.
+    Malformed(String),
+    /// Fields, and what is wrong with each.
+    Invalid(Vec<(String, String)>),
+}
+
+impl Refusal {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Refusal {
+        Refusal::Invalid(vec![(field.to_owned(), message.into())])
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NotFound => f.write_str("not found"),
+            Refusal::Forbidden => f.write_str("forbidden"),
+            Refusal::Unauthorized => f.write_str("unauthorized"),
+            Refusal::Malformed(why) => f.write_str(why),
+            Refusal::Invalid(fields) => {
+                let all: Vec<String> = fields.iter().map(|(k, m)| format!("{k} {m}")).collect();
+                f.write_str(&all.join(", "))
+            }
+        }
+    }
+}
+
+impl From<Refusal> for StoreError {
+    fn from(r: Refusal) -> Self {
+        StoreError::Refused(r)
+    }
 }
 
 impl fmt::Display for StoreError {
@@ -46,7 +86,7 @@ impl fmt::Display for StoreError {
             StoreError::Db(e) => write!(f, "database: {e}"),
             StoreError::Pool(e) => write!(f, "database pool: {e}"),
             StoreError::Busy(e) => write!(f, "busy: {e}"),
-            StoreError::App(e) => write!(f, "{e}"),
+            StoreError::Refused(r) => write!(f, "{r}"),
         }
     }
 }
@@ -54,12 +94,6 @@ impl fmt::Display for StoreError {
 impl From<diesel::result::Error> for StoreError {
     fn from(e: diesel::result::Error) -> Self {
         StoreError::Db(e)
-    }
-}
-
-impl From<crate::apps::api::ApiError> for StoreError {
-    fn from(e: crate::apps::api::ApiError) -> Self {
-        StoreError::App(e)
     }
 }
 

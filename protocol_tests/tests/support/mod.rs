@@ -166,7 +166,7 @@ pub fn start_app_configured(
             );
             configure(&mut state);
             let state = actix_web::web::Data::new(state);
-            fawkes::apps::accounts::watch_revocations(state.clone());
+            fawkes::accounts::watch_revocations(state.store.clone(), state.endpoint.clone());
             let socket = fawkes::apps::socket(state.clone());
             let routes_state = state.clone();
             let server = Server::new(endpoint.clone())

@@ -1,7 +1,7 @@
 //! `/api/channels`: rooms, members and message history.
 
 use super::{history, readable, room_json, unread_count, Room, MEMBER_REMOVED};
-use crate::apps::accounts;
+use crate::accounts;
 use crate::apps::api::{
     authenticate, object_body, paging, path_id, text_field, ApiError, ApiResult,
 };

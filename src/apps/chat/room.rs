@@ -4,7 +4,7 @@ use super::{
     access, ends_membership, history, membership, mention_count, mentioned, message,
     reactions_json, readable, thread, unread_count,
 };
-use crate::apps::accounts::User;
+use crate::accounts::User;
 use crate::apps::{current_user, AppState};
 use crate::history::{latest_seq, position, since_param, Recorder};
 use crate::store::schema::{mentions, messages, reactions, room_members};
@@ -351,7 +351,7 @@ impl RoomChannel {
 /// The error reply for a failed read or write: the app's own reason, or "internal error".
 fn store_error(room_id: i64, e: StoreError) -> Reply {
     match e {
-        StoreError::App(e) => Reply::error(reason(e.to_string())),
+        StoreError::Refused(r) => Reply::error(reason(r.to_string())),
         e => {
             log::error!("chat room {room_id}: {e}");
             Reply::error(reason("internal error"))

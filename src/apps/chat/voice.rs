@@ -5,7 +5,7 @@
 
 use super::room::topic_id;
 use super::{ends_membership, readable};
-use crate::apps::accounts::User;
+use crate::accounts::User;
 use crate::apps::{current_user, AppState};
 use crate::{async_trait, Channel, ChannelContext, Flow, Info, Payload, Reply, StopReason};
 use actix_web::web;

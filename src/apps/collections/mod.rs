@@ -13,7 +13,7 @@
 pub mod page;
 pub mod rules;
 
-use crate::apps::accounts::User;
+use crate::accounts::User;
 use crate::apps::api::{object_body, optional_user, ApiError, ApiResult};
 use crate::apps::{current_user, AppState};
 use crate::history::{self, Recorder, Retention};
@@ -301,43 +301,41 @@ pub fn snapshot(
     Ok(Snapshot::Full { items, seq })
 }
 
-impl AppState {
-    /// Writes if `user` may, then broadcasts the change in sequence order (the recorded
-    /// streams' order, see [`crate::history::History::write`]). The broadcast also carries the
-    /// record's `owner`, which [`CollectionChannel`] uses and takes out before pushing.
-    pub async fn write_collection(
-        &self,
-        name: &str,
-        write: Write,
-        user: Option<User>,
-    ) -> Result<Value, ApiError> {
-        let rules = self.collections.rules.of(name);
-        let rule = match write {
-            Write::Create(_) => rules.create,
-            Write::Update(..) => rules.update,
-            Write::Delete(_) => rules.delete,
-        };
-        if let Write::Create(fields) | Write::Update(_, fields) = &write {
-            if let Some((field, _)) = fields
-                .iter()
-                .find(|(k, v)| k.contains('\0') || crate::store::holds_nul(v))
-            {
-                return Err(ApiError::invalid(field, crate::store::NUL_REFUSED));
-            }
+/// Writes if `user` may, then broadcasts the change in sequence order (the recorded streams'
+/// order, see [`crate::history::History::write`]). The broadcast also carries the record's
+/// `owner`, which [`CollectionChannel`] uses and takes out before pushing.
+pub async fn write_collection(
+    state: &AppState,
+    name: &str,
+    write: Write,
+    user: Option<User>,
+) -> Result<Value, ApiError> {
+    let rules = state.collections.rules.of(name);
+    let rule = match write {
+        Write::Create(_) => rules.create,
+        Write::Update(..) => rules.update,
+        Write::Delete(_) => rules.delete,
+    };
+    if let Write::Create(fields) | Write::Update(_, fields) = &write {
+        if let Some((field, _)) = fields
+            .iter()
+            .find(|(k, v)| k.contains('\0') || crate::store::holds_nul(v))
+        {
+            return Err(ApiError::invalid(field, crate::store::NUL_REFUSED));
         }
-        let (n, log) = (name.to_owned(), self.collections.log_size);
-        let change = self
-            .history
-            .write(&self.endpoint, move |c, rec| {
-                let writer = Writer {
-                    user: user.as_ref(),
-                    rule,
-                };
-                apply(c, rec, &n, write, log, &writer)
-            })
-            .await?;
-        Ok(change.payload)
     }
+    let (n, log) = (name.to_owned(), state.collections.log_size);
+    let change = state
+        .history
+        .write(&state.endpoint, move |c, rec| {
+            let writer = Writer {
+                user: user.as_ref(),
+                rule,
+            };
+            apply(c, rec, &n, write, log, &writer)
+        })
+        .await?;
+    Ok(change.payload)
 }
 
 fn checked_name(name: &str) -> ApiResult<&str> {
@@ -423,9 +421,7 @@ pub async fn create(
     let name = checked_name(&path)?.to_owned();
     let user = optional_user(&state, &req).await?;
     let fields = object_body(&body)?;
-    let change = state
-        .write_collection(&name, Write::Create(fields), user)
-        .await?;
+    let change = write_collection(&state, &name, Write::Create(fields), user).await?;
     Ok(HttpResponse::Created().json(&change["record"]))
 }
 
@@ -440,9 +436,7 @@ pub async fn update(
     checked_name(&name)?;
     let user = optional_user(&state, &req).await?;
     let fields = object_body(&body)?;
-    let change = state
-        .write_collection(&name, Write::Update(id, fields), user)
-        .await?;
+    let change = write_collection(&state, &name, Write::Update(id, fields), user).await?;
     Ok(HttpResponse::Ok().json(&change["record"]))
 }
 
@@ -455,9 +449,7 @@ pub async fn delete(
     let (name, id) = path.into_inner();
     checked_name(&name)?;
     let user = optional_user(&state, &req).await?;
-    state
-        .write_collection(&name, Write::Delete(id), user)
-        .await?;
+    write_collection(&state, &name, Write::Delete(id), user).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

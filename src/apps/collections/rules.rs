@@ -5,7 +5,7 @@
 //! `owner` on `list` shows a user only their own records (REST lists, joins, `change` events,
 //! `since` replays); on `create` it means `auth`, as a new record has no owner yet.
 
-use crate::apps::accounts::User;
+use crate::accounts::User;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

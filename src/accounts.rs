@@ -1,14 +1,13 @@
 //! Users and API tokens. Tokens are random and shown once; only their SHA-256 (hex) is stored.
 //! A user may also sign in with a token their Phoenix app minted (Phoenix.Token) or a JWT,
-//! naming them by the app's own id for them (`external_id`), never by Fawkes's id.
-//! `GET /api/me`, `POST|DELETE /api/community/join`.
+//! naming them by the app's own id for them (`external_id`), never by Fawkes's id. Below the
+//! apps: every transport and REST route signs in through [`sign_in`]; the REST routes of one's
+//! own account are `crate::apps::account`.
 
-use crate::apps::api::{authenticate, ApiError, ApiResult};
-use crate::apps::AppState;
-use crate::auth::{Subject, Verdict};
+use crate::auth::{Subject, Verdict, Verifiers};
+use crate::endpoint::Endpoint;
 use crate::store::schema::{api_tokens, users};
-use crate::store::{now_ms, DbConnection, StoreError};
-use actix_web::{web, HttpRequest, HttpResponse};
+use crate::store::{now_ms, DbConnection, Refusal, Store, StoreError};
 use base64::Engine;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -122,7 +121,7 @@ pub fn create_user(
 pub fn create(c: &mut DbConnection, new: &NewUser) -> Result<(User, String), StoreError> {
     let name = new.name.as_str();
     if !valid_name(name) {
-        return Err(ApiError::invalid("name", "must be 1-32 letters, digits, _, - or .").into());
+        return Err(Refusal::invalid("name", "must be 1-32 letters, digits, _, - or .").into());
     }
     if let Some(ext) = &new.external_id {
         check_external_id(ext)?;
@@ -133,7 +132,7 @@ pub fn create(c: &mut DbConnection, new: &NewUser) -> Result<(User, String), Sto
             .count()
             .get_result::<i64>(c)?;
         if taken > 0 {
-            return Err(ApiError::invalid("name", "has already been taken").into());
+            return Err(Refusal::invalid("name", "has already been taken").into());
         }
         if let Some(ext) = &new.external_id {
             external_id_free(c, ext)?;
@@ -164,7 +163,7 @@ pub fn create(c: &mut DbConnection, new: &NewUser) -> Result<(User, String), Sto
 
 fn check_external_id(ext: &str) -> Result<(), StoreError> {
     if ext.trim().is_empty() || ext.len() > 255 {
-        return Err(ApiError::invalid("external_id", "must be 1-255 bytes, not blank").into());
+        return Err(Refusal::invalid("external_id", "must be 1-255 bytes, not blank").into());
     }
     Ok(())
 }
@@ -175,7 +174,7 @@ fn external_id_free(c: &mut DbConnection, ext: &str) -> Result<(), StoreError> {
         .count()
         .get_result::<i64>(c)?;
     if taken > 0 {
-        return Err(ApiError::invalid("external_id", "has already been taken").into());
+        return Err(Refusal::invalid("external_id", "has already been taken").into());
     }
     Ok(())
 }
@@ -184,7 +183,7 @@ fn external_id_free(c: &mut DbConnection, ext: &str) -> Result<(), StoreError> {
 pub fn set_external_id(c: &mut DbConnection, name: &str, ext: &str) -> Result<(), StoreError> {
     check_external_id(ext)?;
     c.transaction(|c| {
-        let user = user_by_name(c, name)?.ok_or(ApiError::NotFound)?;
+        let user = user_by_name(c, name)?.ok_or(Refusal::NotFound)?;
         external_id_free(c, ext)?;
         diesel::update(users::table.find(user.id))
             .set(users::external_id.eq(ext))
@@ -207,7 +206,7 @@ fn insert_token(c: &mut DbConnection, user_id: i64) -> Result<String, StoreError
 
 /// A new token for an existing user (by name, any case).
 pub fn create_token(c: &mut DbConnection, name: &str) -> Result<String, StoreError> {
-    let user = user_by_name(c, name)?.ok_or(ApiError::NotFound)?;
+    let user = user_by_name(c, name)?.ok_or(Refusal::NotFound)?;
     insert_token(c, user.id)
 }
 
@@ -316,17 +315,20 @@ pub enum SignInError {
 /// Signs in with any token this server accepts: a Phoenix.Token or JWT when configured
 /// (checked without the database), else an API token. Logs why a token is refused, never the
 /// token itself.
-pub async fn sign_in(state: &AppState, token: String) -> Result<SignedIn, SignInError> {
+pub async fn sign_in(
+    auth: &Verifiers,
+    store: &Store,
+    token: String,
+) -> Result<SignedIn, SignInError> {
     let refused = |why: String| {
         log::info!("sign-in refused: {why}");
         SignInError::Refused(why)
     };
-    match state.auth.verify(&token, now_ms()) {
+    match auth.verify(&token, now_ms()) {
         Verdict::Refused { kind, why } => Err(refused(format!("{kind} {why}"))),
         Verdict::Valid { kind, subject } => {
             let s = subject.clone();
-            let user = state
-                .store
+            let user = store
                 .run(move |c| user_by_subject(c, &s))
                 .await
                 .map_err(SignInError::Store)?;
@@ -339,8 +341,7 @@ pub async fn sign_in(state: &AppState, token: String) -> Result<SignedIn, SignIn
             }
         }
         Verdict::NotMine => {
-            let found = state
-                .store
+            let found = store
                 .run(move |c| user_by_token(c, &token))
                 .await
                 .map_err(SignInError::Store)?;
@@ -386,58 +387,31 @@ pub fn set_community_member(
 /// Closes the live sockets of revoked tokens, including tokens revoked by another process (the
 /// CLI): it watches the table, since that is what both share. It follows revocation numbers,
 /// not clocks, so none committed after a poll is missed.
-pub fn watch_revocations(state: web::Data<AppState>) {
+pub fn watch_revocations(store: Store, endpoint: Endpoint) {
     actix_rt::spawn(async move {
         let mut since = None;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
             tick.tick().await;
             let Some(from) = since else {
-                match state.store.run(last_revocation).await {
+                match store.run(last_revocation).await {
                     Ok(last) => since = Some(last),
                     Err(e) => log::warn!("watching revoked tokens: {e}"),
                 }
                 continue;
             };
-            match state.store.run(move |c| revoked_since(c, from)).await {
+            match store.run(move |c| revoked_since(c, from)).await {
                 Ok(revoked) => {
                     for (token_id, seq) in revoked {
                         since = Some(from.max(seq));
                         log::info!("token {token_id} revoked: closing its sockets");
-                        state.endpoint.disconnect(&token_socket_id(token_id));
+                        endpoint.disconnect(&token_socket_id(token_id));
                     }
                 }
                 Err(e) => log::warn!("watching revoked tokens: {e}"),
             }
         }
     });
-}
-
-/// `GET /api/me`
-pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
-    let user = authenticate(&state, &req).await?;
-    Ok(HttpResponse::Ok().json(user.json()))
-}
-
-/// `POST /api/community/join` and `DELETE /api/community/join`.
-pub async fn join_community(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
-    let member = req.method() == actix_web::http::Method::POST;
-    let user = authenticate(&state, &req).await?;
-    // In the recorded streams' order: no feed event committed after a leave reaches the user.
-    state
-        .history
-        .write(&state.endpoint, move |c, rec| {
-            set_community_member(c, user.id, member)?;
-            if !member {
-                // Ends the user's open `community:feed` channels: they are no longer members.
-                // Recorded, so that a node that missed it (Redis away) reads it from the log.
-                rec.record(c, &community_member_topic(user.id), LEFT, json!({}))?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(ApiError::from)?;
-    Ok(HttpResponse::NoContent().finish())
 }
 
 #[cfg(test)]
