@@ -193,7 +193,7 @@ fn paths(code: &str) -> Vec<(Vec<String>, Vec<String>)> {
                 let end = tree_end(&chars, i);
                 let text: String = chars[i..end].iter().collect();
                 let mut found = Vec::new();
-                expand(&without_renames(&text), &mut Vec::new(), &mut found);
+                expand(&without_renames(&text), &[], &mut found);
                 let nesting: Vec<String> = inline.iter().map(|(n, _)| n.clone()).collect();
                 out.extend(found.into_iter().map(|p| (p, nesting.clone())));
                 i = end;
@@ -235,12 +235,13 @@ fn tree_end(chars: &[char], mut i: usize) -> usize {
                 break;
             }
             depth -= 1;
-        } else if depth == 0 && !(is_ident(c) || c == ':') {
-            break;
-        } else if depth > 0
-            && !(is_ident(c) || c == ':' || c == ',' || c == '*' || c.is_whitespace())
-        {
-            break;
+        } else {
+            // Outside braces a path is identifiers and `::`; inside, lists of them too.
+            let in_path = is_ident(c) || c == ':';
+            let in_list = c == ',' || c == '*' || c.is_whitespace();
+            if !(in_path || depth > 0 && in_list) {
+                break;
+            }
         }
         i += 1;
     }
@@ -248,11 +249,11 @@ fn tree_end(chars: &[char], mut i: usize) -> usize {
 }
 
 /// Expands `a::b::{c, d::{e}}` into its paths.
-fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+fn expand(tree: &str, prefix: &[String], out: &mut Vec<Vec<String>>) {
     let tree = tree.trim_end_matches("::");
     match tree.find('{') {
         None => {
-            let mut p = prefix.clone();
+            let mut p = prefix.to_vec();
             p.extend(
                 tree.split("::")
                     .filter(|s| !s.is_empty())
@@ -263,7 +264,7 @@ fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
         Some(open) => {
             let head = &tree[..open];
             let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
-            let mut p = prefix.clone();
+            let mut p = prefix.to_vec();
             p.extend(
                 head.split("::")
                     .filter(|s| !s.is_empty())
@@ -290,7 +291,7 @@ fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
                 if item == "self" {
                     out.push(p.clone());
                 } else {
-                    expand(item, &mut p.clone(), out);
+                    expand(item, &p, out);
                 }
             }
         }
@@ -331,7 +332,7 @@ fn reexports(lib: &str) -> BTreeMap<String, String> {
             continue;
         };
         let mut found = Vec::new();
-        expand(&without_renames(tree), &mut Vec::new(), &mut found);
+        expand(&without_renames(tree), &[], &mut found);
         for path in found {
             if let (Some(module), Some(name)) = (path.first(), path.last()) {
                 out.insert(name.clone(), module.clone());
@@ -537,4 +538,37 @@ fn cycles(edges: &BTreeMap<String, BTreeMap<String, Vec<Edge>>>) -> Vec<Vec<Stri
         out.push(cycle);
     }
     out
+}
+
+/// The reader itself: what it must find, and what it must not take for a path.
+#[test]
+fn the_reader_finds_every_path_and_nothing_else() {
+    let src = r#"
+use crate::{a::{b, c as d}, e};
+use super::f::G as H;
+// use crate::commented::Out;
+let s = "crate::in_a_string";
+let c = 'c'; fn x<'a>(v: &'a str) {}
+let y = crate::inline::call();
+mod tests {
+    use super::I;
+}
+"#;
+    let code = code_only(src);
+    let found: Vec<(String, Vec<String>)> = paths(&code)
+        .into_iter()
+        .map(|(p, nesting)| (p.join("::"), nesting))
+        .collect();
+    let none = Vec::<String>::new;
+    assert_eq!(
+        found,
+        [
+            ("crate::a::b".to_owned(), none()),
+            ("crate::a::c".to_owned(), none()),
+            ("crate::e".to_owned(), none()),
+            ("super::f::G".to_owned(), none()),
+            ("crate::inline::call".to_owned(), none()),
+            ("super::I".to_owned(), vec!["tests".to_owned()]),
+        ]
+    );
 }
