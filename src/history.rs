@@ -9,7 +9,9 @@
 //! ([`crate::ChannelContext::skip_recorded_through`]): the reply and the broadcasts after it
 //! never overlap nor leave a gap.
 
+use crate::cluster::order::Event;
 use crate::endpoint::Endpoint;
+use crate::pubsub::After;
 use crate::store::schema::{cluster_keys, topic_events, topic_seqs};
 use crate::store::{now_ms, DbConnection, Store, StoreError};
 use diesel::prelude::*;
@@ -85,12 +87,16 @@ pub struct Recorded {
     pub payload: Value,
     /// `None` for a broadcast that is only ordered with the recorded ones, not recorded.
     pub seq: Option<i64>,
+    /// What it is delivered after on every node (see [`Recorder::deliver_after`]).
+    pub after: Option<After>,
 }
 
 /// Records events inside one transaction.
 pub struct Recorder<'a> {
     config: &'a HistoryConfig,
     recorded: Vec<Recorded>,
+    /// (topic, on): see [`Recorder::deliver_after`].
+    ties: Vec<(String, String)>,
 }
 
 impl<'a> Recorder<'a> {
@@ -99,7 +105,28 @@ impl<'a> Recorder<'a> {
         Recorder {
             config,
             recorded: Vec::new(),
+            ties: Vec::new(),
         }
+    }
+
+    /// Every event this write records on `topic` from now on is delivered, on each node of a
+    /// cluster, only after `on`'s recorded broadcasts committed before this write (see
+    /// [`After`]): `on`'s sequence row is taken along with `topic`'s, so a write on `on` that
+    /// commits first is numbered below the seq the event names, and one that commits later
+    /// above it. How a thread's reply stays behind a removal recorded on its room's stream,
+    /// whichever node each reaches first. Kept in the change log with the event.
+    pub fn deliver_after(&mut self, topic: &str, on: &str) {
+        if topic != on && !self.ties.iter().any(|(t, _)| t == topic) {
+            self.ties.push((topic.to_owned(), on.to_owned()));
+        }
+    }
+
+    /// The topic `topic`'s events are delivered after, if any.
+    fn tie(&self, topic: &str) -> Option<&str> {
+        self.ties
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, on)| on.as_str())
     }
 
     /// What was recorded, in order, to broadcast once the transaction commits.
@@ -129,6 +156,18 @@ impl<'a> Recorder<'a> {
         mut payload: Value,
         keep: Retention,
     ) -> Result<Value, StoreError> {
+        let after = match self.tie(topic) {
+            Some(on) => {
+                let on = on.to_owned();
+                let seq = lock_seqs(c, std::slice::from_ref(&on))?
+                    .into_iter()
+                    .map(|(_, s)| s)
+                    .next()
+                    .unwrap_or(0);
+                Some(After { topic: on, seq })
+            }
+            None => None,
+        };
         let seq = next_seq(c, topic)?;
         if let Value::Object(m) = &mut payload {
             m.insert("seq".into(), json!(seq));
@@ -143,6 +182,8 @@ impl<'a> Recorder<'a> {
                 topic_events::payload.eq(payload.to_string()),
                 topic_events::inserted_at.eq(now),
                 topic_events::expires_at.eq(now.saturating_add(max_age)),
+                topic_events::after_topic.eq(after.as_ref().map(|a| a.topic.as_str())),
+                topic_events::after_seq.eq(after.as_ref().map(|a| a.seq)),
             ))
             .execute(c)?;
         diesel::delete(
@@ -160,6 +201,7 @@ impl<'a> Recorder<'a> {
             event: event.to_owned(),
             payload: payload.clone(),
             seq: Some(seq),
+            after,
         });
         Ok(payload)
     }
@@ -177,8 +219,27 @@ impl<'a> Recorder<'a> {
             return Ok(Vec::new());
         }
         let topics: BTreeSet<&str> = events.iter().map(|(t, _, _)| t.as_str()).collect();
+        // The topics some of them are delivered after are taken too, in the same order.
+        let ons: Vec<&str> = topics.iter().filter_map(|t| self.tie(t)).collect();
+        let locked: BTreeSet<&str> = topics.iter().copied().chain(ons).collect();
+        let locked: Vec<String> = locked.into_iter().map(str::to_owned).collect();
+        let mut last: HashMap<String, i64> = lock_seqs(c, &locked)?.into_iter().collect();
+        // Where this write found them, before its own events.
+        let afters: HashMap<String, After> = topics
+            .iter()
+            .filter_map(|t| {
+                let on = self.tie(t)?;
+                let seq = last.get(on).copied().unwrap_or(0);
+                Some((
+                    t.to_string(),
+                    After {
+                        topic: on.to_owned(),
+                        seq,
+                    },
+                ))
+            })
+            .collect();
         let topics: Vec<String> = topics.into_iter().map(str::to_owned).collect();
-        let mut last: HashMap<String, i64> = lock_seqs(c, &topics)?.into_iter().collect();
         let now = now_ms();
         let mut rows = Vec::with_capacity(events.len());
         let mut out = Vec::with_capacity(events.len());
@@ -190,18 +251,22 @@ impl<'a> Recorder<'a> {
             }
             let keep = self.config.retention(&topic);
             let max_age = i64::try_from(keep.max_age.as_millis()).unwrap_or(i64::MAX);
+            let after = afters.get(&topic).cloned();
             rows.push(EventRow {
                 topic: topic.clone(),
                 seq: *seq,
                 event: event.clone(),
                 payload: payload.to_string(),
                 expires_at: now.saturating_add(max_age),
+                after_topic: after.as_ref().map(|a| a.topic.clone()),
+                after_seq: after.as_ref().map(|a| a.seq),
             });
             self.recorded.push(Recorded {
                 topic,
                 event,
                 payload: payload.clone(),
                 seq: Some(*seq),
+                after,
             });
             out.push(payload);
         }
@@ -225,6 +290,7 @@ impl<'a> Recorder<'a> {
             event: event.to_owned(),
             payload,
             seq: None,
+            after: None,
         });
     }
 }
@@ -237,6 +303,8 @@ struct EventRow {
     event: String,
     payload: String,
     expires_at: i64,
+    after_topic: Option<String>,
+    after_seq: Option<i64>,
 }
 
 /// Creates the sequence rows of `topics` (sorted) that do not exist yet, takes them all in that
@@ -293,15 +361,17 @@ fn store_events(
     trims: &[(String, i64, i64)],
     now: i64,
 ) -> Result<(), StoreError> {
-    use diesel::sql_types::{Array, BigInt};
+    use diesel::sql_types::{Array, BigInt, Nullable};
     match c {
         DbConnection::Sqlite(c) => {
             let rows = serde_json::to_string(rows).unwrap_or_default();
             let trims = serde_json::to_string(trims).unwrap_or_default();
             diesel::sql_query(
-                "INSERT INTO topic_events (topic, seq, event, payload, inserted_at, expires_at) \
+                "INSERT INTO topic_events \
+                 (topic, seq, event, payload, inserted_at, expires_at, after_topic, after_seq) \
                  SELECT value ->> 'topic', value ->> 'seq', value ->> 'event', value ->> 'payload', \
-                 ?, value ->> 'expires_at' FROM json_each(?)",
+                 ?, value ->> 'expires_at', value ->> 'after_topic', value ->> 'after_seq' \
+                 FROM json_each(?)",
             )
             .bind::<BigInt, _>(now)
             .bind::<Text, _>(&rows)
@@ -324,10 +394,15 @@ fn store_events(
             let col = |f: fn(&EventRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
             let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
             let expires: Vec<i64> = rows.iter().map(|r| r.expires_at).collect();
+            let after_topics: Vec<Option<String>> =
+                rows.iter().map(|r| r.after_topic.clone()).collect();
+            let after_seqs: Vec<Option<i64>> = rows.iter().map(|r| r.after_seq).collect();
             diesel::sql_query(
-                "INSERT INTO topic_events (topic, seq, event, payload, inserted_at, expires_at) \
-                 SELECT topic, seq, event, payload, $5, expires_at \
-                 FROM unnest($1, $2, $3, $4, $6) AS r(topic, seq, event, payload, expires_at)",
+                "INSERT INTO topic_events \
+                 (topic, seq, event, payload, inserted_at, expires_at, after_topic, after_seq) \
+                 SELECT topic, seq, event, payload, $5, expires_at, after_topic, after_seq \
+                 FROM unnest($1, $2, $3, $4, $6, $7, $8) \
+                 AS r(topic, seq, event, payload, expires_at, after_topic, after_seq)",
             )
             .bind::<Array<Text>, _>(col(|r| r.topic.clone()))
             .bind::<Array<BigInt>, _>(&seqs)
@@ -335,6 +410,8 @@ fn store_events(
             .bind::<Array<Text>, _>(col(|r| r.payload.clone()))
             .bind::<BigInt, _>(now)
             .bind::<Array<BigInt>, _>(&expires)
+            .bind::<Array<Nullable<Text>>, _>(&after_topics)
+            .bind::<Array<Nullable<BigInt>>, _>(&after_seqs)
             .execute(c)?;
             let topics: Vec<&str> = trims.iter().map(|t| t.0.as_str()).collect();
             let lasts: Vec<i64> = trims.iter().map(|t| t.1).collect();
@@ -400,6 +477,40 @@ pub fn events_between(
         .collect())
 }
 
+/// A topic's stored events after `since` up to `upto` included, in order, with what each is
+/// delivered after: what a cluster node fills a gap with.
+fn logged_between(
+    c: &mut DbConnection,
+    topic: &str,
+    since: i64,
+    upto: i64,
+) -> Result<Vec<Event>, StoreError> {
+    type Row = (i64, String, String, Option<String>, Option<i64>);
+    Ok(topic_events::table
+        .filter(topic_events::topic.eq(topic))
+        .filter(topic_events::seq.gt(since))
+        .filter(topic_events::seq.le(upto))
+        .order(topic_events::seq)
+        .select((
+            topic_events::seq,
+            topic_events::event,
+            topic_events::payload,
+            topic_events::after_topic,
+            topic_events::after_seq,
+        ))
+        .load::<Row>(c)?
+        .into_iter()
+        .map(|(seq, event, payload, after_topic, after_seq)| Event {
+            seq,
+            event,
+            payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
+            after: after_topic
+                .zip(after_seq)
+                .map(|(topic, seq)| After { topic, seq }),
+        })
+        .collect())
+}
+
 /// The change log as a cluster node's [`crate::cluster::Backfill`]: a gap in a recorded topic's
 /// broadcasts (one lost while Redis was away, say) is filled from it.
 pub struct ChangeLog(pub Store);
@@ -417,7 +528,7 @@ impl crate::cluster::Backfill for ChangeLog {
             store
                 .read(move |c| {
                     let latest = latest_seq(c, &topic)?;
-                    let events = events_between(c, &topic, after, upto.unwrap_or(latest))?;
+                    let events = logged_between(c, &topic, after, upto.unwrap_or(latest))?;
                     Ok(crate::cluster::order::Filled { events, latest })
                 })
                 .await
@@ -694,9 +805,13 @@ impl History {
             let pubsub = endpoint.pubsub();
             for r in recorded {
                 match r.seq {
-                    Some(seq) => {
-                        pubsub.broadcast_recorded(&r.topic, &r.event, r.payload.into(), seq)
-                    }
+                    Some(seq) => pubsub.broadcast_recorded(
+                        &r.topic,
+                        &r.event,
+                        r.payload.into(),
+                        seq,
+                        r.after,
+                    ),
                     None => pubsub.broadcast(&r.topic, &r.event, r.payload.into()),
                 }
             }
@@ -799,5 +914,93 @@ mod tests {
             Value::Object(p(Some(Some(vec![json!(1)]))).reply_fields()),
             json!({"seq": 7, "missed": [1]})
         );
+    }
+
+    /// A thread's events name where its room's stream stood when they were written, in the
+    /// broadcasts and in the change log; clients' replays show none of it.
+    #[test]
+    fn events_tied_to_another_stream_name_where_it_stood() {
+        let path = std::env::temp_dir().join(format!("fawkes-tie-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let store = Store::open(path.to_str().unwrap()).unwrap();
+        let mut c = store.conn().unwrap();
+        let config = HistoryConfig::default();
+        let mut rec = Recorder::new(&config);
+        rec.record(&mut c, "channel:1", "member_removed", json!({"user_id": 2}))
+            .unwrap();
+        rec.record(&mut c, "channel:1", "new_message", json!({}))
+            .unwrap();
+        assert!(rec.into_recorded().iter().all(|r| r.after.is_none()));
+
+        let mut rec = Recorder::new(&config);
+        rec.deliver_after("thread:9", "channel:1");
+        let events = [
+            ("thread:9", "new_message", json!({"id": 10})),
+            ("channel:1", "thread_updated", json!({"message_id": 9})),
+            ("user:3", "unread_updated", json!({})),
+        ];
+        rec.record_all(
+            &mut c,
+            events
+                .iter()
+                .map(|(t, e, p)| (t.to_string(), e.to_string(), p.clone()))
+                .collect(),
+        )
+        .unwrap();
+        // One at a time too: the room's stream is at 3 by now.
+        rec.record(&mut c, "thread:9", "message_deleted", json!({"id": 10}))
+            .unwrap();
+        let at = |seq| {
+            Some(After {
+                topic: "channel:1".into(),
+                seq,
+            })
+        };
+        let got: Vec<_> = rec
+            .into_recorded()
+            .into_iter()
+            .map(|r| (r.topic, r.seq, r.after))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("thread:9".to_owned(), Some(1), at(2)),
+                ("channel:1".to_owned(), Some(3), None),
+                ("user:3".to_owned(), Some(1), None),
+                ("thread:9".to_owned(), Some(2), at(3)),
+            ]
+        );
+        let logged = logged_between(&mut c, "thread:9", 0, 10).unwrap();
+        assert_eq!(
+            logged,
+            vec![
+                Event {
+                    seq: 1,
+                    event: "new_message".into(),
+                    payload: json!({"id": 10, "seq": 1}),
+                    after: at(2),
+                },
+                Event {
+                    seq: 2,
+                    event: "message_deleted".into(),
+                    payload: json!({"id": 10, "seq": 2}),
+                    after: at(3),
+                },
+            ]
+        );
+        assert_eq!(
+            logged_between(&mut c, "channel:1", 0, 10).unwrap()[2].after,
+            None
+        );
+        let replay = position(&mut c, "thread:9", Some(0)).unwrap();
+        assert_eq!(
+            Value::Object(replay.reply_fields()),
+            json!({"seq": 2, "missed": [
+                {"event": "new_message", "payload": {"id": 10, "seq": 1}, "seq": 1},
+                {"event": "message_deleted", "payload": {"id": 10, "seq": 2}, "seq": 2},
+            ]})
+        );
+        drop(c);
+        let _ = std::fs::remove_file(&path);
     }
 }

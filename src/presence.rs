@@ -303,6 +303,7 @@ impl Presence {
                 event: "presence_diff".to_owned(),
                 payload,
                 seq: None,
+                after: None,
             });
         } else {
             ps.broadcast(topic, "presence_diff", payload);

@@ -34,6 +34,19 @@ pub struct Broadcast {
     /// Its place in the topic's recorded stream (see [`crate::history`]), if recorded: a
     /// channel whose join reply covered it skips it.
     pub seq: Option<i64>,
+    /// For a recorded broadcast: what must be delivered on a node before it, there.
+    pub after: Option<After>,
+}
+
+/// A recorded broadcast's dependency on another recorded topic: on every node it is delivered
+/// only once `topic`'s recorded broadcasts up to `seq` have been delivered there (or while
+/// nobody there subscribes to `topic`). Its write saw `topic`'s stream at `seq`, so what was
+/// committed there before it (a removal from a room, before a reply in one of the room's
+/// threads) reaches each node's subscribers first. Never sent to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    pub topic: String,
+    pub seq: i64,
 }
 
 /// One delivery of a broadcast, with its lazily encoded frames (shared by every worker).
@@ -106,8 +119,9 @@ pub trait Adapter: Send + Sync + 'static {
 /// Orders recorded broadcasts (those with a seq) before they are delivered on this node, when
 /// more than one node writes a topic's stream (see `crate::cluster::order`).
 pub trait Sequencer: Send + Sync + 'static {
-    /// Takes a recorded broadcast and delivers it, now or once those before it are in, with
-    /// [`PubSub::deliver_in_order`]; drops one already delivered.
+    /// Takes a recorded broadcast and delivers it, now or once those before it are in (and what
+    /// its [`Broadcast::after`] names), with [`PubSub::deliver_in_order`]; drops one already
+    /// delivered.
     fn admit(&self, pubsub: &PubSub, from: Option<SubId>, broadcast: Arc<Broadcast>);
 
     /// A channel joined `topic` with a reply covering seq `seq`: a topic's order starts there.
@@ -446,33 +460,47 @@ impl PubSub {
 
     /// Broadcasts to every subscriber of the topic, on this node and, through the adapter, others.
     pub fn broadcast(&self, topic: &str, event: &str, payload: Payload) {
-        self.publish(None, topic, event, payload, None);
+        self.publish(None, topic, event, payload);
     }
 
     /// Broadcasts to every subscriber but `from` (a channel's own subscription).
     pub fn broadcast_from(&self, from: SubId, topic: &str, event: &str, payload: Payload) {
-        self.publish(Some(from), topic, event, payload, None);
+        self.publish(Some(from), topic, event, payload);
     }
 
-    /// Broadcasts an event recorded as number `seq` of the topic's stream.
-    pub fn broadcast_recorded(&self, topic: &str, event: &str, payload: Payload, seq: i64) {
-        self.publish(None, topic, event, payload, Some(seq));
-    }
-
-    fn publish(
+    /// Broadcasts an event recorded as number `seq` of the topic's stream, delivered on each
+    /// node after what `after` names, if anything.
+    pub fn broadcast_recorded(
         &self,
-        from: Option<SubId>,
         topic: &str,
         event: &str,
         payload: Payload,
-        seq: Option<i64>,
+        seq: i64,
+        after: Option<After>,
     ) {
         let b = Arc::new(Broadcast {
             topic: topic.to_owned(),
             event: event.to_owned(),
             payload,
-            seq,
+            seq: Some(seq),
+            after,
         });
+        self.send(None, b);
+    }
+
+    fn publish(&self, from: Option<SubId>, topic: &str, event: &str, payload: Payload) {
+        let b = Arc::new(Broadcast {
+            topic: topic.to_owned(),
+            event: event.to_owned(),
+            payload,
+            seq: None,
+            after: None,
+        });
+        self.send(from, b);
+    }
+
+    /// Publishes to the other nodes and delivers here.
+    fn send(&self, from: Option<SubId>, b: Arc<Broadcast>) {
         if let Some(remote) = self.inner.remote.get() {
             remote.publish(&b);
         }

@@ -44,6 +44,6 @@ fn what_redis_does_to_three_nodes() {
             ("FAWKES_BIN", env!("CARGO_BIN_EXE_fawkes").to_owned()),
             ("DATABASE_URL", support::fresh_postgres("cluster_faults")),
         ],
-        8,
+        9,
     );
 }

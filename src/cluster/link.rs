@@ -9,7 +9,7 @@ use super::term::Bounds;
 use super::{tracker, ClusterConfig, Recorded, Stats};
 use crate::endpoint::Endpoint;
 use crate::protocol::Payload;
-use crate::pubsub::{Adapter, Broadcast, PubSub};
+use crate::pubsub::{Adapter, After, Broadcast, PubSub};
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -68,6 +68,11 @@ impl Unsent {
     }
 }
 
+/// The payload key that carries a recorded broadcast's [`After`] between Fawkes nodes:
+/// `{"topic": T, "seq": S}`, signed with the rest and taken out, like the signature, before any
+/// client sees the payload.
+pub const AFTER_FIELD: &str = "seq_after";
+
 /// Publishes this node's broadcasts, in phoenix_pubsub_redis's format; recorded ones signed.
 struct RedisAdapter {
     node: String,
@@ -82,7 +87,16 @@ impl Adapter for RedisAdapter {
     fn publish(&self, b: &Arc<Broadcast>) {
         let sealed = match (&self.recorded, b.seq, &b.payload) {
             (Some(r), Some(_), Payload::Json(Value::Object(m))) => {
-                Some(Payload::Json(r.key.seal(&b.topic, &b.event, m)))
+                let m = match &b.after {
+                    None => std::borrow::Cow::Borrowed(m),
+                    Some(a) => {
+                        let mut m = m.clone();
+                        let after = serde_json::json!({"topic": a.topic, "seq": a.seq});
+                        m.insert(AFTER_FIELD.to_owned(), after);
+                        std::borrow::Cow::Owned(m)
+                    }
+                };
+                Some(Payload::Json(r.key.seal(&b.topic, &b.event, &m)))
             }
             _ => None,
         };
@@ -382,7 +396,7 @@ impl Arrivals {
         }
         match message::decode(bytes, &self.config.node_name, self.bounds) {
             Inbound::Deliver(mut r) => {
-                let Ok(seq) = self.recorded_seq(&mut r) else {
+                let Ok(recorded) = self.recorded_seq(&mut r) else {
                     self.stats.unsigned.fetch_add(1, Ordering::Relaxed);
                     if !std::mem::replace(&mut self.unsigned_logged, true) {
                         log::warn!("cluster: dropped a broadcast on {} whose seq no node of this cluster signed (not a Fawkes node on this database); counted in fawkes_recorded_unsigned_total, logged once", r.topic);
@@ -390,11 +404,13 @@ impl Arrivals {
                     return;
                 };
                 self.stats.received.fetch_add(1, Ordering::Relaxed);
+                let (seq, after) = recorded.unzip();
                 self.ps.local_broadcast(Broadcast {
                     topic: r.topic,
                     event: r.event,
                     payload: r.payload,
                     seq,
+                    after: after.flatten(),
                 });
             }
             Inbound::NotForUs => {}
@@ -440,9 +456,10 @@ impl Arrivals {
     }
 
     /// A recorded topic's broadcast carries its `"seq"` in its payload, signed by the node that
-    /// took it from the database. The signature is taken out; a seq without a good one is not
-    /// believed (`Err`: the broadcast is dropped). A broadcast without a seq is not recorded.
-    fn recorded_seq(&self, r: &mut Remote) -> Result<Option<i64>, ()> {
+    /// took it from the database, and what it is delivered after ([`AFTER_FIELD`]). The
+    /// signature and that are taken out; a seq without a good signature is not believed (`Err`:
+    /// the broadcast is dropped). A broadcast without a seq is not recorded.
+    fn recorded_seq(&self, r: &mut Remote) -> Result<Option<(i64, Option<After>)>, ()> {
         let Some(rec) = self.recorded.as_ref().filter(|rec| rec.covers(&r.topic)) else {
             return Ok(None);
         };
@@ -455,6 +472,14 @@ impl Arrivals {
         if !rec.key.open(&r.topic, &r.event, m) {
             return Err(());
         }
-        m.get("seq").and_then(Value::as_i64).map(Some).ok_or(())
+        let after = match m.remove(AFTER_FIELD) {
+            None => None,
+            Some(a) => Some(After {
+                topic: a.get("topic").and_then(Value::as_str).ok_or(())?.to_owned(),
+                seq: a.get("seq").and_then(Value::as_i64).ok_or(())?,
+            }),
+        };
+        let seq = m.get("seq").and_then(Value::as_i64).ok_or(())?;
+        Ok(Some((seq, after)))
     }
 }

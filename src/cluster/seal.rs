@@ -8,8 +8,8 @@
 //! share, and a Redis client does not, is their database: the first node to start keeps a
 //! random key there, every node reads it at start, and each recorded broadcast leaves with an
 //! HMAC-SHA256 of its topic, event and payload under that key (`"seq_sig"` in the payload, taken
-//! out again before any client sees it). Phoenix nodes on the same channel deliver it as one
-//! more key of the payload.
+//! out again before any client sees it; so is `"seq_after"`, see `link::AFTER_FIELD`). Phoenix
+//! nodes on the same channel deliver them as more keys of the payload.
 
 use super::term::Encoder;
 use hmac::{Hmac, Mac};

@@ -168,5 +168,8 @@ diesel::table! {
         inserted_at -> BigInt,
         /// When it stops being replayed and may be deleted (its topic's retention by age).
         expires_at -> BigInt,
+        /// What it is delivered after on every node (`crate::pubsub::After`), if anything.
+        after_topic -> Nullable<Text>,
+        after_seq -> Nullable<BigInt>,
     }
 }

@@ -48,6 +48,8 @@ pub(crate) fn topic_id(topic: &str, prefix: &str) -> Option<i64> {
 struct Fanout {
     room: Vec<(String, String, Value)>,
     users: Vec<(i64, &'static str, Value)>,
+    /// (thread topic, room topic): see [`Fanout::in_thread`].
+    threads: Vec<(String, String)>,
 }
 
 impl Fanout {
@@ -55,9 +57,22 @@ impl Fanout {
         self.room.push((topic, event.to_owned(), payload));
     }
 
+    /// An event on the stream of the thread under message `parent` of room `room_id`. A
+    /// thread has a stream of its own, so on each node it is delivered only after what the
+    /// room's stream had when this write was made: a removal from the room committed before
+    /// it closes the removed user's thread channel first, wherever each arrives first.
+    fn in_thread(&mut self, parent: i64, room_id: i64, event: &str, payload: Value) {
+        let topic = thread_topic(parent);
+        self.threads.push((topic.clone(), room_topic(room_id)));
+        self.to(topic, event, payload);
+    }
+
     /// Records every event on its topic's stream, in a few statements however many members
     /// they reach; they are broadcast once the write commits.
     fn record(self, c: &mut DbConnection, rec: &mut Recorder<'_>) -> Result<(), StoreError> {
+        for (thread, room) in &self.threads {
+            rec.deliver_after(thread, room);
+        }
         let users = self
             .users
             .into_iter()
@@ -214,7 +229,7 @@ impl RoomChannel {
             match parent {
                 None => out.to(room_topic(room_id), "new_message", msg.clone()),
                 Some(pid) => {
-                    out.to(thread_topic(pid), "new_message", msg.clone());
+                    out.in_thread(pid, room_id, "new_message", msg.clone());
                     let replies = messages::table
                         .filter(messages::parent_id.eq(pid))
                         .count()
@@ -252,7 +267,7 @@ impl RoomChannel {
             let msg = message(c, id)?.expect("exists");
             out.to(room_topic(room_id), "message_updated", msg.clone());
             if let Some(pid) = parent {
-                out.to(thread_topic(pid), "message_updated", msg.clone());
+                out.in_thread(pid, room_id, "message_updated", msg.clone());
             }
             Ok(msg)
         })
@@ -276,7 +291,7 @@ impl RoomChannel {
             diesel::delete(messages::table.find(id)).execute(c)?;
             out.to(room_topic(room_id), "message_deleted", json!({"id": id}));
             if let Some(pid) = parent {
-                out.to(thread_topic(pid), "message_deleted", json!({"id": id}));
+                out.in_thread(pid, room_id, "message_deleted", json!({"id": id}));
             }
             Ok(json!({"id": id}))
         })

@@ -218,6 +218,46 @@ test("a message committed after a removal reaches no node before it: the removed
   await eventually(() => up("n1"), "n1's link back", 15000)
 })
 
+test("a thread reply committed after a removal reaches no node before it: the removed user's thread closes without it", async t => {
+  const rid = await privateRoom("thread-ordered", [users.bob, users.carol, users.dave])
+  const room = `channel:${rid}`
+  const alice = await member(t, "n1", users.alice, [room])
+  const parent = await pushOk(alice.channel(room), "new_message", {body: "a thread"})
+  const thread = `thread:${parent.id}`
+  const bob = await member(t, "n3", users.bob, [room, thread])
+  const dave = await member(t, "n3", users.dave, [room, thread])
+  const carol = await member(t, "n2", users.carol, [room])
+  // n1 alone is cut off: the removal it commits (on the room's stream) reaches n3 only later,
+  // while a reply committed on n2 after it (on the thread's stream) reaches n3 at once.
+  redisCli(["ACL", "SETUSER", "n1", "off"])
+  redisCli(["CLIENT", "KILL", "USER", "n1"])
+  await eventually(async () => !(await up("n1")), "n1's link down")
+  assert.equal((await api("n1", users.alice, "DELETE", `/api/channels/${rid}/members/${users.bob.id}`)).status, 204)
+  const reply = await pushOk(carol.channel(room), "new_message", {body: "a reply after bob left", parent_id: parent.id})
+  await eventually(() => dave.messages.some(m => m.topic === thread && m.event === "new_message"), "the reply reaches dave on n3")
+  await sleep(QUIET_MS)
+  const of = (ms, topic) => ms.filter(m => m.topic === topic && !m.event.startsWith("phx_") && !m.event.startsWith("presence"))
+  // Bob never gets the reply, and both his channels of the room close.
+  assert.deepStrictEqual(of(bob.messages, thread), [])
+  assert.deepStrictEqual(of(bob.messages, room), [])
+  await eventually(() => bob.closed.length === 2, () => `bob's channels close: ${bob.closed}`)
+  assert.deepStrictEqual([...bob.closed].sort(), [room, thread].sort())
+  // Dave gets the removal, then the reply: on the room's stream the removal and the thread's
+  // new count (consecutive seqs), on the thread's the reply as the client always saw it.
+  const inRoom = of(dave.messages, room)
+  assert.deepStrictEqual(inRoom.map(m => m.event), ["member_removed", "thread_updated"])
+  assert.deepStrictEqual(recorded(inRoom[0].payload), {user_id: users.bob.id})
+  assert.deepStrictEqual(recorded(inRoom[1].payload), {message_id: parent.id, reply_count: 1, last_reply_at: reply.inserted_at})
+  assert.equal(inRoom[1].payload.seq, inRoom[0].payload.seq + 1)
+  const inThread = of(dave.messages, thread)
+  assert.deepStrictEqual(inThread.map(m => m.event), ["new_message"])
+  assert.deepStrictEqual(recorded(inThread[0].payload), reply)
+  assert.ok(dave.messages.indexOf(inRoom[0]) < dave.messages.indexOf(inThread[0]), "the removal before the reply")
+  assert.deepStrictEqual(of(bob.messages, thread), [])
+  redisCli(["ACL", "SETUSER", "n1", "on"])
+  await eventually(() => up("n1"), "n1's link back", 15000)
+})
+
 test("a removal made while Redis is down holds on every node once it is back: the removed user's channels close", async t => {
   const rid = await privateRoom("outage", [users.bob, users.carol])
   const room = `channel:${rid}`
