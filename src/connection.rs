@@ -8,9 +8,8 @@
 
 use crate::channel::Info;
 use crate::metrics::{Transport, ENGINE};
-use crate::protocol::{Payload, Ref, Serializer};
+use crate::protocol::{frame, Payload, Ref, Serializer};
 use crate::pubsub::{Broadcast, SubId};
-use crate::transport::frame;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
