@@ -138,7 +138,7 @@ struct Inner {
     conns: DashMap<u64, Arc<Connection>>,
     next_conn: AtomicU64,
     /// Set when this node runs in a cluster (see [`crate::cluster`]).
-    cluster: std::sync::OnceLock<Arc<crate::cluster::Stats>>,
+    cluster: std::sync::OnceLock<Arc<crate::metrics::ClusterStats>>,
 }
 
 /// Shared by every socket, channel and request handler of a server; cheap to clone.
@@ -175,11 +175,11 @@ impl Endpoint {
     }
 
     /// What the cluster link did, when this node is in a cluster.
-    pub fn cluster_stats(&self) -> Option<&Arc<crate::cluster::Stats>> {
+    pub fn cluster_stats(&self) -> Option<&Arc<crate::metrics::ClusterStats>> {
         self.inner.cluster.get()
     }
 
-    pub(crate) fn set_cluster_stats(&self, stats: Arc<crate::cluster::Stats>) {
+    pub(crate) fn set_cluster_stats(&self, stats: Arc<crate::metrics::ClusterStats>) {
         let _ = self.inner.cluster.set(stats);
     }
 

@@ -215,7 +215,7 @@ pub fn render(endpoint: &Endpoint) -> String {
 }
 
 /// The Redis link, on a node of a cluster.
-fn cluster(r: &Registry, c: &crate::cluster::Stats) {
+fn cluster(r: &Registry, c: &crate::metrics::ClusterStats) {
     gauge(
         r,
         "fawkes_redis_up",
