@@ -8,7 +8,7 @@
 // Defined with the mailbox that carries it; part of a channel's API all the same.
 pub use crate::connection::Info;
 use crate::connection::{ChannelId, Connection, Mail};
-use crate::endpoint::Endpoint;
+use crate::hub::Endpoint;
 use crate::presence::PresenceError;
 use crate::protocol::{Outbound, Payload, Ref};
 use crate::pubsub::{encode_frame, Broadcast, Dispatch, SubId, Subscriber};

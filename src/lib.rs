@@ -42,6 +42,7 @@ pub mod demo;
 pub mod endpoint;
 pub mod etf;
 pub mod history;
+pub mod hub;
 pub mod inspector;
 pub mod metrics;
 pub mod presence;
@@ -54,7 +55,8 @@ pub mod transport;
 
 pub use channel::{Assigns, Channel, ChannelContext, Flow, Info, Reply, Router, StopReason};
 pub use config::{CheckOrigin, Config, Limits};
-pub use endpoint::{ConnectInfo, Connected, Endpoint, Params, Refused, Socket};
+pub use endpoint::{ConnectInfo, Connected, Params, Refused, Socket};
+pub use hub::Endpoint;
 pub use protocol::Payload;
 pub use server::Server;
 

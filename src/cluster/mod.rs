@@ -25,7 +25,7 @@ pub use crate::metrics::ClusterStats as Stats;
 pub use order::Backfill;
 pub use seal::SealKey;
 
-use crate::endpoint::Endpoint;
+use crate::hub::Endpoint;
 use std::sync::Arc;
 use std::time::Duration;
 
