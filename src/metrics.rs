@@ -1,11 +1,11 @@
-//! Process-wide counters for Prometheus; `/metrics` serves them
-//! ([`crate::server::exposition`]).
+//! Counters for Prometheus: the process-wide ones every layer bumps, and a cluster link's
+//! ([`ClusterStats`]); `/metrics` serves them ([`crate::server::exposition`]).
 //!
 //! The engine updates plain atomics here on its hot paths (a relaxed `fetch_add` per frame, no
 //! label lookup); labels with more than one value are fixed arrays indexed by an enum, so a
 //! scrape, not a frame, pays for turning them into metric families. Counters are per process,
 //! as Prometheus scrapes processes; gauges of one endpoint (topics, presence, connections by
-//! id) are read from it at scrape time. This module imports nothing of the crate, so every
+//! id) and its cluster link's counters are read from it at scrape time. This module imports nothing of the crate, so every
 //! layer may count here.
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec};

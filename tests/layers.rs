@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 /// Lowest first: a module may use its own layer and those before it, never one after it.
 ///
 /// The engine is given as the steps it is built in, each a layer of its own, so that its order
-/// is checked too and not only the absence of circles: the leaves every module may count on
+/// is checked and not only the absence of circles: the leaves every module may count on
 /// (limits, counters, a socket's budget); topics (PubSub, and Presence on it); one client's
-/// connection and the `Endpoint` handle (`hub`) that holds them all; the
-/// cluster link, which reaches the engine through that handle; the app-facing channels, the
-/// socket definitions mounted on an endpoint and the per-socket protocol; the transports and
-/// the HTTP server (with `/metrics`, which reads the endpoint) on top.
+/// connection and the `Endpoint` handle (`hub`) that holds them all; the cluster link, which
+/// reaches the engine through that handle and the traits PubSub defines; the app-facing
+/// channels, the socket definitions mounted on an endpoint and the per-socket protocol; the
+/// transports and the HTTP server (with `/metrics`, which reads the endpoint) on top.
 const LAYERS: &[(&str, &[&str])] = &[
     ("wire", &["protocol", "etf"]),
     (
@@ -199,7 +199,7 @@ fn paths(code: &str) -> Vec<(Vec<String>, Vec<String>)> {
                 let end = tree_end(&chars, i);
                 let text: String = chars[i..end].iter().collect();
                 let mut found = Vec::new();
-                expand(&without_renames(&text), &mut Vec::new(), &mut found);
+                expand(&without_renames(&text), &[], &mut found);
                 let nesting: Vec<String> = inline.iter().map(|(n, _)| n.clone()).collect();
                 out.extend(found.into_iter().map(|p| (p, nesting.clone())));
                 i = end;
@@ -241,11 +241,10 @@ fn tree_end(chars: &[char], mut i: usize) -> usize {
                 break;
             }
             depth -= 1;
-        } else if depth == 0 && !(is_ident(c) || c == ':') {
-            break;
-        } else if depth > 0
-            && !(is_ident(c) || c == ':' || c == ',' || c == '*' || c.is_whitespace())
+        } else if !(is_ident(c) || c == ':')
+            && (depth == 0 || !(c == ',' || c == '*' || c.is_whitespace()))
         {
+            // Outside braces a path is identifiers and `::`; inside, lists of them.
             break;
         }
         i += 1;
@@ -254,11 +253,11 @@ fn tree_end(chars: &[char], mut i: usize) -> usize {
 }
 
 /// Expands `a::b::{c, d::{e}}` into its paths.
-fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+fn expand(tree: &str, prefix: &[String], out: &mut Vec<Vec<String>>) {
     let tree = tree.trim_end_matches("::");
     match tree.find('{') {
         None => {
-            let mut p = prefix.clone();
+            let mut p = prefix.to_vec();
             p.extend(
                 tree.split("::")
                     .filter(|s| !s.is_empty())
@@ -269,7 +268,7 @@ fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
         Some(open) => {
             let head = &tree[..open];
             let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
-            let mut p = prefix.clone();
+            let mut p = prefix.to_vec();
             p.extend(
                 head.split("::")
                     .filter(|s| !s.is_empty())
@@ -296,7 +295,7 @@ fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
                 if item == "self" {
                     out.push(p.clone());
                 } else {
-                    expand(item, &mut p.clone(), out);
+                    expand(item, &p, out);
                 }
             }
         }
@@ -337,7 +336,7 @@ fn reexports(lib: &str) -> BTreeMap<String, String> {
             continue;
         };
         let mut found = Vec::new();
-        expand(&without_renames(tree), &mut Vec::new(), &mut found);
+        expand(&without_renames(tree), &[], &mut found);
         for path in found {
             if let (Some(module), Some(name)) = (path.first(), path.last()) {
                 out.insert(name.clone(), module.clone());
