@@ -5,8 +5,10 @@
 //! frames arrived, so a channel needs no locking of its own state. Callbacks may await (a
 //! database call, say); the socket handles its next frame when the callback returns.
 
+// Defined with the mailbox that carries it; part of a channel's API all the same.
+pub use crate::connection::Info;
 use crate::connection::{ChannelId, Connection, Mail};
-use crate::endpoint::Endpoint;
+use crate::hub::Endpoint;
 use crate::presence::PresenceError;
 use crate::protocol::{Outbound, Payload, Ref};
 use crate::pubsub::{encode_frame, Broadcast, Dispatch, SubId, Subscriber};
@@ -61,25 +63,6 @@ pub enum StopReason {
 pub enum Flow {
     Continue,
     Stop(StopReason),
-}
-
-/// A message for a channel's `handle_info`.
-pub enum Info {
-    /// A broadcast on a topic the channel subscribed to with [`ChannelContext::subscribe`].
-    Broadcast(Arc<Broadcast>),
-    /// A message the channel sent itself ([`ChannelContext::send_self`], [`ChannelContext::send_after`])
-    /// or that the app delivered.
-    Message(Box<dyn Any + Send>),
-}
-
-impl Info {
-    /// The message as `T`, if it is one.
-    pub fn downcast<T: 'static>(self) -> Option<T> {
-        match self {
-            Info::Message(m) => m.downcast::<T>().ok().map(|b| *b),
-            Info::Broadcast(_) => None,
-        }
-    }
 }
 
 /// A channel: one instance per join of a topic on a socket.

@@ -6,12 +6,11 @@
 //! (intercepted broadcasts, channel messages, a forced disconnect) goes through the mailbox.
 //! Both are bounded: a client that does not keep up is closed, and nobody else waits for it.
 
-use crate::channel::Info;
 use crate::metrics::{Transport, ENGINE};
-use crate::protocol::{Payload, Ref, Serializer};
+use crate::protocol::{frame, Payload, Ref, Serializer};
 use crate::pubsub::{Broadcast, SubId};
-use crate::transport::frame;
 use bytes::{Bytes, BytesMut};
+use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,6 +46,28 @@ pub struct ConnectionSummary {
 
 /// Identifies one join of one channel on one socket.
 pub type ChannelId = SubId;
+
+/// A message for a channel's `handle_info`, as the socket's mailbox carries it.
+pub enum Info {
+    /// A broadcast on a topic the channel subscribed to with
+    /// [`ChannelContext::subscribe`](crate::ChannelContext::subscribe).
+    Broadcast(Arc<Broadcast>),
+    /// A message the channel sent itself
+    /// ([`ChannelContext::send_self`](crate::ChannelContext::send_self),
+    /// [`ChannelContext::send_after`](crate::ChannelContext::send_after)) or that the app
+    /// delivered.
+    Message(Box<dyn Any + Send>),
+}
+
+impl Info {
+    /// The message as `T`, if it is one.
+    pub fn downcast<T: 'static>(self) -> Option<T> {
+        match self {
+            Info::Message(m) => m.downcast::<T>().ok().map(|b| *b),
+            Info::Broadcast(_) => None,
+        }
+    }
+}
 
 /// Work for the socket's own task.
 pub(crate) enum Mail {

@@ -2,29 +2,45 @@
 //! connect to it as they would to Phoenix.
 //!
 //! # Layout
-//! - [`protocol`]: messages and the V1 / V2 / binary serializers. Pure, no IO.
-//! - [`transport`]: WebSocket and LongPoll, and the connect steps shared by transports; `frame`
-//!   builds whole WebSocket frames; `ws_read` parses client frames into messages within the
-//!   limits; `ws_io` serves a WebSocket on the socket it owns after the upgrade (reads,
-//!   vectored writes, the connection's loop).
-//! - [`connection`]: a client's bounded outbound queue and mailbox, shared with publishers.
-//! - [`socket`]: one client's joined channels and the protocol's join/leave/reply rules.
-//! - [`channel`]: the app-facing [`Channel`] trait, its context and the topic [`Router`].
+//! In layers, lowest first: a module imports only from its own layer and those before it, never
+//! in a circle (`tests/layers.rs` checks it from the `use` lines).
+//!
+//! Wire, pure code with no IO:
+//! - [`protocol`]: messages, the V1 / V2 / binary serializers, and whole server WebSocket frames
+//!   (`frame`: built once, header included, shared by every subscriber).
+//! - [`etf`]: Erlang's External Term Format, as Phoenix.Token payloads carry it.
+//!
+//! The engine, in the order its modules build on each other (the first three import nothing
+//! of the crate, so every layer may use them):
+//! - [`config`]: limits and their defaults.
+//! - [`metrics`]: counters (atomics the engine bumps, the cluster link's, latency histograms).
 //! - [`budget`]: a socket's budget for costly pushes (database queries, large replies).
 //! - [`pubsub`]: sharded topic registry, fan-out that encodes once, the node-to-node adapter.
-//! - [`presence`]: who is on a topic, as `presence_state` / `presence_diff`.
-//! - [`cluster`]: several nodes over Redis: broadcasts in phoenix_pubsub_redis's format,
-//!   presence replication, recorded broadcasts in seq order on every node.
-//! - [`endpoint`]: config, PubSub, Presence and live connections of one server; socket definitions.
-//! - [`config`]: limits and their defaults.
-//! - [`metrics`]: process-wide counters (atomics the engine bumps) and `/metrics` for Prometheus.
+//! - [`presence`]: who is on a topic, as `presence_state` / `presence_diff`, on PubSub.
+//! - [`connection`]: a client's bounded outbound queue and mailbox (with [`Info`], what a
+//!   channel's `handle_info` gets), shared with publishers.
+//! - [`hub`]: the [`Endpoint`] handle: config, PubSub, Presence and the live connections of one
+//!   server, shared by everything above it and knowing none of it.
+//! - [`cluster`]: several nodes over Redis, given the Endpoint: broadcasts in
+//!   phoenix_pubsub_redis's format, presence replication, recorded broadcasts in seq order on
+//!   every node (the change log they are read back from is a trait, `cluster::Backfill`,
+//!   that [`history`] implements).
+//! - [`channel`]: the app-facing [`Channel`] trait, its context and the topic [`Router`].
+//! - [`endpoint`]: socket definitions mounted on an endpoint: the connect callback and its
+//!   [`ConnectInfo`] / [`Connected`] / [`Refused`], and the router ([`Endpoint`] re-exported).
+//! - `socket`: one client's joined channels and the protocol's join/leave/reply rules.
+//! - [`transport`]: WebSocket and LongPoll, and the connect steps they share; `ws_read` parses
+//!   client frames into messages within the limits; `ws_io` serves a WebSocket on the socket it
+//!   owns after the upgrade (reads, vectored writes, the connection's loop).
 //! - [`server`]: actix-http's HTTP/1 service (the actix-web app, WebSocket upgrades taken with
-//!   their socket), TLS, descriptor limit, graceful shutdown.
+//!   their socket), TLS, descriptor limit, graceful shutdown; `/metrics` (`exposition`), which
+//!   reads the endpoint's gauges.
+//!
+//! Above the engine:
 //! - [`store`]: Diesel over SQLite or PostgreSQL, pool, embedded migrations.
 //! - [`auth`]: Phoenix.Token and JWT verification (whom a token minted elsewhere names).
 //! - [`history`]: recorded topics: per-topic event streams in the database, replayed to a
 //!   client that rejoins with `since`.
-//! - [`etf`]: Erlang's External Term Format, as Phoenix.Token payloads carry it.
 //! - [`apps`]: what `fawkes serve` serves: accounts and the community feed (REST + channels).
 //! - [`demo`]: the demo pages at `/` (feed, chat, café orders) on the built-in phoenix.js.
 //! - [`inspector`]: `/admin`, live counts, topics and frames, and disconnects, for admins.
@@ -43,6 +59,7 @@ pub mod demo;
 pub mod endpoint;
 pub mod etf;
 pub mod history;
+pub mod hub;
 pub mod inspector;
 pub mod metrics;
 pub mod presence;
@@ -55,7 +72,8 @@ pub mod transport;
 
 pub use channel::{Assigns, Channel, ChannelContext, Flow, Info, Reply, Router, StopReason};
 pub use config::{CheckOrigin, Config, Limits};
-pub use endpoint::{ConnectInfo, Connected, Endpoint, Params, Refused, Socket};
+pub use endpoint::{ConnectInfo, Connected, Params, Refused, Socket};
+pub use hub::Endpoint;
 pub use protocol::Payload;
 pub use server::Server;
 

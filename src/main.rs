@@ -653,7 +653,7 @@ fn open(db: &DbArgs) -> Result<Store, String> {
 
 async fn serve(args: ServeArgs) -> std::io::Result<()> {
     use fawkes::apps::collections::rules::{Rule, Rules};
-    use fawkes::metrics::exposition::MetricsConfig;
+    use fawkes::server::exposition::MetricsConfig;
     let verifiers = args.auth.verifiers().map_err(std::io::Error::other)?;
     let mut rules = args.rules.book().map_err(std::io::Error::other)?;
     if args.demo {
@@ -748,7 +748,7 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
             fawkes::demo::routes(cfg, demo.clone());
             fawkes::inspector::routes(cfg, inspector.clone());
             if metrics_on_main {
-                fawkes::metrics::exposition::routes(cfg, main_metrics.clone());
+                fawkes::server::exposition::routes(cfg, main_metrics.clone());
             }
         });
     if let Some(n) = args.workers {
@@ -768,7 +768,7 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
             let http_server = actix_web::HttpServer::new(move || {
                 let config = config.clone();
                 actix_web::App::new()
-                    .configure(move |cfg| fawkes::metrics::exposition::routes(cfg, config.clone()))
+                    .configure(move |cfg| fawkes::server::exposition::routes(cfg, config.clone()))
             })
             .workers(1)
             .disable_signals()

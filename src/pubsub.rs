@@ -13,8 +13,7 @@
 //! slow or remote link never blocks a publisher. When several nodes number a topic's recorded
 //! broadcasts, a [`Sequencer`] puts them in order before they are delivered here.
 
-use crate::protocol::{Outbound, Payload, Serializer};
-use crate::transport::frame;
+use crate::protocol::{frame, Outbound, Payload, Serializer};
 use bytes::Bytes;
 use dashmap::DashMap;
 use std::cell::Cell;

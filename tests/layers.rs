@@ -10,25 +10,31 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Lowest first: a module may use its own layer and those before it, never one after it.
+///
+/// The engine is given as the steps it is built in, each a layer of its own, so that its order
+/// is checked and not only the absence of circles: the leaves every module may count on
+/// (limits, counters, a socket's budget); topics (PubSub, and Presence on it); one client's
+/// connection and the `Endpoint` handle (`hub`) that holds them all; the cluster link, which
+/// reaches the engine through that handle and the traits PubSub defines; the app-facing
+/// channels, the socket definitions mounted on an endpoint and the per-socket protocol; the
+/// transports and the HTTP server (with `/metrics`, which reads the endpoint) on top.
 const LAYERS: &[(&str, &[&str])] = &[
     ("wire", &["protocol", "etf"]),
     (
-        "engine",
-        &[
-            "config",
-            "metrics",
-            "budget",
-            "connection",
-            "pubsub",
-            "presence",
-            "channel",
-            "socket",
-            "endpoint",
-            "transport",
-            "cluster",
-            "server",
-        ],
+        "engine: limits and counters",
+        &["config", "metrics", "budget"],
     ),
+    ("engine: topics", &["pubsub", "presence"]),
+    (
+        "engine: connections and the endpoint's hub",
+        &["connection", "hub"],
+    ),
+    ("engine: cluster link", &["cluster"]),
+    (
+        "engine: channels and sockets",
+        &["channel", "endpoint", "socket"],
+    ),
+    ("engine: transports and HTTP", &["transport", "server"]),
     (
         "store, recorded history and sign-in",
         &["store", "history", "auth", "accounts"],

@@ -7,7 +7,7 @@ use super::message::{self, Inbound, Remote};
 use super::order::Order;
 use super::term::Bounds;
 use super::{tracker, ClusterConfig, Recorded, Stats};
-use crate::endpoint::Endpoint;
+use crate::hub::Endpoint;
 use crate::protocol::Payload;
 use crate::pubsub::{Adapter, After, Broadcast, PubSub};
 use futures_util::StreamExt;

@@ -19,11 +19,13 @@ pub mod seal;
 pub mod term;
 pub mod tracker;
 
+/// Counted in [`crate::metrics`], where the endpoint that holds them and `/metrics` can read
+/// them without importing the cluster.
+pub use crate::metrics::ClusterStats as Stats;
 pub use order::Backfill;
 pub use seal::SealKey;
 
-use crate::endpoint::Endpoint;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use crate::hub::Endpoint;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,37 +142,6 @@ impl ClusterArgs {
         c.unsent_topics = self.cluster_unsent_topics;
         Ok(Some(c))
     }
-}
-
-/// What the cluster link did, for logs, tests and metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connected to Redis right now.
-    pub up: AtomicBool,
-    /// Times the link was lost.
-    pub outages: AtomicU64,
-    pub published: AtomicU64,
-    /// Messages that could not be published (Redis down, or the queue full).
-    pub unpublished: AtomicU64,
-    /// Channel broadcasts from other nodes delivered here.
-    pub received: AtomicU64,
-    /// Messages that were not for this node or not channel broadcasts, or could not be read.
-    pub ignored: AtomicU64,
-    /// Messages over a bound (size, nesting, decoded memory), refused unread.
-    pub refused: AtomicU64,
-    /// Channel broadcasts whose payload JSON cannot carry (not delivered).
-    pub not_json: AtomicU64,
-    /// Recorded broadcasts dropped as already delivered.
-    pub duplicates: AtomicU64,
-    /// Recorded broadcasts fetched from the change log to fill a gap or catch up.
-    pub backfilled: AtomicU64,
-    /// Recorded broadcasts whose seq is past the change log's latest (dropped).
-    pub unknown: AtomicU64,
-    /// Broadcasts on recorded topics whose seq no node of this cluster signed (dropped).
-    pub unsigned: AtomicU64,
-    /// Presence replication messages sent and received.
-    pub presence_sent: AtomicU64,
-    pub presence_received: AtomicU64,
 }
 
 /// Topics whose broadcasts the nodes number from one database, and what a node needs to trust

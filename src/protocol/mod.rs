@@ -1,9 +1,12 @@
-//! Phoenix Channels messages and their serializers: pure code, no IO.
+//! Phoenix Channels messages and their serializers, and the WebSocket frames the server sends
+//! them in: pure code, no IO.
 //!
 //! A client frame decodes into a [`Message`]; everything the server sends is an [`Outbound`],
-//! encoded by the [`Serializer`] the client negotiated with `vsn`.
+//! encoded by the [`Serializer`] the client negotiated with `vsn` into a whole frame
+//! ([`frame`]).
 
 pub mod binary;
+pub mod frame;
 mod v1;
 mod v2;
 

@@ -7,11 +7,11 @@
 //! body, as Phoenix does it. Sessions live on the node that made them (a load balancer must keep
 //! a client on one node), and end after 1.5 poll windows without a `GET`.
 
-use super::{connect, frame, Mount};
+use super::{connect, Mount};
 use crate::connection::{close_code, Connection};
 use crate::endpoint::Endpoint;
 use crate::metrics::{Transport, ENGINE};
-use crate::protocol::{binary, FrameKind};
+use crate::protocol::{binary, frame, FrameKind};
 use crate::socket::{End, SocketState};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};

@@ -1,11 +1,14 @@
 //! Transports move frames between the network and a socket. What they share lives here: the
 //! connect steps (origin check, `vsn`, the connect callback), in the order Phoenix runs them.
 
-pub mod frame;
 pub mod longpoll;
 pub mod websocket;
 pub(crate) mod ws_io;
 pub mod ws_read;
+
+/// Whole server frames are wire encoding, below the engine: [`crate::protocol::frame`]. Kept at
+/// its old path.
+pub use crate::protocol::frame;
 
 use crate::config::CheckOrigin;
 use crate::endpoint::{ConnectInfo, Connected, Endpoint, Params, Socket};

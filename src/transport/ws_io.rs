@@ -13,9 +13,8 @@
 use crate::connection::{close_code, Connection, Mail};
 use crate::endpoint::Endpoint;
 use crate::metrics::{Transport, ENGINE};
-use crate::protocol::FrameKind;
+use crate::protocol::{frame, FrameKind};
 use crate::socket::{End, SocketState};
-use crate::transport::frame;
 use crate::transport::ws_read::{Incoming, ReadError, Reader};
 use actix_codec::{AsyncRead, AsyncWrite};
 use actix_http::ws::{CloseReason, ProtocolError};

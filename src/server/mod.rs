@@ -1,12 +1,15 @@
 //! HTTP wiring: mounts sockets on an HTTP/1 server (plain, or TLS through rustls for `wss://`
 //! and `https://`), raises the descriptor limit, and shuts down gracefully on SIGTERM/SIGINT
-//! (sockets closed with 1001 so clients reconnect elsewhere).
+//! (sockets closed with 1001 so clients reconnect elsewhere); `/metrics` and the timing of
+//! every request ([`exposition`]).
 //!
 //! The server is actix-http's HTTP/1 service with an actix-web `App` as its service (REST,
 //! LongPoll, and what is not a WebSocket upgrade) and an upgrade handler that takes each
 //! WebSocket's socket from the dispatcher ([`websocket::upgrade`]), so that an idle WebSocket
 //! does not keep the dispatcher's two 8 KiB buffers. It is set up as actix-web's `HttpServer`
 //! sets up its own (same timeouts, backlog, TCP_NODELAY, TLS acceptor).
+
+pub mod exposition;
 
 use crate::endpoint::{Endpoint, Socket};
 use crate::transport::{longpoll, websocket, Mount};
@@ -257,9 +260,7 @@ fn app(
 > {
     let (mounts, routes) = (mounts.to_vec(), routes.to_vec());
     App::new()
-        .wrap(actix_web::middleware::from_fn(
-            crate::metrics::exposition::observe_http,
-        ))
+        .wrap(actix_web::middleware::from_fn(exposition::observe_http))
         .configure(move |cfg| {
             configure_sockets(cfg, &mounts);
             for r in &routes {

@@ -1,9 +1,10 @@
-//! `GET /metrics`: the counters of [`super::ENGINE`], an endpoint's gauges and the latency
+//! `GET /metrics`: the counters of [`crate::metrics`], an endpoint's gauges and the latency
 //! histograms, in Prometheus's text format (encoded by the `prometheus` crate), optionally
-//! behind a bearer token; and the middleware that times HTTP requests.
+//! behind a bearer token; and the middleware that times HTTP requests. It sits with the server,
+//! above the endpoint whose gauges it reads, so that the counters below stay importable by all.
 
-use super::{Transport, DB_POOL_WAIT, DB_QUERY, ENGINE, HTTP_REQUESTS};
 use crate::endpoint::Endpoint;
+use crate::metrics::{ClusterStats, Transport, DB_POOL_WAIT, DB_QUERY, ENGINE, HTTP_REQUESTS};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
@@ -215,7 +216,7 @@ pub fn render(endpoint: &Endpoint) -> String {
 }
 
 /// The Redis link, on a node of a cluster.
-fn cluster(r: &Registry, c: &crate::cluster::Stats) {
+fn cluster(r: &Registry, c: &ClusterStats) {
     gauge(
         r,
         "fawkes_redis_up",

@@ -1,16 +1,15 @@
-//! Process-wide counters for Prometheus, and their text exposition ([`exposition`]).
+//! Counters for Prometheus: the process-wide ones every layer bumps, and a cluster link's
+//! ([`ClusterStats`]); `/metrics` serves them ([`crate::server::exposition`]).
 //!
 //! The engine updates plain atomics here on its hot paths (a relaxed `fetch_add` per frame, no
 //! label lookup); labels with more than one value are fixed arrays indexed by an enum, so a
 //! scrape, not a frame, pays for turning them into metric families. Counters are per process,
 //! as Prometheus scrapes processes; gauges of one endpoint (topics, presence, connections by
-//! id) are read from it at scrape time. This module imports nothing above itself, so every
+//! id) and its cluster link's counters are read from it at scrape time. This module imports nothing of the crate, so every
 //! layer may count here.
 
-pub mod exposition;
-
 use prometheus::{Histogram, HistogramOpts, HistogramVec};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -208,6 +207,38 @@ impl Engine {
     pub fn joins(&self) -> Vec<(String, u64, u64)> {
         self.joins.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// What a node's cluster link ([`crate::cluster`]) did, for logs, tests and metrics: held by the
+/// endpoint it serves, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Connected to Redis right now.
+    pub up: AtomicBool,
+    /// Times the link was lost.
+    pub outages: AtomicU64,
+    pub published: AtomicU64,
+    /// Messages that could not be published (Redis down, or the queue full).
+    pub unpublished: AtomicU64,
+    /// Channel broadcasts from other nodes delivered here.
+    pub received: AtomicU64,
+    /// Messages that were not for this node or not channel broadcasts, or could not be read.
+    pub ignored: AtomicU64,
+    /// Messages over a bound (size, nesting, decoded memory), refused unread.
+    pub refused: AtomicU64,
+    /// Channel broadcasts whose payload JSON cannot carry (not delivered).
+    pub not_json: AtomicU64,
+    /// Recorded broadcasts dropped as already delivered.
+    pub duplicates: AtomicU64,
+    /// Recorded broadcasts fetched from the change log to fill a gap or catch up.
+    pub backfilled: AtomicU64,
+    /// Recorded broadcasts whose seq is past the change log's latest (dropped).
+    pub unknown: AtomicU64,
+    /// Broadcasts on recorded topics whose seq no node of this cluster signed (dropped).
+    pub unsigned: AtomicU64,
+    /// Presence replication messages sent and received.
+    pub presence_sent: AtomicU64,
+    pub presence_received: AtomicU64,
 }
 
 /// Latency buckets for requests and queries, in seconds.

@@ -1,7 +1,7 @@
 //! Server-to-client WebSocket frames (RFC 6455 §5.2), built whole so that one broadcast's bytes,
 //! header included, can be shared by every subscriber and written as they are. Pure code.
 
-use crate::protocol::FrameKind;
+use super::FrameKind;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The longest header a server frame needs: 2 bytes plus an 8-byte length, no mask.
