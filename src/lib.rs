@@ -36,15 +36,39 @@
 //!   their socket), TLS, descriptor limit, graceful shutdown; `/metrics` (`exposition`), which
 //!   reads the endpoint's gauges.
 //!
-//! Above the engine:
-//! - [`store`]: Diesel over SQLite or PostgreSQL, pool, embedded migrations.
-//! - [`auth`]: Phoenix.Token and JWT verification (whom a token minted elsewhere names).
-//! - [`history`]: recorded topics: per-topic event streams in the database, replayed to a
-//!   client that rejoins with `since`.
-//! - [`apps`]: what `fawkes serve` serves: accounts and the community feed (REST + channels).
+//! Store, recorded history and sign-in (they know the engine, nothing of the apps):
+//! - [`store`]: Diesel over SQLite or PostgreSQL, pool, embedded migrations; a write refused
+//!   on purpose says why with its own `store::Refusal`, which REST and channels each map.
+//! - [`auth`]: Phoenix.Token and JWT verification (whom a token minted elsewhere names); pure.
+//! - [`history`]: recorded topics: per-topic event streams in the database, broadcast in
+//!   commit order, replayed to a client that rejoins with `since`.
+//! - [`accounts`]: users, API tokens and `accounts::sign_in`, the one sign-in every transport
+//!   and REST route calls, whatever the token's kind.
+//!
+//! Apps (each with its channels, REST handlers and queries; what two apps share lives below):
+//! - [`apps`]: `AppState`, the socket the apps mount and their routes; `apps::api` (REST errors,
+//!   bearer sign-in, bodies), `apps::account` (`/api/me`, the community), `apps::feed`,
+//!   `apps::chat` (with `access`, the one place that says who may read or write a room) and
+//!   `apps::collections`.
+//!
+//! The binary's faces (and `main.rs`):
 //! - [`demo`]: the demo pages at `/` (feed, chat, café orders) on the built-in phoenix.js.
 //! - [`inspector`]: `/admin`, live counts, topics and frames, and disconnects, for admins.
 //! - [`config_file`]: `fawkes.toml`, whose keys are the flags' names.
+//!
+//! # Where the next capabilities go
+//! Each adds rooms, not arrows:
+//! - A **channel kind of its own** per capability, on the engine's [`Channel`] trait and mounted
+//!   through the [`Router`]: Supabase Realtime's `realtime:*` channels (`apps::realtime`, with
+//!   its REST broadcast routes beside it), channels proxied to an app's HTTP backend
+//!   (`apps::proxy`, with the server API the backend calls), and live table changes
+//!   (`apps::table_changes`, fed by a change reader in the store layer that reads PostgreSQL's
+//!   logical replication and publishes through the engine).
+//! - **Sign-in kinds behind one interface**: a new token kind (Supabase's `apikey` and
+//!   `access_token`, a backend's `connect_url` answer) is a verifier in [`auth`] or a step of
+//!   `accounts::sign_in`; every transport and REST route keeps calling `sign_in` once.
+//! - What such an app shares with another moves below both (as `apps::chat::access` and
+//!   `accounts` did), and `tests/layers.rs` gets its module in the right row.
 
 pub mod accounts;
 pub mod apps;
