@@ -431,22 +431,11 @@ async fn stats(
     let ep = &ins.endpoint;
     let c = ep.pubsub().counters();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    let mut topics = ep.pubsub().topics();
-    topics.sort();
-    let watched = ins
-        .tap
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(|(t, _, _)| t.clone());
-    let topics: Vec<Value> = topics
-        .into_iter()
-        .map(|(topic, n)| {
-            // The inspector's own watcher is not a client.
-            let subscribers = n - usize::from(watched.as_deref() == Some(topic.as_str()));
+    // The inspector's own watcher is not a client: client_topics leaves it out.
+    let topics: Vec<Value> = (ep.pubsub().client_topics().into_iter())
+        .map(|(topic, subscribers)| {
             json!({"topic": topic, "subscribers": subscribers, "presence": ep.presence().keys(&topic)})
         })
-        .filter(|t| t["subscribers"].as_u64() > Some(0))
         .collect();
     let connections: Vec<Value> = ep
         .connections()

@@ -198,6 +198,14 @@ impl Groups {
     fn len(&self) -> usize {
         self.workers.iter().map(Vec::len).sum::<usize>() + self.outside.len()
     }
+
+    /// Subscribers that deliver to a client connection.
+    fn of_clients(&self) -> usize {
+        (self.workers.iter().chain(std::iter::once(&self.outside)))
+            .flatten()
+            .filter(|e| e.conn != 0)
+            .count()
+    }
 }
 
 /// Work for a worker: deliver a broadcast to its group of a topic.
@@ -444,6 +452,26 @@ impl PubSub {
             .map(|(name, t)| (name, read(&t).len()))
             .filter(|(_, n)| *n > 0)
             .collect()
+    }
+
+    /// Topics that client connections subscribe to (their channels' topics and socket ids),
+    /// each with how many such subscriptions it has, sorted by topic: what the inspector and
+    /// the server API show. The server's own subscribers (the inspector's watcher) are not
+    /// counted, so watching a topic does not change its count. Walks the whole registry.
+    pub fn client_topics(&self) -> Vec<(String, usize)> {
+        let all: Vec<(String, Topic)> = self
+            .inner
+            .topics
+            .iter()
+            .map(|e| (e.key().to_string(), e.value().clone()))
+            .collect();
+        let mut counted: Vec<(String, usize)> = all
+            .into_iter()
+            .map(|(name, t)| (name, read(&t).of_clients()))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        counted.sort_unstable();
+        counted
     }
 
     /// Delivers a worker's share of a broadcast.
@@ -706,6 +734,33 @@ mod tests {
         ps.unsubscribe("t", ids[2]);
         assert_eq!(ps.subscriber_count("t"), 0);
         assert!(ps.inner.topics.is_empty());
+    }
+
+    /// A subscriber delivering to client connection `.0`.
+    struct OfClient(u64);
+
+    impl Subscriber for OfClient {
+        fn deliver(&self, _: &Dispatch<'_>) {}
+
+        fn connection(&self) -> Option<u64> {
+            Some(self.0)
+        }
+    }
+
+    #[test]
+    fn client_topics_count_only_subscribers_of_client_connections() {
+        let ps = PubSub::new();
+        for (topic, conn) in [("room:b", 1), ("room:a", 1), ("room:a", 2)] {
+            ps.subscribe(topic, ps.next_id(), Arc::new(OfClient(conn)));
+        }
+        // The server's own watchers (the inspector's): on a client topic and on a topic alone.
+        ps.subscribe("room:a", ps.next_id(), Arc::new(Collect::default()));
+        ps.subscribe("watched", ps.next_id(), Arc::new(Collect::default()));
+        assert_eq!(
+            ps.client_topics(),
+            vec![("room:a".to_owned(), 2), ("room:b".to_owned(), 1)]
+        );
+        assert_eq!(ps.topics().len(), 3, "topics() still counts them all");
     }
 
     #[test]
