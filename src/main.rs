@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use fawkes::apps::chat::ChatConfig;
 use fawkes::apps::collections::rules::RuleBook;
 use fawkes::apps::collections::CollectionsConfig;
+use fawkes::apps::server_api::{ServerApi, ServerApiLimits};
 use fawkes::apps::{self, accounts, AppLimits, AppState};
 use fawkes::auth::{jwt, phoenix_token, JwtConfig, JwtVerifier, PhoenixTokens, Subject, Verifiers};
 use fawkes::history::{History, HistoryConfig, Retention};
@@ -202,6 +203,48 @@ impl AuthArgs {
     }
 }
 
+/// The server API (`/api/server/...`), which the app's own backend calls.
+#[derive(Args, Clone)]
+struct ServerApiArgs {
+    /// Serve the server API (`/api/server/...`: broadcast, disconnect, presence, topics) to
+    /// callers sending `Authorization: Bearer <this key>`. Off (404) without it.
+    #[arg(long, env = "FAWKES_SERVER_API_KEY", hide_env_values = true)]
+    server_api_key: Option<String>,
+    /// A file holding the server API key (instead of the flag).
+    #[arg(
+        long,
+        env = "FAWKES_SERVER_API_KEY_FILE",
+        conflicts_with = "server_api_key"
+    )]
+    server_api_key_file: Option<PathBuf>,
+    /// Largest server API request body, in bytes (413 above it).
+    #[arg(long, env = "FAWKES_SERVER_API_MAX_BODY_BYTES", default_value_t = ServerApiLimits::default().max_body_bytes)]
+    server_api_max_body_bytes: usize,
+    /// Most broadcasts one `POST /api/server/broadcast` may carry (422 above it).
+    #[arg(long, env = "FAWKES_SERVER_API_MAX_BROADCASTS", default_value_t = ServerApiLimits::default().max_broadcasts)]
+    server_api_max_broadcasts: usize,
+}
+
+impl ServerApiArgs {
+    /// The server API, when a key is given.
+    fn api(&self, endpoint: &Endpoint) -> Result<Option<ServerApi>, String> {
+        let Some(key) = secret(&self.server_api_key, &self.server_api_key_file)? else {
+            return Ok(None);
+        };
+        match key.len() {
+            // Anyone could send an empty key.
+            0 => return Err("the server API key is empty".into()),
+            n if n < 16 => log::warn!("the server API key has {n} bytes; give it 32 or more"),
+            _ => {}
+        }
+        let limits = ServerApiLimits {
+            max_body_bytes: self.server_api_max_body_bytes,
+            max_broadcasts: self.server_api_max_broadcasts.max(1),
+        };
+        Ok(Some(ServerApi::new(endpoint.clone(), &key, limits)))
+    }
+}
+
 #[derive(Args, Clone)]
 struct DbArgs {
     /// A SQLite file path (created if missing) or a postgres:// URL.
@@ -315,6 +358,8 @@ struct ServeArgs {
     rules: RulesArgs,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    server_api: ServerApiArgs,
     /// Events kept per recorded topic (community:feed, channel:, thread:, user:) for replay.
     #[arg(long, env = "FAWKES_HISTORY_MAX_EVENTS", default_value_t = Retention::default().max_events)]
     history_max_events: i64,
@@ -669,6 +714,11 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
     }
     let store = open(&args.db).map_err(std::io::Error::other)?;
     let endpoint = Endpoint::new(args.config());
+    let server_api = (args
+        .server_api
+        .api(&endpoint)
+        .map_err(std::io::Error::other)?)
+    .map(actix_web::web::Data::new);
     let mut state = AppState::new(
         store,
         endpoint.clone(),
@@ -747,6 +797,9 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
             apps::routes(cfg, state.clone());
             fawkes::demo::routes(cfg, demo.clone());
             fawkes::inspector::routes(cfg, inspector.clone());
+            if let Some(api) = &server_api {
+                apps::server_api::routes(cfg, api.clone());
+            }
             if metrics_on_main {
                 fawkes::server::exposition::routes(cfg, main_metrics.clone());
             }

@@ -6,12 +6,16 @@
 //! - [`chat`]: rooms, messages, threads, mentions, presence and voice signaling.
 //! - [`collections`]: JSON records with gap-free sequence numbers and `collection:<name>`.
 //! - [`api`]: what every REST route shares (errors, auth, body parsing).
+//! - [`server_api`]: `/api/server/...`, which the app's own backend calls with the server key
+//!   to broadcast, disconnect sockets and read presence and topics (the binary registers it
+//!   when given `--server-api-key`).
 
 pub mod account;
 pub mod api;
 pub mod chat;
 pub mod collections;
 pub mod feed;
+pub mod server_api;
 
 /// Users, tokens and sign-in live below the apps; re-exported at their old path.
 pub use crate::accounts;
