@@ -48,6 +48,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "apps::feed",
             "apps::chat",
             "apps::collections",
+            "apps::proxy",
         ],
     ),
     ("binary", &["demo", "inspector", "config_file"]),
