@@ -302,6 +302,10 @@ pub struct SignedIn {
     /// user sockets, so the app's `Endpoint.broadcast("users_socket:42", "disconnect", %{})`
     /// applies.
     pub socket_id: String,
+    /// What the token said, for an app's backend (see `apps::proxy`): its `kind`
+    /// (`phoenix_token`, `jwt`, `api_token`) and, for a token minted by the app, the `sub`ject
+    /// it named (the user's id in the app).
+    pub claims: serde_json::Value,
 }
 
 /// Why a token did not sign anyone in.
@@ -336,6 +340,13 @@ pub async fn sign_in(
                 Some(user) => Ok(SignedIn {
                     user,
                     socket_id: format!("users_socket:{subject}"),
+                    claims: json!({
+                        "kind": if kind == "JWT" { "jwt" } else { "phoenix_token" },
+                        "sub": match &subject {
+                            Subject::Int(i) => json!(i),
+                            Subject::Str(s) => json!(s),
+                        },
+                    }),
                 }),
                 None => Err(refused(format!("{kind} names no known user ({subject})"))),
             }
@@ -349,6 +360,7 @@ pub async fn sign_in(
                 Some((user, token_id)) => Ok(SignedIn {
                     user,
                     socket_id: token_socket_id(token_id),
+                    claims: json!({"kind": "api_token"}),
                 }),
                 None => Err(refused("unknown or revoked API token".into())),
             }

@@ -222,6 +222,11 @@ impl ChannelContext {
         &self.join_ref
     }
 
+    /// The ref of the message being handled (the join's own ref in `join`).
+    pub fn event_ref(&self) -> &Ref {
+        &self.current_ref
+    }
+
     /// The socket's assigns, from its connect callback.
     pub fn assigns(&self) -> &Assigns {
         &self.socket.assigns
@@ -652,6 +657,15 @@ enum Pattern {
     Prefix(String),
 }
 
+impl Pattern {
+    fn parse(pattern: &str) -> Pattern {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => Pattern::Prefix(prefix.to_owned()),
+            None => Pattern::Exact(pattern.to_owned()),
+        }
+    }
+}
+
 impl Router {
     pub fn new() -> Router {
         Router::default()
@@ -662,15 +676,32 @@ impl Router {
     where
         F: Fn() -> C + Send + Sync + 'static,
     {
-        let pattern = match pattern.strip_suffix('*') {
-            Some(prefix) => Pattern::Prefix(prefix.to_owned()),
-            None => Pattern::Exact(pattern.to_owned()),
-        };
+        let pattern = Pattern::parse(pattern);
         self.routes.push((
             pattern,
             Arc::new(move || Box::new(make()) as Box<dyn Channel>),
         ));
         self
+    }
+
+    /// A pattern already routed that matches some topic `pattern` matches too, if any (as
+    /// written: `room:*`).
+    pub fn overlap(&self, pattern: &str) -> Option<String> {
+        let new = Pattern::parse(pattern);
+        self.routes.iter().find_map(|(p, _)| {
+            let shared = match (p, &new) {
+                (Pattern::Exact(a), Pattern::Exact(b)) => a == b,
+                (Pattern::Exact(t), Pattern::Prefix(p))
+                | (Pattern::Prefix(p), Pattern::Exact(t)) => t.starts_with(p.as_str()),
+                (Pattern::Prefix(a), Pattern::Prefix(b)) => {
+                    a.starts_with(b.as_str()) || b.starts_with(a.as_str())
+                }
+            };
+            shared.then(|| match p {
+                Pattern::Exact(t) => t.clone(),
+                Pattern::Prefix(p) => format!("{p}*"),
+            })
+        })
     }
 
     /// A new channel for `topic`, if a route matches it.
@@ -731,6 +762,24 @@ mod tests {
         let r = Router::new().channel("community:feed", || Nop);
         assert!(r.route("community:feed2").is_none());
         assert!(r.route("community").is_none());
+    }
+
+    #[test]
+    fn overlaps_are_found_whichever_pattern_is_wider() {
+        let r = Router::new()
+            .channel("community:feed", || Nop)
+            .channel("channel:*", || Other);
+        assert_eq!(r.overlap("room:*"), None);
+        assert_eq!(r.overlap("community:feed2"), None);
+        assert_eq!(
+            r.overlap("community:feed").as_deref(),
+            Some("community:feed")
+        );
+        assert_eq!(r.overlap("community:*").as_deref(), Some("community:feed"));
+        assert_eq!(r.overlap("channel:lobby").as_deref(), Some("channel:*"));
+        assert_eq!(r.overlap("chan*").as_deref(), Some("channel:*"));
+        assert_eq!(r.overlap("channel:x:*").as_deref(), Some("channel:*"));
+        assert_eq!(r.overlap("*").as_deref(), Some("community:feed"));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! flag's environment variable when the environment does not set it, so the order of precedence
 //! is the one clap already gives: flags, then the environment, then the file, then defaults.
 //! Unknown keys and keys of flags without an environment variable are errors, not ignored.
+//!
+//! One key is no flag: `[[channels]]`, an array of tables declaring channels proxied to the
+//! app's backend (`apps::proxy`), each read by its own rules; the flags declare one more.
 
 use clap::Command;
 use std::collections::BTreeSet;
@@ -38,7 +41,12 @@ pub fn locate(args: &[String]) -> Option<(PathBuf, bool)> {
 pub struct Applied {
     pub path: Option<PathBuf>,
     pub set: BTreeSet<String>,
+    /// The `[[channels]]` tables, in order.
+    pub channels: Vec<toml::Table>,
 }
+
+/// The key of the declared channels' tables.
+pub const CHANNELS: &str = "channels";
 
 /// Every (long name, env var) of the arguments of `cmd` and its subcommands.
 fn flags(cmd: &Command) -> Vec<(String, Option<String>)> {
@@ -82,15 +90,37 @@ fn as_text(key: &str, v: &toml::Value) -> Result<String, String> {
 pub fn apply(path: &Path, cmd: &Command) -> Result<Applied, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     apply_text(&text, cmd)
-        .map(|set| Applied {
+        .map(|(set, channels)| Applied {
             path: Some(path.to_owned()),
             set,
+            channels,
         })
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn apply_text(text: &str, cmd: &Command) -> Result<BTreeSet<String>, String> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+type Read = (BTreeSet<String>, Vec<toml::Table>);
+
+fn apply_text(text: &str, cmd: &Command) -> Result<Read, String> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let channels = match table.remove(CHANNELS) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .into_iter()
+            .map(|i| match i {
+                toml::Value::Table(t) => Ok(t),
+                other => Err(format!(
+                    "`{CHANNELS}` holds tables ([[channels]]), not a {}",
+                    other.type_str()
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(format!(
+                "`{CHANNELS}` is an array of tables ([[channels]]), not a {}",
+                other.type_str()
+            ))
+        }
+    };
     let known = flags(cmd);
     let mut set = BTreeSet::new();
     for (key, value) in &table {
@@ -112,7 +142,7 @@ fn apply_text(text: &str, cmd: &Command) -> Result<BTreeSet<String>, String> {
             set.insert(env.clone());
         }
     }
-    Ok(set)
+    Ok((set, channels))
 }
 
 /// Whether a flag holds a secret: its value is masked when shown.

@@ -49,8 +49,9 @@
 //! - [`apps`]: `AppState`, the socket the apps mount and their routes; `apps::api` (REST errors,
 //!   bearer sign-in, bodies), `apps::account` (`/api/me`, the community), `apps::feed`,
 //!   `apps::chat` (with `access`, the one place that says who may read or write a room),
-//!   `apps::collections` and `apps::server_api` (what the app's own backend calls: broadcast,
-//!   disconnect, presence, topics).
+//!   `apps::collections`, `apps::proxy` (declared channels whose joins, pushes and leaves are
+//!   signed requests to the app's own HTTP backend) and `apps::server_api` (what that backend
+//!   calls: broadcast, disconnect, presence, topics).
 //!
 //! The binary's faces (and `main.rs`):
 //! - [`demo`]: the demo pages at `/` (feed, chat, café orders) on the built-in phoenix.js.
@@ -62,7 +63,7 @@
 //! - A **channel kind of its own** per capability, on the engine's [`Channel`] trait and mounted
 //!   through the [`Router`]: Supabase Realtime's `realtime:*` channels (`apps::realtime`, with
 //!   its REST broadcast routes beside it), channels proxied to an app's HTTP backend
-//!   (`apps::proxy`; the server API the backend calls is `apps::server_api`), and live table changes
+//!   (`apps::proxy` and the server API the backend calls, `apps::server_api`: both here now), and live table changes
 //!   (`apps::table_changes`, fed by a change reader in the store layer that reads PostgreSQL's
 //!   logical replication and publishes through the engine).
 //! - **Sign-in kinds behind one interface**: a new token kind (Supabase's `apikey` and

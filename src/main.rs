@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use fawkes::apps::chat::ChatConfig;
 use fawkes::apps::collections::rules::RuleBook;
 use fawkes::apps::collections::CollectionsConfig;
+use fawkes::apps::proxy::{self, config::BackendLimits};
 use fawkes::apps::server_api::{ServerApi, ServerApiLimits};
 use fawkes::apps::{self, accounts, AppLimits, AppState};
 use fawkes::auth::{jwt, phoenix_token, JwtConfig, JwtVerifier, PhoenixTokens, Subject, Verifiers};
@@ -313,6 +314,85 @@ enum TokensCommand {
     },
 }
 
+/// Channels proxied to the app's HTTP backend: one declared here, more as `[[channels]]` in
+/// the config file; and the bounds every backend is held to.
+#[derive(Args, Clone)]
+struct ProxyArgs {
+    /// Declare a channel proxied to the app's backend: a topic (`lobby`) or a prefix ending in
+    /// `*` (`room:*`). More in the config file as `[[channels]]`.
+    #[arg(long, env = "FAWKES_CHANNEL_TOPIC")]
+    channel_topic: Option<String>,
+    /// Where its joins go (POST, JSON); unset: every join is accepted.
+    #[arg(long, env = "FAWKES_CHANNEL_JOIN_URL", requires = "channel_topic")]
+    channel_join_url: Option<String>,
+    /// Where its client events go; unset: pushes are refused.
+    #[arg(long, env = "FAWKES_CHANNEL_PUSH_URL", requires = "channel_topic")]
+    channel_push_url: Option<String>,
+    /// Where its leaves and closes are told (fire and forget).
+    #[arg(long, env = "FAWKES_CHANNEL_LEAVE_URL", requires = "channel_topic")]
+    channel_leave_url: Option<String>,
+    /// Milliseconds one of its requests may take, queue wait included.
+    #[arg(long, env = "FAWKES_CHANNEL_TIMEOUT_MS", default_value_t = proxy::config::DEFAULT_TIMEOUT_MS)]
+    channel_timeout_ms: u64,
+    /// Signs requests to backends (`x-fawkes-signature: sha256=<hex HMAC-SHA256(body)>`);
+    /// required once a channel is declared.
+    #[arg(long, env = "FAWKES_BACKEND_SECRET", hide_env_values = true)]
+    backend_secret: Option<String>,
+    /// A file holding the backend secret (instead of the flag).
+    #[arg(
+        long,
+        env = "FAWKES_BACKEND_SECRET_FILE",
+        conflicts_with = "backend_secret"
+    )]
+    backend_secret_file: Option<PathBuf>,
+    /// Requests in flight at once to one backend (one origin, `http://host:port`).
+    #[arg(long, env = "FAWKES_BACKEND_MAX_CONCURRENCY", default_value_t = BackendLimits::default().max_concurrency)]
+    backend_max_concurrency: usize,
+    /// Requests waiting for a free slot of one backend; one more fails at once.
+    #[arg(long, env = "FAWKES_BACKEND_MAX_QUEUE", default_value_t = BackendLimits::default().max_queue)]
+    backend_max_queue: usize,
+    /// Largest backend answer read, in bytes; a longer one fails (`bad backend answer`).
+    #[arg(long, env = "FAWKES_BACKEND_MAX_BODY_BYTES", default_value_t = BackendLimits::default().max_body_bytes)]
+    backend_max_body_bytes: usize,
+    /// Failures in a row (timeouts, unreachable, 5xx) that open a backend's circuit.
+    #[arg(long, env = "FAWKES_BACKEND_CIRCUIT_FAILURES", default_value_t = BackendLimits::default().circuit_failures)]
+    backend_circuit_failures: u32,
+    /// Milliseconds an open circuit fails requests at once before one tries the backend again.
+    #[arg(long, env = "FAWKES_BACKEND_CIRCUIT_OPEN_MS", default_value_t = BackendLimits::default().circuit_open.as_millis() as u64)]
+    backend_circuit_open_ms: u64,
+}
+
+impl ProxyArgs {
+    /// The declared channels (the file's, then the flags' one) and how to reach them.
+    fn proxy(&self, tables: &[toml::Table], node: String) -> Result<proxy::Proxy, String> {
+        let mut specs = tables
+            .iter()
+            .map(|t| proxy::config::ChannelSpec::from_toml(t.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(topic) = &self.channel_topic {
+            specs.push(proxy::config::ChannelSpec {
+                topic: topic.clone(),
+                join_url: self.channel_join_url.clone(),
+                push_url: self.channel_push_url.clone(),
+                leave_url: self.channel_leave_url.clone(),
+                timeout_ms: self.channel_timeout_ms,
+            });
+        }
+        let settings = proxy::Settings {
+            limits: BackendLimits {
+                max_concurrency: self.backend_max_concurrency.max(1),
+                max_queue: self.backend_max_queue,
+                max_body_bytes: self.backend_max_body_bytes,
+                circuit_failures: self.backend_circuit_failures.max(1),
+                circuit_open: Duration::from_millis(self.backend_circuit_open_ms),
+            },
+            secret: secret(&self.backend_secret, &self.backend_secret_file)?,
+            node,
+        };
+        proxy::Proxy::new(specs, settings)
+    }
+}
+
 #[derive(Args)]
 struct ServeArgs {
     #[command(flatten)]
@@ -360,6 +440,8 @@ struct ServeArgs {
     auth: AuthArgs,
     #[command(flatten)]
     server_api: ServerApiArgs,
+    #[command(flatten)]
+    proxy: ProxyArgs,
     /// Events kept per recorded topic (community:feed, channel:, thread:, user:) for replay.
     #[arg(long, env = "FAWKES_HISTORY_MAX_EVENTS", default_value_t = Retention::default().max_events)]
     history_max_events: i64,
@@ -524,7 +606,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Serve(args) => actix_web::rt::System::new()
-            .block_on(serve(*args))
+            .block_on(serve(*args, &applied.channels))
             .map_err(|e| e.to_string()),
         Command::Migrate(db) => {
             open(&db).map(|_| println!("database {} is up to date", db.database_url))
@@ -696,7 +778,7 @@ fn open(db: &DbArgs) -> Result<Store, String> {
     Store::open(&db.database_url).map_err(|e| format!("{}: {e}", db.database_url))
 }
 
-async fn serve(args: ServeArgs) -> std::io::Result<()> {
+async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()> {
     use fawkes::apps::collections::rules::{Rule, Rules};
     use fawkes::server::exposition::MetricsConfig;
     let verifiers = args.auth.verifiers().map_err(std::io::Error::other)?;
@@ -754,6 +836,16 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
     .with_max_pending_writes(args.max_pending_writes);
     state.history.sweep_every(Duration::from_secs(60));
     let cluster = args.cluster.config().map_err(std::io::Error::other)?;
+    let node = cluster
+        .as_ref()
+        .map_or_else(fawkes::cluster::default_node_name, |c| c.node_name.clone());
+    state.proxy = args
+        .proxy
+        .proxy(channels, node)
+        .map_err(std::io::Error::other)?;
+    for origin in state.proxy.backends() {
+        log::info!("proxied channels: backend {origin}");
+    }
     if let Some(c) = cluster {
         if !args.db.database_url.starts_with("postgres") {
             log::warn!("cluster: nodes on SQLite do not share their data; several nodes need one PostgreSQL database");
@@ -772,7 +864,7 @@ async fn serve(args: ServeArgs) -> std::io::Result<()> {
     }
     let state = actix_web::web::Data::new(state);
     accounts::watch_revocations(state.store.clone(), state.endpoint.clone());
-    let socket = apps::socket(state.clone());
+    let socket = apps::socket(state.clone()).map_err(std::io::Error::other)?;
     let tls = args.tls_cert.is_some();
     let metrics = MetricsConfig {
         endpoint: endpoint.clone(),

@@ -241,6 +241,106 @@ pub struct ClusterStats {
     pub presence_received: AtomicU64,
 }
 
+/// How a request to an app's backend ended (see `apps::proxy`), as counted in
+/// `fawkes_backend_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendOutcome {
+    Ok = 0,
+    Timeout,
+    Unreachable,
+    Status,
+    CircuitOpen,
+    QueueFull,
+    TooLarge,
+    BadAnswer,
+}
+
+impl BackendOutcome {
+    pub const ALL: [BackendOutcome; 8] = [
+        BackendOutcome::Ok,
+        BackendOutcome::Timeout,
+        BackendOutcome::Unreachable,
+        BackendOutcome::Status,
+        BackendOutcome::CircuitOpen,
+        BackendOutcome::QueueFull,
+        BackendOutcome::TooLarge,
+        BackendOutcome::BadAnswer,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendOutcome::Ok => "ok",
+            BackendOutcome::Timeout => "timeout",
+            BackendOutcome::Unreachable => "unreachable",
+            BackendOutcome::Status => "http_error",
+            BackendOutcome::CircuitOpen => "circuit_open",
+            BackendOutcome::QueueFull => "queue_full",
+            BackendOutcome::TooLarge => "too_large",
+            BackendOutcome::BadAnswer => "bad_answer",
+        }
+    }
+}
+
+/// Requests to apps' backends (channels proxied over HTTP). See [`BACKEND`].
+pub struct Backends {
+    requests: [AtomicU64; BackendOutcome::ALL.len()],
+    /// Requests being sent or awaiting their answer.
+    pub in_flight: AtomicI64,
+    /// Requests waiting for a backend's free slot.
+    pub queued: AtomicI64,
+    /// Backends whose circuit is open now.
+    pub circuits_open: AtomicI64,
+    /// Times a circuit opened (or, after a failed probe, opened again).
+    pub circuit_opened: AtomicU64,
+}
+
+/// The one set of backend counters of this process.
+pub static BACKEND: Backends = Backends {
+    requests: [ZERO; BackendOutcome::ALL.len()],
+    in_flight: ZERO_I,
+    queued: ZERO_I,
+    circuits_open: ZERO_I,
+    circuit_opened: ZERO,
+};
+
+impl Backends {
+    /// A request ended with `outcome` after `took`.
+    pub fn finished(&self, outcome: BackendOutcome, took: Duration) {
+        self.requests[outcome as usize].fetch_add(1, Relaxed);
+        if !matches!(
+            outcome,
+            BackendOutcome::CircuitOpen | BackendOutcome::QueueFull
+        ) {
+            BACKEND_REQUEST.observe(took.as_secs_f64());
+        }
+    }
+
+    /// Requests by outcome label.
+    pub fn requests(&self) -> Vec<(String, u64)> {
+        BackendOutcome::ALL
+            .iter()
+            .map(|o| {
+                (
+                    o.label().to_owned(),
+                    self.requests[*o as usize].load(Relaxed),
+                )
+            })
+            .collect()
+    }
+}
+
+/// How long backend requests took (those not failed at once), queue wait included.
+pub static BACKEND_REQUEST: LazyLock<Histogram> = LazyLock::new(|| {
+    Histogram::with_opts(
+        HistogramOpts::new(
+            "fawkes_backend_request_duration_seconds",
+            "Requests to apps' backends (proxied channels), queue wait included",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+    )
+    .expect("valid histogram")
+});
+
 /// Latency buckets for requests and queries, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -49,6 +49,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "apps::chat",
             "apps::collections",
             "apps::server_api",
+            "apps::proxy",
         ],
     ),
     ("binary", &["demo", "inspector", "config_file"]),

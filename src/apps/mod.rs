@@ -5,6 +5,7 @@
 //! - [`feed`]: the community feed and `community:feed`.
 //! - [`chat`]: rooms, messages, threads, mentions, presence and voice signaling.
 //! - [`collections`]: JSON records with gap-free sequence numbers and `collection:<name>`.
+//! - [`proxy`]: channels declared in `fawkes.toml`, proxied to the app's own HTTP backend.
 //! - [`api`]: what every REST route shares (errors, auth, body parsing).
 //! - [`server_api`]: `/api/server/...`, which the app's own backend calls with the server key
 //!   to broadcast, disconnect sockets and read presence and topics (the binary registers it
@@ -15,6 +16,7 @@ pub mod api;
 pub mod chat;
 pub mod collections;
 pub mod feed;
+pub mod proxy;
 pub mod server_api;
 
 /// Users, tokens and sign-in live below the apps; re-exported at their old path.
@@ -51,6 +53,8 @@ pub struct AppState {
     pub auth: crate::auth::Verifiers,
     /// The recorded streams of `community:feed`, `channel:`, `thread:` and `user:` topics.
     pub history: crate::history::History,
+    /// Channels proxied to the app's backend, mounted beside the built-in ones.
+    pub proxy: proxy::Proxy,
     pub(crate) chat_rate: chat::RateLimiter,
 }
 
@@ -70,6 +74,7 @@ impl AppState {
             chat: chat::ChatConfig::default(),
             auth: Default::default(),
             chat_rate: Default::default(),
+            proxy: Default::default(),
         }
     }
 }
@@ -96,7 +101,9 @@ pub const RECORDED_PREFIXES: &[&str] = &[
 /// The apps' socket: `?token=` (or phoenix.js's `authToken`) is an API token, a Phoenix.Token
 /// or a JWT (see [`accounts::sign_in`]); a bad one is refused (403), none at all gives an
 /// anonymous socket. A socket's id comes from its token, so revoking the token closes it.
-pub fn socket(state: web::Data<AppState>) -> Socket {
+/// The declared channels ([`proxy`]) are mounted after the built-in ones; one that would
+/// share their topics is refused (the error says which).
+pub fn socket(state: web::Data<AppState>) -> Result<Socket, String> {
     let router = Router::new()
         .channel(feed::TOPIC, {
             let state = state.clone();
@@ -128,9 +135,13 @@ pub fn socket(state: web::Data<AppState>) -> Socket {
             let state = state.clone();
             move || chat::voice::VoiceChannel::new(state.clone())
         });
-    Socket::new(router).on_connect(move |info| {
+    let router = state.proxy.mount(router)?;
+    let proxied = !state.proxy.is_empty();
+    Ok(Socket::new(router).on_connect(move |info| {
         let state = state.clone();
         async move {
+            // What a proxied channel's backend is told of the socket.
+            let caller = |user| proxied.then(|| proxy::Caller::new(&info.params, user));
             let token = info
                 .params
                 .get("token")
@@ -138,20 +149,31 @@ pub fn socket(state: web::Data<AppState>) -> Socket {
                 .or(info.auth_token)
                 .filter(|t| !t.is_empty());
             let Some(token) = token else {
-                return Ok(Connected::default());
+                let mut assigns = Assigns::new();
+                if let Some(c) = caller(None) {
+                    assigns.insert(c);
+                }
+                return Ok(Connected { assigns, id: None });
             };
             match accounts::sign_in(&state.auth, &state.store, token).await {
-                Ok(s) => Ok(Connected {
-                    assigns: Assigns::new().with(SocketUser(s.user)),
-                    id: Some(s.socket_id),
-                }),
+                Ok(s) => {
+                    let mut assigns = Assigns::new();
+                    if let Some(c) = caller(Some((&s.user, &s.claims))) {
+                        assigns.insert(c);
+                    }
+                    assigns.insert(SocketUser(s.user));
+                    Ok(Connected {
+                        assigns,
+                        id: Some(s.socket_id),
+                    })
+                }
                 Err(accounts::SignInError::Refused(why)) => Err(Refused::new(why)),
                 Err(accounts::SignInError::Store(e)) => {
                     Err(Refused::internal(format!("token lookup failed: {e}")))
                 }
             }
         }
-    })
+    }))
 }
 
 /// The REST API.

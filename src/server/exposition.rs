@@ -4,7 +4,10 @@
 //! above the endpoint whose gauges it reads, so that the counters below stay importable by all.
 
 use crate::endpoint::Endpoint;
-use crate::metrics::{ClusterStats, Transport, DB_POOL_WAIT, DB_QUERY, ENGINE, HTTP_REQUESTS};
+use crate::metrics::{
+    ClusterStats, Transport, BACKEND, BACKEND_REQUEST, DB_POOL_WAIT, DB_QUERY, ENGINE,
+    HTTP_REQUESTS,
+};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
@@ -200,6 +203,7 @@ pub fn render(endpoint: &Endpoint) -> String {
     if let Some(c) = endpoint.cluster_stats() {
         cluster(&r, c);
     }
+    backends(&r);
 
     r.register(Box::new(HTTP_REQUESTS.clone()))
         .expect("unique metric");
@@ -213,6 +217,45 @@ pub fn render(endpoint: &Endpoint) -> String {
         .encode(&r.gather(), &mut out)
         .expect("text encoding");
     String::from_utf8(out).expect("UTF-8 exposition")
+}
+
+/// Requests to apps' backends (channels proxied over HTTP).
+fn backends(r: &Registry) {
+    let b = &BACKEND;
+    counter_vec(
+        r,
+        "fawkes_backend_requests_total",
+        "Requests to apps' backends by outcome (ok, timeout, unreachable, http_error, \
+         circuit_open, queue_full, too_large, bad_answer)",
+        "outcome",
+        &b.requests(),
+    );
+    gauge(
+        r,
+        "fawkes_backend_in_flight",
+        "Requests to apps' backends sent and not yet answered",
+        b.in_flight.load(Relaxed),
+    );
+    gauge(
+        r,
+        "fawkes_backend_queued",
+        "Requests waiting for a free slot of their backend",
+        b.queued.load(Relaxed),
+    );
+    gauge(
+        r,
+        "fawkes_backend_circuits_open",
+        "Backends whose circuit is open (their requests fail at once)",
+        b.circuits_open.load(Relaxed),
+    );
+    counter(
+        r,
+        "fawkes_backend_circuit_opened_total",
+        "Times a backend's circuit opened",
+        b.circuit_opened.load(Relaxed),
+    );
+    r.register(Box::new(BACKEND_REQUEST.clone()))
+        .expect("unique metric");
 }
 
 /// The Redis link, on a node of a cluster.

@@ -167,7 +167,7 @@ pub fn start_app_configured(
             configure(&mut state);
             let state = actix_web::web::Data::new(state);
             fawkes::accounts::watch_revocations(state.store.clone(), state.endpoint.clone());
-            let socket = fawkes::apps::socket(state.clone());
+            let socket = fawkes::apps::socket(state.clone()).expect("the apps' routes");
             let routes_state = state.clone();
             let server = Server::new(endpoint.clone())
                 .socket("/socket", socket.clone())

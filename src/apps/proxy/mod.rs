@@ -1,0 +1,185 @@
+//! Declared channels proxied to the app's own HTTP backend: Fawkes keeps the sockets, and
+//! each join, push and leave of a declared topic (`[[channels]]` in `fawkes.toml`) is a signed
+//! JSON POST to the backend, whose answer decides. So an app's channel logic stays in its own
+//! language (Rails, Django, Node, Go...), as Centrifugo's proxy allows.
+//!
+//! A request is `{topic, event, payload, params, user, socket_id, join_ref, ref, node,
+//! assigns}` (`event` is `phx_join` for a join and `phx_leave` for a leave, whose payload is
+//! `{"reason": "left" | "closed" | ...}`), signed with `x-fawkes-signature: sha256=<hex of
+//! HMAC-SHA256(body, --backend-secret)>`. An answer is an object: `reply` (`{status,
+//! response}`), `broadcast`, `push`, `assigns`, `close`, and on a join `track`
+//! ([`answer::Answer`]).
+//!
+//! With no URL for an event, a channel keeps Phoenix's defaults where they make sense: with no
+//! `join_url` every join is accepted (declaring the topic is the consent, as a Phoenix
+//! `join/3` that returns `{:ok, socket}`); with no `push_url` a push is refused with a reason;
+//! with no `leave_url` nothing is told.
+//!
+//! - [`config`]: `[[channels]]`, the URLs, the backend bounds.
+//! - [`client`]: signed requests within the bounds, the circuit, the size cap.
+//! - [`answer`]: what an answer may say.
+//! - `channel`: the channel kind itself.
+
+pub mod answer;
+mod channel;
+pub mod client;
+pub mod config;
+
+use crate::endpoint::Params;
+use crate::Router;
+use client::Backend;
+use config::{BackendLimits, ChannelSpec};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a socket's connect tells the backend: set in its assigns at connect.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The connect params (the socket URL's query), as an object of strings.
+    pub params: Value,
+    /// `{"id", "claims"}` of the signed-in user, or `null`.
+    pub user: Value,
+}
+
+impl Caller {
+    /// `user` is who signed in: their id in the app (the subject of a token the app minted,
+    /// else Fawkes's own user id) and the token's claims with the user's Fawkes name and id.
+    pub fn new(params: &Params, user: Option<(&crate::accounts::User, &Value)>) -> Caller {
+        let params = params
+            .0
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let user = user.map_or(Value::Null, |(u, claims)| {
+            let mut claims = claims.clone();
+            let id = claims.get("sub").cloned().unwrap_or(json!(u.id));
+            if let Some(c) = claims.as_object_mut() {
+                c.insert("name".into(), json!(u.name));
+                c.insert("fawkes_user_id".into(), json!(u.id));
+            }
+            json!({"id": id, "claims": claims})
+        });
+        Caller {
+            params: Value::Object(params),
+            user,
+        }
+    }
+}
+
+/// Where one kind of event of a declared channel goes.
+#[derive(Clone)]
+struct Route {
+    url: String,
+    backend: Arc<Backend>,
+}
+
+/// A declared channel, ready to route.
+struct Declared {
+    pattern: String,
+    join: Option<Route>,
+    push: Option<Route>,
+    leave: Option<Route>,
+    timeout: Duration,
+    node: Arc<str>,
+}
+
+/// How requests are made, whatever the channel.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub limits: BackendLimits,
+    /// Signs every request; required once a channel is declared.
+    pub secret: Option<String>,
+    /// This node's name, sent as `node`.
+    pub node: String,
+}
+
+/// The declared channels of a server (none by default).
+#[derive(Default)]
+pub struct Proxy {
+    declared: Vec<Arc<Declared>>,
+    backends: Vec<Arc<Backend>>,
+}
+
+impl Proxy {
+    /// Checks the declarations and sets up one [`Backend`] per origin their URLs name.
+    pub fn new(specs: Vec<ChannelSpec>, settings: Settings) -> Result<Proxy, String> {
+        if specs.is_empty() {
+            return Ok(Proxy::default());
+        }
+        let secret = match settings.secret.as_deref() {
+            Some(s) if !s.is_empty() => s.as_bytes().to_vec(),
+            _ => {
+                return Err(
+                    "declared channels need --backend-secret (or --backend-secret-file): \
+                            it signs their requests so the backend can trust them"
+                        .into(),
+                )
+            }
+        };
+        let node: Arc<str> = settings.node.into();
+        let mut backends: BTreeMap<String, Arc<Backend>> = BTreeMap::new();
+        let mut declared = Vec::new();
+        for spec in specs {
+            spec.check()?;
+            let mut route = |url: &Option<String>| -> Result<Option<Route>, String> {
+                let Some(url) = url else { return Ok(None) };
+                let origin = config::origin(url)?;
+                let backend = backends
+                    .entry(origin.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Backend::new(
+                            origin,
+                            settings.limits.clone(),
+                            secret.clone(),
+                        ))
+                    })
+                    .clone();
+                Ok(Some(Route {
+                    url: url.clone(),
+                    backend,
+                }))
+            };
+            declared.push(Arc::new(Declared {
+                join: route(&spec.join_url)?,
+                push: route(&spec.push_url)?,
+                leave: route(&spec.leave_url)?,
+                timeout: spec.timeout(),
+                node: node.clone(),
+                pattern: spec.topic,
+            }));
+        }
+        Ok(Proxy {
+            declared,
+            backends: backends.into_values().collect(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.declared.is_empty()
+    }
+
+    /// The origins requests go to.
+    pub fn backends(&self) -> impl Iterator<Item = &str> {
+        self.backends.iter().map(|b| b.origin())
+    }
+
+    /// Adds the declared channels to `router`. A pattern that would share a topic with one
+    /// already routed (a built-in app's, or another declared one) is refused: which channel
+    /// serves a topic must never depend on the order of declarations.
+    pub fn mount(&self, mut router: Router) -> Result<Router, String> {
+        for d in &self.declared {
+            if let Some(taken) = router.overlap(&d.pattern) {
+                return Err(format!(
+                    "declared channel {:?} overlaps the channel already served at {taken:?}: \
+                     topics it names would be served by either; give it a pattern of its own",
+                    d.pattern
+                ));
+            }
+            let d2 = d.clone();
+            router = router.channel(&d.pattern, move || channel::ProxyChannel::new(d2.clone()));
+        }
+        Ok(router)
+    }
+}
