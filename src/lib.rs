@@ -46,12 +46,14 @@
 //!   and REST route calls, whatever the token's kind.
 //!
 //! Apps (each with its channels, REST handlers and queries; what two apps share lives below):
-//! - [`apps`]: `AppState`, the socket the apps mount and their routes; `apps::api` (REST errors,
-//!   bearer sign-in, bodies), `apps::account` (`/api/me`, the community), `apps::feed`,
-//!   `apps::chat` (with `access`, the one place that says who may read or write a room),
-//!   `apps::collections`, `apps::proxy` (declared channels whose joins, pushes and leaves are
-//!   signed requests to the app's own HTTP backend) and `apps::server_api` (what that backend
-//!   calls: broadcast, disconnect, presence, topics).
+//! - [`apps`], in three steps: what the apps share (`apps::state`: `AppState` and each app's
+//!   settings; `apps::api`: REST errors, bearer sign-in, bodies; `apps::rules`: collection
+//!   rules) and the channel kind that stands alone (`apps::proxy`: declared channels whose
+//!   joins, pushes and leaves are signed requests to the app's own HTTP backend); the apps
+//!   (`apps::account`: `/api/me`, the community; `apps::feed`; `apps::chat`, with `access`, the
+//!   one place that says who may read or write a room; `apps::collections`; `apps::server_api`:
+//!   what the app's backend calls: broadcast, disconnect, presence, topics); and `apps` itself,
+//!   which mounts them on the socket and the routes.
 //!
 //! The binary's faces (and `main.rs`):
 //! - [`demo`]: the demo pages at `/` (feed, chat, café orders) on the built-in phoenix.js.

@@ -40,18 +40,20 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["store", "history", "auth", "accounts"],
     ),
     (
+        "apps: what they share, and channel kinds standing alone",
+        &["apps::state", "apps::api", "apps::rules", "apps::proxy"],
+    ),
+    (
         "apps",
         &[
-            "apps",
-            "apps::api",
             "apps::account",
             "apps::feed",
             "apps::chat",
             "apps::collections",
             "apps::server_api",
-            "apps::proxy",
         ],
     ),
+    ("apps: mounted on the socket and the routes", &["apps"]),
     ("binary", &["demo", "inspector", "config_file"]),
 ];
 
@@ -163,6 +165,17 @@ fn is_ident(c: char) -> bool {
 fn paths(code: &str) -> Vec<(Vec<String>, Vec<String>)> {
     let mut out = Vec::new();
     let chars: Vec<char> = code.chars().collect();
+    // Child modules declared here (`mod x;`): `x::…` is `self::x::…`.
+    let children: Vec<String> = code
+        .split(';')
+        .filter_map(|stmt| {
+            let words: Vec<&str> = stmt.split_whitespace().collect();
+            match words.as_slice() {
+                [.., "mod", name] if name.chars().all(is_ident) => Some(format!("{name}::")),
+                _ => None,
+            }
+        })
+        .collect();
     // Inline modules open around `i`: (name, brace depth inside it).
     let mut inline: Vec<(String, usize)> = Vec::new();
     let mut depth = 0usize;
@@ -194,12 +207,17 @@ fn paths(code: &str) -> Vec<(Vec<String>, Vec<String>)> {
         }
         let starts = ["crate::", "super::", "self::"]
             .iter()
+            .map(|p| p.to_string())
+            .chain(children.iter().cloned())
             .find(|p| chars[i..].iter().take(p.len()).copied().eq(p.chars()));
         let boundary = i == 0 || !(is_ident(chars[i - 1]) || chars[i - 1] == ':');
         match starts {
-            Some(_) if boundary => {
+            Some(start) if boundary => {
                 let end = tree_end(&chars, i);
-                let text: String = chars[i..end].iter().collect();
+                let mut text: String = chars[i..end].iter().collect();
+                if children.contains(&start) {
+                    text.insert_str(0, "self::");
+                }
                 let mut found = Vec::new();
                 expand(&without_renames(&text), &[], &mut found);
                 let nesting: Vec<String> = inline.iter().map(|(n, _)| n.clone()).collect();
@@ -561,6 +579,8 @@ let y = crate::inline::call();
 mod tests {
     use super::I;
 }
+mod child;
+let z = child::f();
 "#;
     let code = code_only(src);
     let found: Vec<(String, Vec<String>)> = paths(&code)
@@ -577,6 +597,7 @@ mod tests {
             ("super::f::G".to_owned(), none()),
             ("crate::inline::call".to_owned(), none()),
             ("super::I".to_owned(), vec!["tests".to_owned()]),
+            ("self::child::f".to_owned(), none()),
         ]
     );
 }

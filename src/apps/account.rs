@@ -2,7 +2,7 @@
 
 use crate::accounts::{community_member_topic, set_community_member, LEFT};
 use crate::apps::api::{authenticate, ApiError, ApiResult};
-use crate::apps::AppState;
+use crate::apps::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 

@@ -2,7 +2,7 @@
 //! authentication, and request-body parsing.
 
 use crate::accounts::{self, SignInError, User};
-use crate::apps::AppState;
+use crate::apps::state::AppState;
 use crate::store::{Refusal, StoreError, NUL_REFUSED};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};

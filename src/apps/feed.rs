@@ -2,10 +2,11 @@
 //! Every write records its event on the topic's stream (see [`crate::history`]) and broadcasts it,
 //! with its `seq`, after its transaction commits, never for a write that failed.
 
+use crate::accounts::User;
 use crate::apps::api::{
     authenticate, object_body, paging, path_id, text_field, ApiError, ApiResult,
 };
-use crate::apps::{accounts::User, current_user, AppState};
+use crate::apps::state::{current_user, AppState};
 use crate::history::Recorder;
 use crate::store::schema::{comments, post_likes, posts, users};
 use crate::store::{iso, now_ms, DbConnection, StoreError};
@@ -434,5 +435,13 @@ impl Channel for FeedChannel {
         Reply::error(
             json!({"reason": format!("unknown event {event:?}: write through the REST API")}),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_feed_is_a_recorded_topic() {
+        assert!(crate::apps::state::RECORDED_PREFIXES.contains(&super::TOPIC));
     }
 }

@@ -17,86 +17,17 @@ pub mod chat;
 pub mod collections;
 pub mod feed;
 pub mod proxy;
+pub mod rules;
 pub mod server_api;
+pub mod state;
+
+pub use state::{current_user, AppLimits, AppState, SocketUser, RECORDED_PREFIXES};
 
 /// Users, tokens and sign-in live below the apps; re-exported at their old path.
 pub use crate::accounts;
-use crate::endpoint::{Connected, Endpoint, Refused, Socket};
-use crate::store::Store;
-use crate::{Assigns, ChannelContext, Router};
-use accounts::User;
+use crate::endpoint::{Connected, Refused, Socket};
+use crate::{Assigns, Router};
 use actix_web::web;
-
-/// Limits of the apps' own input.
-#[derive(Debug, Clone)]
-pub struct AppLimits {
-    /// Longest post or comment body, in characters.
-    pub max_post_length: usize,
-}
-
-impl Default for AppLimits {
-    fn default() -> Self {
-        AppLimits {
-            max_post_length: 10_000,
-        }
-    }
-}
-
-/// What the apps' handlers and channels share.
-pub struct AppState {
-    pub store: Store,
-    pub endpoint: Endpoint,
-    pub limits: AppLimits,
-    pub collections: collections::CollectionsConfig,
-    pub chat: chat::ChatConfig,
-    /// Phoenix.Token and JWT sign-in, when configured.
-    pub auth: crate::auth::Verifiers,
-    /// The recorded streams of `community:feed`, `channel:`, `thread:` and `user:` topics.
-    pub history: crate::history::History,
-    /// Channels proxied to the app's backend, mounted beside the built-in ones.
-    pub proxy: proxy::Proxy,
-    pub(crate) chat_rate: chat::RateLimiter,
-}
-
-impl AppState {
-    pub fn new(
-        store: Store,
-        endpoint: Endpoint,
-        limits: AppLimits,
-        collections: collections::CollectionsConfig,
-    ) -> AppState {
-        AppState {
-            history: crate::history::History::new(store.clone(), Default::default()),
-            store,
-            endpoint,
-            limits,
-            collections,
-            chat: chat::ChatConfig::default(),
-            auth: Default::default(),
-            chat_rate: Default::default(),
-            proxy: Default::default(),
-        }
-    }
-}
-
-/// The user a socket connected as; anonymous sockets have none.
-#[derive(Debug, Clone)]
-pub struct SocketUser(pub User);
-
-pub fn current_user(ctx: &ChannelContext) -> Option<User> {
-    ctx.assigns().get::<SocketUser>().map(|u| u.0.clone())
-}
-
-/// Topics whose broadcasts are recorded (numbered by `"seq"` in the change log): on several
-/// nodes, each delivers them in seq order.
-pub const RECORDED_PREFIXES: &[&str] = &[
-    feed::TOPIC,
-    "collection:",
-    "channel:",
-    "thread:",
-    "user:",
-    accounts::COMMUNITY_MEMBER_PREFIX,
-];
 
 /// The apps' socket: `?token=` (or phoenix.js's `authToken`) is an API token, a Phoenix.Token
 /// or a JWT (see [`accounts::sign_in`]); a bad one is refused (403), none at all gives an

@@ -12,7 +12,7 @@
 //! `Presence::list` gives it); subscriber counts are this node's.
 
 use crate::apps::api::ApiError;
-use crate::apps::RECORDED_PREFIXES;
+use crate::apps::state::RECORDED_PREFIXES;
 use crate::hub::Endpoint;
 use crate::protocol::Payload;
 use actix_web::http::{header, StatusCode};

@@ -19,90 +19,15 @@ pub mod user;
 pub mod voice;
 
 use crate::accounts::User;
+/// Chat's settings live with the apps' shared state; re-exported at their old path.
+pub use crate::apps::state::{ChatConfig, RateLimiter};
 use crate::store::schema::{mentions, messages, reactions, room_members, users};
 use crate::store::{iso, DbConnection, StoreError};
 pub(crate) use access::{access, membership, readable, Access, Room};
 pub use access::{ends_membership, MEMBER_REMOVED};
 use diesel::prelude::*;
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
-
-/// Chat's own limits.
-#[derive(Debug, Clone)]
-pub struct ChatConfig {
-    /// Longest message body, in characters.
-    pub max_body: usize,
-    /// Messages one user may send within `rate_window`.
-    pub rate_count: usize,
-    pub rate_window: Duration,
-    /// How long a `typing_start` lasts without another one.
-    pub typing_timeout: Duration,
-    /// Largest voice signaling payload (an SDP offer or answer, an ICE candidate), in bytes.
-    pub max_signal_bytes: usize,
-    /// Most members a room may have: each message records an `unread_updated` (and, with
-    /// `@everyone`, a `mention`) for every member, so this bounds what one message costs.
-    pub max_room_members: i64,
-}
-
-impl Default for ChatConfig {
-    fn default() -> Self {
-        ChatConfig {
-            max_body: 4000,
-            rate_count: 10,
-            rate_window: Duration::from_secs(10),
-            typing_timeout: Duration::from_secs(5),
-            max_signal_bytes: 64 * 1024,
-            max_room_members: 10_000,
-        }
-    }
-}
-
-/// Per-user message timestamps for the rate limit, shared by all of a user's sockets.
-pub struct RateLimiter {
-    sent: dashmap::DashMap<i64, VecDeque<Instant>>,
-    /// When idle users were last swept out: at most once a window, so a sweep's cost is
-    /// not paid on every message.
-    swept: std::sync::Mutex<Instant>,
-}
-
-impl Default for RateLimiter {
-    fn default() -> Self {
-        RateLimiter {
-            sent: Default::default(),
-            swept: std::sync::Mutex::new(Instant::now()),
-        }
-    }
-}
-
-/// Users tracked before those idle for a whole window are swept out.
-const RATE_SWEEP_AT: usize = 1024;
-
-impl RateLimiter {
-    /// Takes a slot for `user`, or says how many milliseconds until one frees up.
-    pub fn take(&self, user: i64, count: usize, window: Duration) -> Result<(), u64> {
-        let now = Instant::now();
-        if self.sent.len() >= RATE_SWEEP_AT {
-            let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
-            if now.duration_since(*swept) >= window {
-                *swept = now;
-                // Users who sent nothing for a window have nothing to remember.
-                self.sent
-                    .retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
-            }
-        }
-        let mut q = self.sent.entry(user).or_default();
-        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
-            q.pop_front();
-        }
-        if q.len() >= count {
-            let wait = window - now.duration_since(*q.front().expect("full queue"));
-            return Err(wait.as_millis().max(1) as u64);
-        }
-        q.push_back(now);
-        Ok(())
-    }
-}
+use std::collections::HashMap;
 
 /// Messages the member has not read: newer than their read position, and not their own.
 pub(crate) fn unread_count(
@@ -394,34 +319,4 @@ pub(crate) fn mention_count(c: &mut DbConnection, user_id: i64) -> Result<i64, S
         .filter(mentions::read.eq(0))
         .count()
         .get_result(c)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_counts_per_user_within_the_window() {
-        let r = RateLimiter::default();
-        let w = Duration::from_millis(200);
-        assert!(r.take(1, 2, w).is_ok());
-        assert!(r.take(1, 2, w).is_ok());
-        let wait = r.take(1, 2, w).unwrap_err();
-        assert!((1..=200).contains(&wait), "{wait}");
-        assert!(r.take(2, 2, w).is_ok(), "another user has their own budget");
-        std::thread::sleep(w);
-        assert!(r.take(1, 2, w).is_ok());
-    }
-
-    #[test]
-    fn idle_users_are_forgotten() {
-        let r = RateLimiter::default();
-        let w = Duration::from_millis(50);
-        for user in 0..RATE_SWEEP_AT as i64 {
-            r.take(user, 10, w).unwrap();
-        }
-        std::thread::sleep(w);
-        r.take(-1, 10, w).unwrap();
-        assert_eq!(r.sent.len(), 1, "only the user of the last window is kept");
-    }
 }

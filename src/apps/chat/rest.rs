@@ -5,7 +5,7 @@ use crate::accounts;
 use crate::apps::api::{
     authenticate, object_body, paging, path_id, text_field, ApiError, ApiResult,
 };
-use crate::apps::AppState;
+use crate::apps::state::AppState;
 use crate::store::schema::{room_members, rooms, users};
 use crate::store::{now_ms, DbConnection, StoreError};
 use actix_web::{web, HttpRequest, HttpResponse};

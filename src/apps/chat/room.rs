@@ -5,7 +5,7 @@ use super::{
     reactions_json, readable, thread, unread_count,
 };
 use crate::accounts::User;
-use crate::apps::{current_user, AppState};
+use crate::apps::state::{current_user, AppState};
 use crate::history::{latest_seq, position, since_param, Recorder};
 use crate::store::schema::{mentions, messages, reactions, room_members};
 use crate::store::{iso, now_ms, DbConnection, StoreError};

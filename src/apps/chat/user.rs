@@ -2,7 +2,7 @@
 //! Only that user joins, so only that user ever sees the stream.
 
 use super::room::{topic_id, user_summary};
-use crate::apps::{current_user, AppState};
+use crate::apps::state::{current_user, AppState};
 use crate::history::{position, since_param};
 use crate::{async_trait, Channel, ChannelContext, Payload, Reply};
 use actix_web::web;

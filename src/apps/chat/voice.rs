@@ -6,7 +6,7 @@
 use super::room::topic_id;
 use super::{ends_membership, readable};
 use crate::accounts::User;
-use crate::apps::{current_user, AppState};
+use crate::apps::state::{current_user, AppState};
 use crate::{async_trait, Channel, ChannelContext, Flow, Info, Payload, Reply, StopReason};
 use actix_web::web;
 use serde_json::{json, Value};

@@ -11,11 +11,14 @@
 //! its creator for the `owner` rule.
 
 pub mod page;
-pub mod rules;
+/// Who may do what with a collection's records (below the apps: the shared state holds it).
+pub use crate::apps::rules;
+/// The collections' settings live with the apps' shared state; re-exported at their old path.
+pub use crate::apps::state::CollectionsConfig;
 
 use crate::accounts::User;
 use crate::apps::api::{object_body, optional_user, ApiError, ApiResult};
-use crate::apps::{current_user, AppState};
+use crate::apps::state::{current_user, AppState};
 use crate::history::{self, Recorder, Retention};
 use crate::protocol::json_len;
 use crate::store::schema::collection_records;
@@ -24,44 +27,14 @@ use crate::{async_trait, Channel, ChannelContext, Flow, Payload, Reply};
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel::prelude::*;
 use rand::Rng;
-use rules::{Decision, Rule, RuleBook};
+pub use rules::valid_name;
+use rules::{Decision, Rule};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
-
-/// Settings of the collections app.
-#[derive(Debug, Clone)]
-pub struct CollectionsConfig {
-    /// Changes kept per collection for `since` replay.
-    pub log_size: i64,
-    /// Largest collection a join answers with in full.
-    pub join_limit: i64,
-    /// Largest join or `reload` reply, in bytes of JSON; a larger one is refused with a reason.
-    pub max_reply_bytes: usize,
-    /// Who may do what, per collection.
-    pub rules: RuleBook,
-}
-
-impl Default for CollectionsConfig {
-    fn default() -> Self {
-        CollectionsConfig {
-            log_size: 10_000,
-            join_limit: 10_000,
-            max_reply_bytes: 4 * 1024 * 1024,
-            rules: RuleBook::default(),
-        }
-    }
-}
 
 const MAX_PER_PAGE: i64 = 500;
 /// Keys the server owns: a client's values for them are ignored.
 const SERVER_KEYS: [&str; 4] = ["id", "created", "updated", "seq"];
-
-pub fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
 
 /// A write to a collection.
 pub enum Write {

@@ -9,6 +9,14 @@ use crate::accounts::User;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// A collection's name: 1 to 64 lowercase letters, digits or `_`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Rule {
@@ -121,7 +129,7 @@ impl RuleBook {
         for (name, rules) in map {
             if name == "*" {
                 book.fallback = rules;
-            } else if super::valid_name(&name) {
+            } else if valid_name(&name) {
                 book.named.insert(name, rules);
             } else {
                 return Err(format!(
