@@ -308,6 +308,8 @@ enum TokensCommand {
     },
     /// Revoke a token; a running server closes its sockets within a second.
     Revoke {
+        /// API tokens are URL-safe base64: one may start with `-`.
+        #[arg(allow_hyphen_values = true)]
         token: String,
         #[command(flatten)]
         db: DbArgs,

@@ -145,6 +145,13 @@ fn a_newcomer_creates_a_user_serves_posts_and_loses_nothing_to_sigkill() {
     assert_eq!(http(port, "GET", "/api/me", &token, "").0, 200);
     let (ok, _) = fawkes(&dir, &["tokens", "revoke", &second]);
     assert!(!ok, "revoking twice is an error");
+    // A token is URL-safe base64, so one in 64 starts with `-`: it is a token, not a flag.
+    let (ok, out) = fawkes(
+        &dir,
+        &["tokens", "revoke", "-RstXf9lrPs6CeAIpzOkrjVdjG7A8Fo"],
+    );
+    assert!(!ok);
+    assert!(out.contains("fawkes: no such live token"), "{out}");
     server.kill().unwrap();
     server.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
