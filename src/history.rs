@@ -461,19 +461,9 @@ pub fn events_between(
     since: i64,
     upto: i64,
 ) -> Result<Vec<(i64, String, Value)>, StoreError> {
-    Ok(topic_events::table
-        .filter(topic_events::topic.eq(topic))
-        .filter(topic_events::seq.gt(since))
-        .filter(topic_events::seq.le(upto))
-        .order(topic_events::seq)
-        .select((
-            topic_events::seq,
-            topic_events::event,
-            topic_events::payload,
-        ))
-        .load::<(i64, String, String)>(c)?
+    Ok(logged_between(c, topic, since, upto)?
         .into_iter()
-        .map(|(s, e, p)| (s, e, serde_json::from_str(&p).unwrap_or(Value::Null)))
+        .map(|e| (e.seq, e.event, e.payload))
         .collect())
 }
 
