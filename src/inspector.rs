@@ -452,6 +452,12 @@ async fn stats(
             "deliveries": load(&c.deliveries),
             "queue_overflows": load(&e.queue_overflows) + load(&e.mailbox_overflows),
             "inbox_overflows": load(&c.inbox_overflows),
+            "backends": state.proxy.status(),
+            "backend_requests": crate::metrics::BACKEND
+                .requests()
+                .into_iter()
+                .map(|(k, n)| (k, json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
         }))
 }
 

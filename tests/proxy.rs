@@ -586,6 +586,8 @@ fn a_dead_backend_fails_fast_and_recovers() {
         ],
     );
     let metrics = metrics_addr(&server);
+    let db = dir.join("fawkes.db");
+    let admin = support::create_user(&dir, db.to_str().unwrap(), &["--name", "root", "--admin"]);
     let port = b.port;
     b.stop();
     let unavailable = json!({"status": "error", "response": {"reason": "backend unavailable"}});
@@ -605,6 +607,15 @@ fn a_dead_backend_fails_fast_and_recovers() {
     assert_eq!(outcome(&metrics, "unreachable"), 2.0);
     assert_eq!(outcome(&metrics, "circuit_open"), 2.0);
     assert_eq!(metric(&metrics, "fawkes_backend_circuits_open"), 1.0);
+    // The inspector shows the backend with its circuit open, and the requests by outcome.
+    let stats = support::admin_stats(&server.addr, &admin);
+    assert_eq!(
+        stats["backends"],
+        json!([{"origin": format!("http://127.0.0.1:{port}"), "in_flight": 0, "waiting": 0,
+                "circuit_open": true, "failures_in_a_row": 2}])
+    );
+    assert_eq!(stats["backend_requests"]["unreachable"], 2);
+    assert_eq!(stats["backend_requests"]["circuit_open"], 2);
 
     let script = dir.join("backend.py");
     let _back = Backend::start(&script, &dir, port, SECRET);
@@ -616,6 +627,9 @@ fn a_dead_backend_fails_fast_and_recovers() {
     });
     assert_eq!(metric(&metrics, "fawkes_backend_circuits_open"), 0.0);
     assert_eq!(metric(&metrics, "fawkes_backend_circuit_opened_total"), 1.0);
+    let stats = support::admin_stats(&server.addr, &admin);
+    assert_eq!(stats["backends"][0]["circuit_open"], false);
+    assert_eq!(stats["backends"][0]["failures_in_a_row"], 0);
 }
 
 /// Answers that are not JSON, not of the protocol's shape, or over --backend-max-body-bytes

@@ -52,6 +52,14 @@ async function refresh(){
     tr.append(td)
     return tr
   }))
+  // Backends of proxied channels (none unless channels are declared).
+  $("backends-section").hidden = s.backends.length === 0
+  $("backends").replaceChildren(...s.backends.map(b => {
+    const tr = document.createElement("tr")
+    tr.append(cell(b.origin), cell(b.in_flight), cell(b.waiting), cell(b.circuit_open ? "open" : "closed"), cell(b.failures_in_a_row))
+    return tr
+  }))
+  $("backend-requests").textContent = Object.entries(s.backend_requests).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "none yet"
   $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`
 }
 

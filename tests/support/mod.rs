@@ -203,3 +203,43 @@ pub fn fresh_postgres(name: &str) -> String {
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
     format!("{base}/{name}")
 }
+
+/// `/admin/api/stats` as an admin sees it: signs in with `token` through the sign-in form (its
+/// CSRF cookie and token, this origin), then asks with the session cookie.
+pub fn admin_stats(addr: &str, token: &str) -> serde_json::Value {
+    let (status, head, page) = http_raw(addr, "GET", "/admin/sign-in", &[], "");
+    assert_eq!(status, 200);
+    let cookie = |head: &str, name: &str| -> String {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.trim())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .and_then(|v| v.split(';').next())
+            .unwrap_or_else(|| panic!("no {name} cookie in {head}"))
+            .to_owned()
+    };
+    let form_cookie = cookie(&head, "fawkes_admin_sign_in");
+    let csrf = page
+        .split_once(r#"name="csrf" value=""#)
+        .and_then(|(_, r)| r.split_once('"'))
+        .map(|(t, _)| t.to_owned())
+        .expect("a CSRF token in the form");
+    let origin = format!("http://{addr}");
+    let (status, head, _) = http_raw(
+        addr,
+        "POST",
+        "/admin/session",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", &origin),
+            ("Cookie", &form_cookie),
+        ],
+        &format!("token={token}&csrf={csrf}"),
+    );
+    assert_eq!(status, 303, "{head}");
+    let session = cookie(&head, "fawkes_admin");
+    let (status, _, body) = http_raw(addr, "GET", "/admin/api/stats", &[("Cookie", &session)], "");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}

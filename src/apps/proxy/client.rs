@@ -139,6 +139,20 @@ impl Backend {
         &self.origin
     }
 
+    /// What the inspector shows of this backend now: requests in flight and waiting, and its
+    /// circuit (open, and the outages in a row that count toward opening it).
+    pub fn status(&self) -> serde_json::Value {
+        let c = self.circuit.lock().unwrap_or_else(|e| e.into_inner());
+        let max = self.limits.max_concurrency.max(1);
+        serde_json::json!({
+            "origin": self.origin,
+            "in_flight": max.saturating_sub(self.slots.available_permits()),
+            "waiting": self.waiting.load(Ordering::Relaxed),
+            "circuit_open": c.open_until.is_some(),
+            "failures_in_a_row": c.failures,
+        })
+    }
+
     /// POSTs `body` (JSON) to `url`, signed, and reads the answer with `parse`, all within
     /// `timeout`. Every outcome is counted in `fawkes_backend_requests_total`.
     pub async fn post<T>(

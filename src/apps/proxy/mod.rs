@@ -165,6 +165,11 @@ impl Proxy {
         self.backends.iter().map(|b| b.origin())
     }
 
+    /// Each backend's state now (see [`Backend::status`]), in origin order.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        self.backends.iter().map(|b| b.status()).collect()
+    }
+
     /// Adds the declared channels to `router`. A pattern that would share a topic with one
     /// already routed (a built-in app's, or another declared one) is refused: which channel
     /// serves a topic must never depend on the order of declarations.
