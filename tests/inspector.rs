@@ -4,54 +4,7 @@
 mod support;
 
 use support::http_raw as http;
-
-const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
-
-/// The value of the `Set-Cookie` named `name` in a response head.
-fn set_cookie(head: &str, name: &str) -> Option<String> {
-    head.lines()
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, v)| v.trim())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(str::to_owned)
-}
-
-/// The sign-in form's CSRF cookie (`name=value`) and the token its form carries.
-fn sign_in_form(addr: &str) -> (String, String) {
-    let (status, head, page) = http(addr, "GET", "/admin/sign-in", &[], "");
-    assert_eq!(status, 200);
-    let cookie = set_cookie(&head, "fawkes_admin_sign_in").expect("a sign-in cookie");
-    let cookie = cookie.split(';').next().unwrap().to_owned();
-    let csrf = page
-        .split_once(r#"name="csrf" value=""#)
-        .and_then(|(_, r)| r.split_once('"'))
-        .map(|(t, _)| t.to_owned())
-        .expect("a CSRF token in the form");
-    assert_eq!(cookie, format!("fawkes_admin_sign_in={csrf}"));
-    (cookie, csrf)
-}
-
-/// Posts the sign-in form as a browser would (its cookie, its token, this origin).
-fn sign_in(addr: &str, token: &str) -> (u16, String, String) {
-    let (cookie, csrf) = sign_in_form(addr);
-    let origin = format!("http://{addr}");
-    http(
-        addr,
-        "POST",
-        "/admin/session",
-        &[FORM, ("Origin", &origin), ("Cookie", &cookie)],
-        &format!("token={token}&csrf={csrf}"),
-    )
-}
-
-/// Signs an admin in; the session cookie (`fawkes_admin=…`).
-fn session(addr: &str, token: &str) -> String {
-    let (status, head, _) = sign_in(addr, token);
-    assert_eq!(status, 303, "{head}");
-    let c = set_cookie(&head, "fawkes_admin").expect("a session cookie");
-    c.split(';').next().unwrap().to_owned()
-}
+use support::{session, set_cookie, sign_in, sign_in_form, FORM};
 
 #[test]
 fn only_admins_get_in_and_actions_need_the_csrf_token_and_this_origin() {

@@ -204,41 +204,59 @@ pub fn fresh_postgres(name: &str) -> String {
     format!("{base}/{name}")
 }
 
-/// `/admin/api/stats` as an admin sees it: signs in with `token` through the sign-in form (its
-/// CSRF cookie and token, this origin), then asks with the session cookie.
-pub fn admin_stats(addr: &str, token: &str) -> serde_json::Value {
+/// The inspector's sign-in, as a browser does it (tests/inspector.rs, and tests reading
+/// `/admin/api/stats`).
+pub const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+/// The value of the `Set-Cookie` named `name` in a response head.
+pub fn set_cookie(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.trim())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+/// The sign-in form's CSRF cookie (`name=value`) and the token its form carries.
+pub fn sign_in_form(addr: &str) -> (String, String) {
     let (status, head, page) = http_raw(addr, "GET", "/admin/sign-in", &[], "");
     assert_eq!(status, 200);
-    let cookie = |head: &str, name: &str| -> String {
-        head.lines()
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-            .map(|(_, v)| v.trim())
-            .find(|v| v.starts_with(&format!("{name}=")))
-            .and_then(|v| v.split(';').next())
-            .unwrap_or_else(|| panic!("no {name} cookie in {head}"))
-            .to_owned()
-    };
-    let form_cookie = cookie(&head, "fawkes_admin_sign_in");
+    let cookie = set_cookie(&head, "fawkes_admin_sign_in").expect("a sign-in cookie");
+    let cookie = cookie.split(';').next().unwrap().to_owned();
     let csrf = page
         .split_once(r#"name="csrf" value=""#)
         .and_then(|(_, r)| r.split_once('"'))
         .map(|(t, _)| t.to_owned())
         .expect("a CSRF token in the form");
+    assert_eq!(cookie, format!("fawkes_admin_sign_in={csrf}"));
+    (cookie, csrf)
+}
+
+/// Posts the sign-in form as a browser would (its cookie, its token, this origin).
+pub fn sign_in(addr: &str, token: &str) -> (u16, String, String) {
+    let (cookie, csrf) = sign_in_form(addr);
     let origin = format!("http://{addr}");
-    let (status, head, _) = http_raw(
+    http_raw(
         addr,
         "POST",
         "/admin/session",
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Origin", &origin),
-            ("Cookie", &form_cookie),
-        ],
+        &[FORM, ("Origin", &origin), ("Cookie", &cookie)],
         &format!("token={token}&csrf={csrf}"),
-    );
+    )
+}
+
+/// Signs an admin in; the session cookie (`fawkes_admin=…`).
+pub fn session(addr: &str, token: &str) -> String {
+    let (status, head, _) = sign_in(addr, token);
     assert_eq!(status, 303, "{head}");
-    let session = cookie(&head, "fawkes_admin");
+    let c = set_cookie(&head, "fawkes_admin").expect("a session cookie");
+    c.split(';').next().unwrap().to_owned()
+}
+
+/// `/admin/api/stats` as an admin sees it, signed in with `token` through the sign-in form.
+pub fn admin_stats(addr: &str, token: &str) -> serde_json::Value {
+    let session = session(addr, token);
     let (status, _, body) = http_raw(addr, "GET", "/admin/api/stats", &[("Cookie", &session)], "");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
