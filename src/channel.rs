@@ -309,24 +309,37 @@ impl ChannelContext {
     }
 
     /// Subscribes this channel to another topic: its broadcasts arrive in `handle_info` as
-    /// [`Info::Broadcast`]. Undone when the channel ends.
-    pub fn subscribe(&mut self, topic: &str) {
+    /// [`Info::Broadcast`]. Undone when the channel ends. The subscription's id is what
+    /// `PubSub::broadcast_from` takes to leave this channel out.
+    pub fn subscribe(&mut self, topic: &str) -> SubId {
         let sub = Arc::new(InfoSubscriber {
             conn: self.socket.conn.clone(),
             channel: self.id,
         });
-        self.add_subscription(topic, sub);
+        self.add_subscription(topic, sub)
+    }
+
+    /// From `join`: the client gets none of its topic's broadcasts from now on, only what the
+    /// channel pushes. For a channel whose topic names one of several rooms kept apart on
+    /// PubSub (Supabase's public and private channels of one name), which it subscribes to
+    /// itself.
+    pub fn leave_own_topic(&self) {
+        self.socket
+            .endpoint
+            .pubsub()
+            .unsubscribe(&self.topic, self.id);
     }
 
     /// Subscribes `sub` to `topic` for as long as the channel lives (once per topic).
-    fn add_subscription(&mut self, topic: &str, sub: Arc<dyn Subscriber>) {
-        if self.subscriptions.iter().any(|(t, _)| t == topic) {
-            return;
+    fn add_subscription(&mut self, topic: &str, sub: Arc<dyn Subscriber>) -> SubId {
+        if let Some((_, id)) = self.subscriptions.iter().find(|(t, _)| t == topic) {
+            return *id;
         }
         let ps = self.socket.endpoint.pubsub();
         let id = ps.next_id();
         ps.subscribe(topic, id, sub);
         self.subscriptions.push((topic.to_owned(), id));
+        id
     }
 
     /// From `join`: recorded broadcasts of this topic numbered `seq` or below are not sent to
@@ -437,17 +450,29 @@ impl ChannelContext {
         key: &str,
         meta: serde_json::Value,
     ) -> Result<String, PresenceError> {
+        self.update_presence_on(&self.topic, key, meta)
+    }
+
+    /// Replaces this channel's meta for `key` on any topic it tracks.
+    pub fn update_presence_on(
+        &self,
+        topic: &str,
+        key: &str,
+        meta: serde_json::Value,
+    ) -> Result<String, PresenceError> {
         self.socket
             .endpoint
             .presence()
-            .update(&self.topic, self.id, key, meta)
+            .update(topic, self.id, key, meta)
     }
 
     pub fn untrack(&self, key: &str) -> Result<(), PresenceError> {
-        self.socket
-            .endpoint
-            .presence()
-            .untrack(&self.topic, self.id, key)
+        self.untrack_on(&self.topic, key)
+    }
+
+    /// Stops tracking this channel's `key` on any topic.
+    pub fn untrack_on(&self, topic: &str, key: &str) -> Result<(), PresenceError> {
+        self.socket.endpoint.presence().untrack(topic, self.id, key)
     }
 
     /// The presence state of this channel's topic, as `presence_state` carries it.

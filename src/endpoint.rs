@@ -49,6 +49,19 @@ pub struct ConnectInfo {
     pub peer_addr: Option<SocketAddr>,
     pub origin: Option<String>,
     pub user_agent: Option<String>,
+    /// The request's `x-*` headers (names lowercase), as Phoenix's `connect_info: [:x_headers]`
+    /// gives them: proxies and some clients (Supabase's `x-api-key`) put credentials there.
+    pub x_headers: Vec<(String, String)>,
+}
+
+impl ConnectInfo {
+    /// The value of an `x-*` header (lowercase name).
+    pub fn x_header(&self, name: &str) -> Option<&str> {
+        self.x_headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// An accepted connect: the socket's assigns and, optionally, its id. Broadcasting
@@ -59,13 +72,17 @@ pub struct Connected {
     pub id: Option<String>,
 }
 
-/// A refused connect. The reason is logged, never sent.
+/// A refused connect. The reason is logged; the client gets the status and, on WebSocket,
+/// the body if one is set.
 #[derive(Debug, Clone)]
 pub struct Refused {
     pub reason: String,
     /// What the client is told: 403 (HTTP 403 on WebSocket, `{"status":403}` on LongPoll) when
     /// it may not connect; 500 when the server could not decide (a database error, say).
     pub status: u16,
+    /// A JSON body for the refused WebSocket upgrade (Supabase's clients read
+    /// `{"error": …}`); none by default, as Phoenix sends none.
+    pub body: Option<serde_json::Value>,
 }
 
 impl Refused {
@@ -74,6 +91,16 @@ impl Refused {
         Refused {
             reason: reason.into(),
             status: 403,
+            body: None,
+        }
+    }
+
+    /// Refused with another HTTP status (401, 429, ...) and a JSON body that says why.
+    pub fn with_body(status: u16, reason: impl Into<String>, body: serde_json::Value) -> Refused {
+        Refused {
+            reason: reason.into(),
+            status,
+            body: Some(body),
         }
     }
 
@@ -82,6 +109,7 @@ impl Refused {
         Refused {
             reason: reason.into(),
             status: 500,
+            body: None,
         }
     }
 }

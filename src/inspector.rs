@@ -188,6 +188,12 @@ impl Subscriber for Tap {
             crate::Payload::Binary(bytes) => {
                 Value::String(format!("<{} binary bytes>", bytes.len()))
             }
+            crate::Payload::UserBroadcast(u) => Value::String(format!(
+                "<user broadcast {:?}, {} {} bytes>",
+                u.event,
+                u.data.len(),
+                if u.json { "JSON" } else { "binary" }
+            )),
         };
         let frame = json!({
             "n": n,

@@ -5,6 +5,7 @@ use fawkes::apps::chat::ChatConfig;
 use fawkes::apps::collections::rules::RuleBook;
 use fawkes::apps::collections::CollectionsConfig;
 use fawkes::apps::proxy::{self, config::BackendLimits};
+use fawkes::apps::realtime::{self, Realtime, RealtimeLimits, RealtimeRules};
 use fawkes::apps::server_api::{ServerApi, ServerApiLimits};
 use fawkes::apps::{self, accounts, AppLimits, AppState};
 use fawkes::auth::{jwt, phoenix_token, JwtConfig, JwtVerifier, PhoenixTokens, Subject, Verifiers};
@@ -53,6 +54,122 @@ enum Command {
     /// Show the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Keys and tokens for Supabase clients, signed with the project's JWT secret.
+    #[command(subcommand)]
+    Supabase(SupabaseCommand),
+}
+
+#[derive(Subcommand)]
+enum SupabaseCommand {
+    /// Print an anon key and a service_role key (`SUPABASE_ANON_KEY=…`,
+    /// `SUPABASE_SERVICE_ROLE_KEY=…`), what `createClient(url, key)` takes.
+    Keys {
+        /// Seconds the keys stay valid (ten years by default, as a project's keys).
+        #[arg(long, default_value_t = 10 * 365 * 24 * 3600)]
+        ttl: i64,
+        #[command(flatten)]
+        secret: SupabaseSecretArgs,
+    },
+    /// Print a user's access token (as Supabase Auth signs one), alone on the last line.
+    Token {
+        /// The user's id (the `sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// The `role` claim.
+        #[arg(long, default_value = "authenticated")]
+        role: String,
+        /// Seconds the token stays valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+        #[command(flatten)]
+        secret: SupabaseSecretArgs,
+    },
+}
+
+/// The Supabase project's JWT secret.
+#[derive(Args, Clone)]
+struct SupabaseSecretArgs {
+    /// The project's JWT secret (HS256): serves Supabase Realtime's `realtime:*` channels at
+    /// /realtime/v1 and on /socket to clients whose `apikey` it signed. Off without it.
+    #[arg(long, env = "FAWKES_SUPABASE_JWT_SECRET", hide_env_values = true)]
+    supabase_jwt_secret: Option<String>,
+    /// A file holding the JWT secret (instead of the flag).
+    #[arg(
+        long,
+        env = "FAWKES_SUPABASE_JWT_SECRET_FILE",
+        conflicts_with = "supabase_jwt_secret"
+    )]
+    supabase_jwt_secret_file: Option<PathBuf>,
+}
+
+impl SupabaseSecretArgs {
+    fn keys(&self) -> Result<Option<fawkes::auth::supabase::ProjectKeys>, String> {
+        secret(&self.supabase_jwt_secret, &self.supabase_jwt_secret_file)?
+            .map(|s| fawkes::auth::supabase::ProjectKeys::new(s.as_bytes()))
+            .transpose()
+    }
+
+    /// The keys, or an error saying how to give them.
+    fn required(&self) -> Result<fawkes::auth::supabase::ProjectKeys, String> {
+        self.keys()?.ok_or_else(|| {
+            "give the project's JWT secret: --supabase-jwt-secret, --supabase-jwt-secret-file or FAWKES_SUPABASE_JWT_SECRET".into()
+        })
+    }
+}
+
+/// Supabase Realtime: the secret, limits and private-channel rules.
+#[derive(Args, Clone)]
+struct SupabaseArgs {
+    #[command(flatten)]
+    secret: SupabaseSecretArgs,
+    /// Largest Supabase broadcast or presence payload, in bytes.
+    #[arg(long, env = "FAWKES_REALTIME_MAX_PAYLOAD_BYTES", default_value_t = RealtimeLimits::default().max_payload_bytes)]
+    realtime_max_payload_bytes: usize,
+    /// Events one socket may send per second on its `realtime:*` channels (past it the channel
+    /// closes with "Too many messages per second"); 0 for no limit.
+    #[arg(long, env = "FAWKES_REALTIME_EVENTS_PER_SECOND", default_value_t = RealtimeLimits::default().events_per_second)]
+    realtime_events_per_second: u32,
+    /// Messages one REST broadcast (`/realtime/v1/api/broadcast`) may carry (429 above it).
+    #[arg(long, env = "FAWKES_REALTIME_MAX_REST_MESSAGES", default_value_t = RealtimeLimits::default().max_rest_messages)]
+    realtime_max_rest_messages: usize,
+    /// Largest REST broadcast body, in bytes (413 above it).
+    #[arg(long, env = "FAWKES_REALTIME_MAX_REST_BODY_BYTES", default_value_t = RealtimeLimits::default().max_rest_body_bytes)]
+    realtime_max_rest_body_bytes: usize,
+    /// A TOML or JSON file mapping channel-name patterns (`*` any run, `{sub}` the token's
+    /// subject) to who may read, write and track presence on private channels: public,
+    /// authenticated, service_role or a list of roles. First match in file order; no match
+    /// refuses.
+    #[arg(long, env = "FAWKES_REALTIME_RULES")]
+    realtime_rules: Option<PathBuf>,
+}
+
+impl SupabaseArgs {
+    fn realtime(&self) -> Result<Option<Realtime>, String> {
+        let Some(keys) = self.secret.keys()? else {
+            if self.realtime_rules.is_some() {
+                return Err("--realtime-rules needs --supabase-jwt-secret".into());
+            }
+            return Ok(None);
+        };
+        let rules = match &self.realtime_rules {
+            Some(path) => RealtimeRules::load(path)?,
+            None => RealtimeRules::default(),
+        };
+        let limits = RealtimeLimits {
+            max_payload_bytes: self.realtime_max_payload_bytes,
+            events_per_second: self.realtime_events_per_second,
+            max_rest_messages: self.realtime_max_rest_messages.max(1),
+            max_rest_body_bytes: self.realtime_max_rest_body_bytes,
+        };
+        Ok(Some(Realtime::new(keys, limits, rules)))
+    }
+}
+
+/// Unix seconds now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[derive(Subcommand)]
@@ -444,6 +561,8 @@ struct ServeArgs {
     server_api: ServerApiArgs,
     #[command(flatten)]
     proxy: ProxyArgs,
+    #[command(flatten)]
+    supabase: SupabaseArgs,
     /// Events kept per recorded topic (community:feed, channel:, thread:, user:) for replay.
     #[arg(long, env = "FAWKES_HISTORY_MAX_EVENTS", default_value_t = Retention::default().max_events)]
     history_max_events: i64,
@@ -655,6 +774,31 @@ fn main() -> ExitCode {
             phoenix,
             db,
         }) => mint_phoenix_token(&user, max_age, &phoenix, &db),
+        Command::Supabase(SupabaseCommand::Keys { ttl, secret }) => secret.required().map(|keys| {
+            let now = unix_now();
+            for (var, role) in [
+                ("SUPABASE_ANON_KEY", "anon"),
+                ("SUPABASE_SERVICE_ROLE_KEY", "service_role"),
+            ] {
+                let claims = serde_json::json!({
+                    "iss": "supabase", "ref": "fawkes", "role": role, "iat": now, "exp": now + ttl,
+                });
+                println!("{var}={}", keys.sign(&claims));
+            }
+        }),
+        Command::Supabase(SupabaseCommand::Token {
+            sub,
+            role,
+            ttl,
+            secret,
+        }) => secret.required().map(|keys| {
+            let now = unix_now();
+            let claims = serde_json::json!({
+                "aud": "authenticated", "iss": "supabase", "sub": sub, "role": role,
+                "iat": now, "exp": now + ttl,
+            });
+            println!("{}", keys.sign(&claims));
+        }),
         Command::Collections(CollectionsCommand::Rules { rules }) => rules.book().map(|book| {
             print!("{}", book.table());
         }),
@@ -848,6 +992,10 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
     for origin in state.proxy.backends() {
         log::info!("proxied channels: backend {origin}");
     }
+    let realtime =
+        (args.supabase.realtime().map_err(std::io::Error::other)?).map(std::sync::Arc::new);
+    state.realtime = realtime.clone();
+    let realtime_on = realtime.is_some();
     if let Some(c) = cluster {
         if !args.db.database_url.starts_with("postgres") {
             log::warn!("cluster: nodes on SQLite do not share their data; several nodes need one PostgreSQL database");
@@ -884,20 +1032,32 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
     let inspector =
         actix_web::web::Data::new(fawkes::inspector::Inspector::new(endpoint.clone(), tls));
     let main_metrics = metrics.clone();
+    let realtime_rest = realtime.as_ref().map(|r| {
+        actix_web::web::Data::new(realtime::rest::Rest {
+            realtime: r.clone(),
+            endpoint: endpoint.clone(),
+        })
+    });
     let mut server = Server::new(endpoint)
         .socket("/socket", socket.clone())
-        .socket("/community", socket)
-        .routes(move |cfg| {
-            apps::routes(cfg, state.clone());
-            fawkes::demo::routes(cfg, demo.clone());
-            fawkes::inspector::routes(cfg, inspector.clone());
-            if let Some(api) = &server_api {
-                apps::server_api::routes(cfg, api.clone());
-            }
-            if metrics_on_main {
-                fawkes::server::exposition::routes(cfg, main_metrics.clone());
-            }
-        });
+        .socket("/community", socket);
+    if let Some(r) = &realtime {
+        server = server.socket(realtime::MOUNT, r.socket());
+    }
+    let mut server = server.routes(move |cfg| {
+        if let Some(rest) = &realtime_rest {
+            realtime::rest::routes(cfg, rest.clone());
+        }
+        apps::routes(cfg, state.clone());
+        fawkes::demo::routes(cfg, demo.clone());
+        fawkes::inspector::routes(cfg, inspector.clone());
+        if let Some(api) = &server_api {
+            apps::server_api::routes(cfg, api.clone());
+        }
+        if metrics_on_main {
+            fawkes::server::exposition::routes(cfg, main_metrics.clone());
+        }
+    });
     if let Some(n) = args.workers {
         server = server.workers(n);
     }
@@ -928,11 +1088,19 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
         None => "off (give --metrics-addr or --metrics-token)".to_owned(),
     };
     // One write, errors ignored: whoever started us may stop reading after the first line.
+    let supabase = match realtime_on {
+        true => format!(
+            "{http}://{}  (createClient's URL; keys: fawkes supabase keys)",
+            running.local_addr()
+        ),
+        false => "off (give --supabase-jwt-secret)".to_owned(),
+    };
     let banner = format!(
         "fawkes listening on {http}://{addr} (database {db}; sockets at {ws}://{addr}/socket and {ws}://{addr}/community)\n  \
          demo pages: {http}://{addr}/{demo}\n  \
          inspector:  {http}://{addr}/admin\n  \
-         metrics:    {metrics_url}\n",
+         metrics:    {metrics_url}\n  \
+         supabase:   {supabase}\n",
         addr = running.local_addr(),
         db = fawkes::config_file::mask_url(&args.db.database_url),
         demo = if args.demo { " (--demo: one-click users)" } else { "" },

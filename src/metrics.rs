@@ -281,6 +281,74 @@ impl BackendOutcome {
     }
 }
 
+/// Why a Supabase Realtime event or join was refused, as counted in
+/// `fawkes_realtime_refused_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RealtimeRefusal {
+    /// Over `--realtime-events-per-second`.
+    Rate = 0,
+    /// Over `--realtime-max-payload-bytes`.
+    Size,
+    /// A private channel's rules refused it.
+    Unauthorized,
+    /// A user token or apikey did not verify (join, `access_token`, REST).
+    Token,
+}
+
+impl RealtimeRefusal {
+    pub const ALL: [RealtimeRefusal; 4] = [
+        RealtimeRefusal::Rate,
+        RealtimeRefusal::Size,
+        RealtimeRefusal::Unauthorized,
+        RealtimeRefusal::Token,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RealtimeRefusal::Rate => "rate",
+            RealtimeRefusal::Size => "size",
+            RealtimeRefusal::Unauthorized => "unauthorized",
+            RealtimeRefusal::Token => "token",
+        }
+    }
+}
+
+/// Supabase Realtime's counters (`apps::realtime`). See [`REALTIME`].
+pub struct RealtimeCounters {
+    refused: [AtomicU64; RealtimeRefusal::ALL.len()],
+    /// Broadcasts relayed (from sockets and REST).
+    pub relayed: AtomicU64,
+}
+
+/// The one set of Supabase Realtime counters of this process.
+pub static REALTIME: RealtimeCounters = RealtimeCounters {
+    refused: [ZERO; RealtimeRefusal::ALL.len()],
+    relayed: ZERO,
+};
+
+impl RealtimeCounters {
+    pub fn refuse(&self, why: RealtimeRefusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn relayed(&self) {
+        self.relayed.fetch_add(1, Relaxed);
+    }
+
+    /// Refusals by reason label.
+    pub fn refusals(&self) -> Vec<(String, u64)> {
+        RealtimeRefusal::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.label().to_owned(),
+                    self.refused[*r as usize].load(Relaxed),
+                )
+            })
+            .collect()
+    }
+}
+
 /// Requests to apps' backends (channels proxied over HTTP). See [`BACKEND`].
 pub struct Backends {
     requests: [AtomicU64; BackendOutcome::ALL.len()],

@@ -41,7 +41,13 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "apps: what they share, and channel kinds standing alone",
-        &["apps::state", "apps::api", "apps::rules", "apps::proxy"],
+        &[
+            "apps::state",
+            "apps::api",
+            "apps::rules",
+            "apps::proxy",
+            "apps::realtime",
+        ],
     ),
     (
         "apps",

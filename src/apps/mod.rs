@@ -6,6 +6,8 @@
 //! - [`chat`]: rooms, messages, threads, mentions, presence and voice signaling.
 //! - [`collections`]: JSON records with gap-free sequence numbers and `collection:<name>`.
 //! - [`proxy`]: channels declared in `fawkes.toml`, proxied to the app's own HTTP backend.
+//! - [`realtime`]: Supabase Realtime's `realtime:*` channels and REST broadcasts, for
+//!   unmodified supabase-js clients.
 //! - [`api`]: what every REST route shares (errors, auth, body parsing).
 //! - [`server_api`]: `/api/server/...`, which the app's own backend calls with the server key
 //!   to broadcast, disconnect sockets and read presence and topics (the binary registers it
@@ -17,6 +19,7 @@ pub mod chat;
 pub mod collections;
 pub mod feed;
 pub mod proxy;
+pub mod realtime;
 pub mod rules;
 pub mod server_api;
 pub mod state;
@@ -66,11 +69,23 @@ pub fn socket(state: web::Data<AppState>) -> Result<Socket, String> {
             let state = state.clone();
             move || chat::voice::VoiceChannel::new(state.clone())
         });
+    let router = match &state.realtime {
+        Some(realtime) => realtime.mount(router),
+        None => router,
+    };
     let router = state.proxy.mount(router)?;
     let proxied = !state.proxy.is_empty();
     Ok(Socket::new(router).on_connect(move |info| {
         let state = state.clone();
+        // Supabase clients on this socket (a bare Realtime URL) send the project's apikey; a
+        // bad one is refused as Realtime refuses it.
+        let api_key = state
+            .realtime
+            .as_ref()
+            .map(|r| r.api_key(&info))
+            .transpose();
         async move {
+            let api_key = api_key?.flatten();
             // What a proxied channel's backend is told of the socket.
             let caller = |user| proxied.then(|| proxy::Caller::new(&info.params, user));
             let token = info
@@ -79,8 +94,11 @@ pub fn socket(state: web::Data<AppState>) -> Result<Socket, String> {
                 .map(str::to_owned)
                 .or(info.auth_token)
                 .filter(|t| !t.is_empty());
+            let mut assigns = Assigns::new();
+            if let Some(key) = api_key {
+                assigns.insert(key);
+            }
             let Some(token) = token else {
-                let mut assigns = Assigns::new();
                 if let Some(c) = caller(None) {
                     assigns.insert(c);
                 }
@@ -88,7 +106,6 @@ pub fn socket(state: web::Data<AppState>) -> Result<Socket, String> {
             };
             match accounts::sign_in(&state.auth, &state.store, token).await {
                 Ok(s) => {
-                    let mut assigns = Assigns::new();
                     if let Some(c) = caller(Some((&s.user, &s.claims))) {
                         assigns.insert(c);
                     }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub history: crate::history::History,
     /// Channels proxied to the app's backend, mounted beside the built-in ones.
     pub proxy: proxy::Proxy,
+    /// Supabase Realtime's `realtime:*` channels, when a project JWT secret is given.
+    pub realtime: Option<std::sync::Arc<crate::apps::realtime::Realtime>>,
     pub(crate) chat_rate: RateLimiter,
 }
 
@@ -59,6 +61,7 @@ impl AppState {
             auth: Default::default(),
             chat_rate: Default::default(),
             proxy: Default::default(),
+            realtime: None,
         }
     }
 }

@@ -3,9 +3,11 @@
 //!
 //! - [`phoenix_token`]: Plug.Crypto's signed tokens, byte-compatible with Phoenix.
 //! - [`jwt`]: HS256 and RS256 JWTs.
+//! - [`supabase`]: a Supabase project's keys and users' tokens, as Supabase Realtime checks them.
 
 pub mod jwt;
 pub mod phoenix_token;
+pub mod supabase;
 
 pub use jwt::{JwtConfig, JwtVerifier};
 pub use phoenix_token::PhoenixTokens;

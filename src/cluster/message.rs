@@ -36,6 +36,13 @@ pub fn encode(node: &str, topic: &str, event: &str, payload: &Payload) -> Vec<u8
     match payload {
         Payload::Json(v) => e.json(v),
         Payload::Binary(b) => e.tuple(2).atom("binary").binary(b),
+        // Fawkes's own form, read back by `classify`: Elixir nodes have no such channel.
+        Payload::UserBroadcast(u) => e
+            .tuple(4)
+            .atom("user_broadcast")
+            .binary(u.event.as_bytes())
+            .atom(if u.json { "json" } else { "binary" })
+            .binary(&u.data),
     };
     e.atom("topic")
         .binary(topic.as_bytes())
@@ -120,6 +127,26 @@ fn classify(t: &Term, me: &str) -> Inbound {
         Term::Tuple(pair) => match pair.as_slice() {
             [Term::Atom(tag), Term::Binary(b)] if tag == "binary" => {
                 Payload::Binary(Bytes::copy_from_slice(b))
+            }
+            [Term::Atom(tag), Term::Binary(event), Term::Atom(encoding), Term::Binary(data)]
+                if tag == "user_broadcast" && (encoding == "json" || encoding == "binary") =>
+            {
+                let json = encoding == "json";
+                // A peer is not trusted to have checked what a client sent.
+                let valid = !json || serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok();
+                match std::str::from_utf8(event) {
+                    Ok(event) if valid => Payload::UserBroadcast(crate::protocol::UserBroadcast {
+                        event: event.to_owned(),
+                        json,
+                        data: Bytes::copy_from_slice(data),
+                    }),
+                    _ => {
+                        return Inbound::NotJson {
+                            topic: topic.to_owned(),
+                            what: "a user broadcast that is not text or JSON",
+                        }
+                    }
+                }
             }
             _ => {
                 return Inbound::NotJson {
@@ -338,5 +365,37 @@ mod tests {
                 Inbound::Ignored(_)
             ));
         }
+    }
+
+    /// A Supabase user broadcast crosses nodes whole; one whose JSON is not JSON does not.
+    #[test]
+    fn user_broadcasts_cross_nodes() {
+        use crate::protocol::UserBroadcast;
+        for (json, data) in [(true, &br#"{"x":1}"#[..]), (false, &[0u8, 255][..])] {
+            let p = Payload::UserBroadcast(UserBroadcast {
+                event: "cursor".into(),
+                json,
+                data: Bytes::copy_from_slice(data),
+            });
+            let bytes = encode("n1", "realtime:r", "broadcast", &p);
+            assert_eq!(
+                decode(&bytes, "n2", Bounds::default()),
+                Inbound::Deliver(Remote {
+                    topic: "realtime:r".into(),
+                    event: "broadcast".into(),
+                    payload: p
+                })
+            );
+        }
+        let forged = Payload::UserBroadcast(UserBroadcast {
+            event: "cursor".into(),
+            json: true,
+            data: Bytes::from_static(b"{not json"),
+        });
+        let bytes = encode("n1", "realtime:r", "broadcast", &forged);
+        assert!(matches!(
+            decode(&bytes, "n2", Bounds::default()),
+            Inbound::NotJson { .. }
+        ));
     }
 }

@@ -18,11 +18,25 @@ use std::fmt;
 /// a number comes back as a number). `Value::Null` is the protocol's null.
 pub type Ref = Value;
 
-/// What a message carries: JSON, or raw bytes from a V2 binary frame.
+/// What a message carries: JSON, raw bytes from a V2 binary frame, or a Supabase user
+/// broadcast (V2 binary kinds 3 and 4).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
     Json(Value),
     Binary(Bytes),
+    UserBroadcast(UserBroadcast),
+}
+
+/// A Supabase user broadcast: `channel.send({type: "broadcast", event, payload})` as
+/// `@supabase/realtime-js` (2.91 and later) sends it in a binary frame of kind 3, relayed to V2
+/// sockets as kind 4 with its payload byte for byte, and to V1 sockets as the JSON
+/// `{"event", "payload", "type": "broadcast"}` (a binary payload cannot reach them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserBroadcast {
+    pub event: String,
+    /// `data` is JSON text (checked when decoded), or else raw bytes.
+    pub json: bool,
+    pub data: Bytes,
 }
 
 impl Payload {
@@ -35,7 +49,7 @@ impl Payload {
     pub fn json(&self) -> Option<&Value> {
         match self {
             Payload::Json(v) => Some(v),
-            Payload::Binary(_) => None,
+            _ => None,
         }
     }
 
@@ -45,6 +59,7 @@ impl Payload {
         match self {
             Payload::Json(v) => json_len(v),
             Payload::Binary(b) => b.len(),
+            Payload::UserBroadcast(u) => u.data.len(),
         }
     }
 }
@@ -207,7 +222,12 @@ impl Serializer {
             Outbound::Reply { response: p, .. }
             | Outbound::Push { payload: p, .. }
             | Outbound::Broadcast { payload: p, .. }
-            | Outbound::Control { payload: p, .. } => matches!(p, Payload::Binary(_)),
+            | Outbound::Control { payload: p, .. } => match p {
+                Payload::Json(_) => false,
+                Payload::Binary(_) => true,
+                // V1 gets a JSON user broadcast as text; a binary one it cannot receive.
+                Payload::UserBroadcast(u) => self == Serializer::V2 || !u.json,
+            },
         };
         match (self, binary) {
             (Serializer::V1, false) => {

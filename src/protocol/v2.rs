@@ -104,7 +104,18 @@ fn write_json_payload(payload: &Payload, out: &mut BytesMut) {
         Payload::Json(v) => write_json(out, v),
         // Callers route binary payloads to the binary encoder; never reached for JSON frames.
         Payload::Binary(_) => out.put_slice(b"null"),
+        Payload::UserBroadcast(u) => write_user_broadcast(&u.event, &u.data, out),
     }
+}
+
+/// A JSON user broadcast as V1 sockets get it: keys sorted, the payload's text as it came (it
+/// was checked to be JSON when decoded).
+pub(super) fn write_user_broadcast(event: &str, json: &[u8], out: &mut BytesMut) {
+    out.put_slice(b"{\"event\":");
+    write_json(out, event);
+    out.put_slice(b",\"payload\":");
+    out.put_slice(json);
+    out.put_slice(b",\"type\":\"broadcast\"}");
 }
 
 #[cfg(test)]

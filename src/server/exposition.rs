@@ -204,6 +204,7 @@ pub fn render(endpoint: &Endpoint) -> String {
         cluster(&r, c);
     }
     backends(&r);
+    realtime(&r);
 
     r.register(Box::new(HTTP_REQUESTS.clone()))
         .expect("unique metric");
@@ -217,6 +218,25 @@ pub fn render(endpoint: &Endpoint) -> String {
         .encode(&r.gather(), &mut out)
         .expect("text encoding");
     String::from_utf8(out).expect("UTF-8 exposition")
+}
+
+/// Supabase Realtime's channels and REST broadcasts.
+fn realtime(r: &Registry) {
+    use crate::metrics::REALTIME;
+    counter(
+        r,
+        "fawkes_realtime_broadcasts_total",
+        "Supabase Realtime broadcasts relayed (from realtime:* channels and the REST API)",
+        REALTIME.relayed.load(Relaxed),
+    );
+    counter_vec(
+        r,
+        "fawkes_realtime_refused_total",
+        "Supabase Realtime events, joins and REST broadcasts refused, by reason (rate, size, \
+         unauthorized, token)",
+        "reason",
+        &REALTIME.refusals(),
+    );
 }
 
 /// Requests to apps' backends (channels proxied over HTTP).

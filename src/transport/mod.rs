@@ -32,7 +32,15 @@ pub(crate) enum ConnectError {
 }
 
 impl ConnectError {
-    /// 403, or 500 when the connect callback failed to decide.
+    /// The connect callback's JSON body for the refusal, if it gave one.
+    pub(crate) fn body(&self) -> Option<&serde_json::Value> {
+        match self {
+            ConnectError::Refused(r) => r.body.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// 403, 500 when the connect callback failed to decide, or the callback's own status.
     pub(crate) fn status(&self) -> u16 {
         match self {
             ConnectError::Refused(r) => r.status,
@@ -97,6 +105,12 @@ pub(crate) async fn connect(
         peer_addr: req.peer_addr,
         origin,
         user_agent: header("user-agent"),
+        x_headers: req
+            .headers()
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-"))
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
     };
     let connected = (mount.socket.connect)(info)
         .await

@@ -54,10 +54,15 @@ async fn accept(mount: &Mount, head: &RequestHead) -> Result<Accepted, Response<
         Ok(ok) => ok,
         Err(e) => {
             e.log("websocket", head.peer_addr);
-            return Err(Response::new(match e.status() {
-                403 => StatusCode::FORBIDDEN,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            }));
+            let status =
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Err(match e.body() {
+                Some(body) => Response::build(status)
+                    .content_type("application/json")
+                    .body(body.to_string())
+                    .map_into_boxed_body(),
+                None => Response::new(status),
+            });
         }
     };
     let mut response = match actix_http::ws::handshake(head) {
