@@ -88,6 +88,12 @@ pub(crate) fn encode_frame(serializer: Serializer, msg: &Outbound<'_>) -> Option
     let mut buf = frame::start(128);
     match serializer.encode(msg, &mut buf) {
         Ok(kind) => Some(frame::finish(buf, kind)),
+        // A V1 socket cannot get binary payloads (Supabase's V1 clients miss binary user
+        // broadcasts, as with Supabase's server): expected, so not a warning.
+        Err(e @ crate::protocol::EncodeError::BinaryUnsupported) => {
+            log::debug!("not sent: {e}");
+            None
+        }
         Err(e) => {
             log::warn!("not sent: {e}");
             None

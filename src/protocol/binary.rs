@@ -64,7 +64,7 @@ pub(super) fn decode(data: &[u8]) -> Result<Message, DecodeError> {
             RAW => false,
             other => return Err(err(&format!("payload encoding {other} is neither 0 nor 1"))),
         };
-        if json && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+        if json && !super::is_json(body) {
             return Err(err("payload marked JSON is not JSON"));
         }
         let user = UserBroadcast {
@@ -202,13 +202,19 @@ pub fn to_json_text(frame: &[u8]) -> Option<String> {
             "phx_reply",
             { "response": b64(), "status": fields[3] }
         ]),
+        // A JSON payload is written as it came, as V1 sockets get it.
+        USER_BROADCAST if encoding == Some(JSON) => {
+            let mut out = BytesMut::new();
+            out.put_slice(b"[null,null,");
+            super::write_json(&mut out, fields[0]);
+            out.put_slice(b",\"broadcast\",");
+            super::v2::write_user_broadcast(fields[1], body, &mut out);
+            out.put_u8(b']');
+            return String::from_utf8(out.to_vec()).ok();
+        }
         USER_BROADCAST => {
-            let payload = match encoding {
-                Some(JSON) => serde_json::from_slice(body).ok()?,
-                _ => b64(),
-            };
             let user =
-                serde_json::json!({"event": fields[1], "payload": payload, "type": "broadcast"});
+                serde_json::json!({"event": fields[1], "payload": b64(), "type": "broadcast"});
             serde_json::json!([null, null, fields[0], "broadcast", user])
         }
         _ => serde_json::json!([null, null, fields[0], fields[1], b64()]),
@@ -502,9 +508,13 @@ mod tests {
         for cut in 7..ok.len() - 2 {
             bad.push(ok[..cut].to_vec());
         }
-        // Bad UTF-8 in the topic; a JSON payload that is not JSON.
+        // Bad UTF-8 in the topic, or inside a JSON string (found by the fuzz target); a JSON
+        // payload that is not JSON.
         let mut b = ok.clone();
         b[10] = 0xff;
+        bad.push(b);
+        let mut b = hex("0301020e0600013631317265616c74696d653a726f6f6d31637572736f72");
+        b.extend_from_slice(b"{\"x\xff\":1}");
         bad.push(b);
         bad.push(hex(
             "0301020e0600013631317265616c74696d653a726f6f6d31637572736f727b",

@@ -64,6 +64,13 @@ impl Payload {
     }
 }
 
+/// Whether `bytes` are one JSON text, in UTF-8 throughout (serde_json skips over strings it
+/// is only asked to validate without checking their UTF-8).
+pub fn is_json(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+}
+
 /// Bytes of a JSON value's compact text.
 pub fn json_len(v: &Value) -> usize {
     struct Count(usize);

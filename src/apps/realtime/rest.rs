@@ -203,7 +203,7 @@ async fn single(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let json = if content_type.starts_with("application/json") {
-        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        if !crate::protocol::is_json(&body) {
             return answer(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({"errors": {"payload": ["is not JSON"]}}),
