@@ -48,8 +48,9 @@
 //! Apps (each with its channels, REST handlers and queries; what two apps share lives below):
 //! - [`apps`], in three steps: what the apps share (`apps::state`: `AppState` and each app's
 //!   settings; `apps::api`: REST errors, bearer sign-in, bodies; `apps::rules`: collection
-//!   rules) and the channel kind that stands alone (`apps::proxy`: declared channels whose
-//!   joins, pushes and leaves are signed requests to the app's own HTTP backend); the apps
+//!   rules) and the channel kinds that stand alone (`apps::proxy`: declared channels whose
+//!   joins, pushes and leaves are signed requests to the app's own HTTP backend;
+//!   `apps::realtime`: Supabase Realtime's `realtime:*` channels and REST broadcasts); the apps
 //!   (`apps::account`: `/api/me`, the community; `apps::feed`; `apps::chat`, with `access`, the
 //!   one place that says who may read or write a room; `apps::collections`; `apps::server_api`:
 //!   what the app's backend calls: broadcast, disconnect, presence, topics); and `apps` itself,
@@ -65,12 +66,15 @@
 //! - A **channel kind of its own** per capability, on the engine's [`Channel`] trait and mounted
 //!   through the [`Router`]: Supabase Realtime's `realtime:*` channels (`apps::realtime`, with
 //!   its REST broadcast routes beside it), channels proxied to an app's HTTP backend
-//!   (`apps::proxy` and the server API the backend calls, `apps::server_api`: both here now), and live table changes
+//!   (`apps::proxy` and the server API the backend calls, `apps::server_api`): all three here
+//!   now; live table changes
 //!   (`apps::table_changes`, fed by a change reader in the store layer that reads PostgreSQL's
 //!   logical replication and publishes through the engine).
 //! - **Sign-in kinds behind one interface**: a new token kind (Supabase's `apikey` and
 //!   `access_token`, a backend's `connect_url` answer) is a verifier in [`auth`] or a step of
-//!   `accounts::sign_in`; every transport and REST route keeps calling `sign_in` once.
+//!   `accounts::sign_in`; every transport and REST route keeps calling `sign_in` once
+//!   (Supabase's project keys are `auth::supabase`, checked by `apps::realtime` itself: its
+//!   tokens name no Fawkes user).
 //! - What such an app shares with another moves below both (as `apps::chat::access` and
 //!   `accounts` did), and `tests/layers.rs` gets its module in the right row.
 

@@ -87,7 +87,7 @@ fn supabase_clients_against_fawkes_serve() {
     let (anon, service) = keys();
     let mut env = envs(&anon, &service);
     env.push(("FAWKES_SUPABASE_URL", server.url()));
-    support::node_test("test/supabase/realtime.test.js", &env, 14);
+    support::node_test("test/supabase/realtime.test.js", &env, 15);
     let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
     assert!(!log.contains("panicked"), "{log}");
 }

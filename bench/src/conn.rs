@@ -28,6 +28,17 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Phoenix clients heartbeat every 30 s; servers close a socket that is silent for 60 s.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 
+/// How the bench's connections speak to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dialect {
+    /// phoenix.js's: `?token=bench<N>&vsn=2.0.0`, joins with `{}`, pushes as V2 text.
+    Phoenix,
+    /// Supabase's realtime-js: `?apikey=<key>&vsn=2.0.0`, `realtime:*` topics joined with a
+    /// broadcast config (`self` false, `ack` true), broadcasts as binary kind 3 in and kind 4
+    /// out (see [`user_push`] and [`user_broadcast`]).
+    Supabase { apikey: String },
+}
+
 /// The server under test.
 pub struct Target {
     /// Each server node: its address and `ws://host:port/<mount>/websocket`, without the query.
@@ -38,6 +49,7 @@ pub struct Target {
     pub topic: String,
     /// The topic as a JSON string literal, quotes included, to format frames with.
     pub topic_json: String,
+    pub dialect: Dialect,
 }
 
 impl Target {
@@ -57,7 +69,14 @@ impl Target {
             nodes,
             topic: topic.to_string(),
             topic_json: serde_json::to_string(topic).expect("a string serializes"),
+            dialect: Dialect::Phoenix,
         })
+    }
+
+    /// Speaks `dialect` instead of phoenix.js's.
+    pub fn with_dialect(mut self, dialect: Dialect) -> Target {
+        self.dialect = dialect;
+        self
     }
 
     async fn resolve_one(url: &str) -> Result<(SocketAddr, String), String> {
@@ -135,7 +154,10 @@ impl Target {
         stream
             .set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
-        let url = format!("{endpoint}?token=bench{i}&vsn=2.0.0");
+        let url = match &self.dialect {
+            Dialect::Phoenix => format!("{endpoint}?token=bench{i}&vsn=2.0.0"),
+            Dialect::Supabase { apikey } => format!("{endpoint}?apikey={apikey}&vsn=2.0.0"),
+        };
         let (ws, _) = tokio_tungstenite::client_async(url, stream)
             .await
             .map_err(|e| format!("upgrade: {e}"))?;
@@ -154,7 +176,11 @@ impl Target {
             Ok(Err(e)) => return Err((FailureKind::Connect, e)),
             Err(_) => return Err((FailureKind::Connect, "connect timed out".into())),
         };
-        match timeout(STEP_TIMEOUT, join(&mut ws, &self.topic_json)).await {
+        let payload = match self.dialect {
+            Dialect::Phoenix => "{}",
+            Dialect::Supabase { .. } => r#"{"config":{"broadcast":{"self":false,"ack":true}}}"#,
+        };
+        match timeout(STEP_TIMEOUT, join(&mut ws, &self.topic_json, payload)).await {
             Ok(Ok(())) => Ok(ws),
             Ok(Err(e)) => Err((FailureKind::Join, e)),
             Err(_) => Err((FailureKind::Join, "no join reply in time".into())),
@@ -180,8 +206,8 @@ fn defer_port_choice(socket: &TcpSocket) {
 }
 
 /// Joins the topic with join_ref and ref "1", and waits for the ok reply.
-async fn join(ws: &mut Ws, topic_json: &str) -> Result<(), String> {
-    let frame = format!(r#"["1","1",{topic_json},"phx_join",{{}}]"#);
+async fn join(ws: &mut Ws, topic_json: &str, payload: &str) -> Result<(), String> {
+    let frame = format!(r#"["1","1",{topic_json},"phx_join",{payload}]"#);
     ws.send(Message::Text(frame))
         .await
         .map_err(|e| format!("send join: {e}"))?;
@@ -223,10 +249,42 @@ pub fn parse<'a, P: Deserialize<'a>>(text: &'a str) -> Option<Frame<'a, P>> {
     serde_json::from_str(text).ok()
 }
 
+/// Supabase's user broadcast push (V2 binary kind 3, JSON encoding), as realtime-js sends
+/// `channel.send({type: "broadcast", event, payload})`: join_ref "1".
+pub fn user_push(topic: &str, ref_: &str, event: &str, json: &str) -> Message {
+    let mut frame = Vec::with_capacity(7 + 1 + ref_.len() + topic.len() + event.len() + json.len());
+    frame.extend_from_slice(&[
+        3,
+        1,
+        ref_.len() as u8,
+        topic.len() as u8,
+        event.len() as u8,
+        0,
+        1,
+    ]);
+    for field in ["1", ref_, topic, event, json] {
+        frame.extend_from_slice(field.as_bytes());
+    }
+    Message::Binary(frame)
+}
+
+/// The event and payload of a Supabase user broadcast (V2 binary kind 4); `None` for any
+/// other frame.
+pub fn user_broadcast(frame: &[u8]) -> Option<(&str, &[u8])> {
+    let (&[4, topic, event, meta, _encoding], rest) = frame.split_first_chunk::<5>()? else {
+        return None;
+    };
+    let (topic, event, meta) = (topic as usize, event as usize, meta as usize);
+    let name = rest.get(topic..topic + event)?;
+    let payload = rest.get(topic + event + meta..)?;
+    Some((std::str::from_utf8(name).ok()?, payload))
+}
+
 /// A frame read from a connection, as the modes see it.
 pub enum Incoming {
     Text(String),
-    /// Ping, pong, binary: nothing to do (tungstenite answers pings itself).
+    Binary(Vec<u8>),
+    /// Ping, pong: nothing to do (tungstenite answers pings itself).
     Other,
     /// The connection is over; why.
     Closed(String),
@@ -236,6 +294,7 @@ impl Incoming {
     pub fn from(next: Option<Result<Message, tungstenite::Error>>) -> Incoming {
         match next {
             Some(Ok(Message::Text(t))) => Incoming::Text(t),
+            Some(Ok(Message::Binary(b))) => Incoming::Binary(b),
             Some(Ok(Message::Close(Some(c)))) => {
                 Incoming::Closed(format!("closed by server: {} {}", c.code, c.reason))
             }
@@ -252,7 +311,7 @@ pub async fn next_text(ws: &mut Ws) -> Result<String, String> {
     loop {
         match Incoming::from(ws.next().await) {
             Incoming::Text(t) => return Ok(t),
-            Incoming::Other => continue,
+            Incoming::Binary(_) | Incoming::Other => continue,
             Incoming::Closed(why) => return Err(why),
         }
     }

@@ -1,7 +1,10 @@
 //! `fanout`: N subscribers joined to one topic, one publisher pushing `new_post`; measures
 //! delivery latency, throughput, losses and duplicates, and server CPU per delivery.
 
-use crate::conn::{heartbeat, heartbeat_timer, open_all, parse, Incoming, Status, Ws};
+use crate::conn::{
+    heartbeat, heartbeat_timer, open_all, parse, user_broadcast, user_push, Dialect, Incoming,
+    Status, Ws,
+};
 use crate::proc::Proc;
 use crate::report::{
     add_latency, merge, new_histogram, note_bench_cpu, per, FailureKind, Failures, Report,
@@ -120,7 +123,7 @@ pub async fn run(bench: &Bench, args: &FanoutArgs) -> Report {
     );
     let (server_cpu0, bench_cpu0) = (bench.server_cpu(), Proc::current().cpu_secs());
     let started = Instant::now();
-    let published = publish(publisher, args, &bench.target.topic_json, stopped.clone()).await;
+    let published = publish(publisher, args, &bench.target, stopped.clone()).await;
     // Drain: until every subscriber still open has seen every message, or the drain time ends.
     let drain_end = Instant::now() + Duration::from_secs(args.drain_secs);
     let everyone = |c: usize| c as u64 + failures.closed() >= opened.joined as u64;
@@ -222,6 +225,20 @@ struct Post {
     sent_us: Option<u64>,
 }
 
+/// A `new_post` broadcast's payload: a V2 text frame, or a Supabase user broadcast (kind 4).
+fn new_post(frame: &Incoming) -> Option<Post> {
+    match frame {
+        Incoming::Text(text) => parse::<Post>(text)
+            .filter(|f| f.event == "new_post")
+            .map(|f| f.payload),
+        Incoming::Binary(bytes) => match user_broadcast(bytes)? {
+            ("new_post", payload) => serde_json::from_slice(payload).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// One subscriber: records the latency of each `new_post` and which seqs it has seen, until
 /// told to stop (or its connection ends). Counts itself in `complete` once it has seen all `m`.
 async fn subscribe(
@@ -243,14 +260,13 @@ async fn subscribe(
     let mut beat = heartbeat_timer(i);
     let mut beats = 0;
     loop {
-        let text = tokio::select! {
+        let next = tokio::select! {
             next = ws.next() => match Incoming::from(next) {
-                Incoming::Text(text) => text,
-                Incoming::Other => continue,
                 Incoming::Closed(why) => {
                     failures.record(FailureKind::Closed, i, why);
                     return seen;
                 }
+                other => other,
             },
             _ = beat.tick() => {
                 beats += 1;
@@ -262,13 +278,13 @@ async fn subscribe(
             }
             _ = stop.changed() => return seen,
         };
-        let Some(frame) = parse::<Post>(&text) else {
+        let Some(post) = new_post(&next) else {
             continue;
         };
-        let (Some(seq), Some(sent_us)) = (frame.payload.seq, frame.payload.sent_us) else {
+        let (Some(seq), Some(sent_us)) = (post.seq, post.sent_us) else {
             continue;
         };
-        if frame.event != "new_post" || seq >= m {
+        if seq >= m {
             continue;
         }
         seen.deliveries += 1;
@@ -305,9 +321,10 @@ struct Published {
 async fn publish(
     ws: Ws,
     args: &FanoutArgs,
-    topic_json: &str,
+    target: &crate::conn::Target,
     stop: watch::Receiver<bool>,
 ) -> Published {
+    let topic_json = &target.topic_json;
     let (mut tx, rx) = ws.split();
     let windowed = args.rate == 0.0;
     let window = Arc::new(Semaphore::new(if windowed {
@@ -351,12 +368,18 @@ async fn publish(
             break;
         }
         // ref = seq + 2: ref 1 was the join.
-        let frame = format!(
-            r#"["1","{}",{topic_json},"new_post",{{"seq":{sent},"sent_us":{}}}]"#,
-            sent + 2,
-            now_us()
-        );
-        if tx.feed(Message::Text(frame)).await.is_err() {
+        let payload = format!(r#"{{"seq":{sent},"sent_us":{}}}"#, now_us());
+        let frame = match target.dialect {
+            Dialect::Phoenix => Message::Text(format!(
+                r#"["1","{}",{topic_json},"new_post",{payload}]"#,
+                sent + 2
+            )),
+            // Supabase: a kind-3 broadcast, acked (the join asked `ack: true`).
+            Dialect::Supabase { .. } => {
+                user_push(&target.topic, &(sent + 2).to_string(), "new_post", &payload)
+            }
+        };
+        if tx.feed(frame).await.is_err() {
             break;
         }
         sent += 1;
@@ -399,7 +422,7 @@ impl Replies {
             let text = tokio::select! {
                 next = rx.next() => match Incoming::from(next) {
                     Incoming::Text(text) => text,
-                    Incoming::Other => continue,
+                    Incoming::Binary(_) | Incoming::Other => continue,
                     Incoming::Closed(why) => {
                         eprintln!("  publisher: {why}");
                         return;
@@ -439,5 +462,27 @@ mod tests {
         // A reply to the publisher's push has neither.
         let reply = r#"["1","2","community:feed","phx_reply",{"response":{},"status":"ok"}]"#;
         assert_eq!(parse::<Post>(reply).unwrap().payload.seq, None);
+    }
+
+    /// The Supabase dialect's frames, as the contract's capture has them.
+    #[test]
+    fn supabase_kind_3_out_and_kind_4_in() {
+        let Message::Binary(push) = user_push("realtime:room1", "11", "cursor", r#"{"x":1}"#)
+        else {
+            panic!("binary")
+        };
+        let mut want = vec![3, 1, 2, 14, 6, 0, 1];
+        want.extend_from_slice(br#"111realtime:room1cursor{"x":1}"#);
+        assert_eq!(push, want);
+        let mut kind4 = vec![4, 14, 8, 0, 1];
+        kind4.extend_from_slice(br#"realtime:room1new_post{"seq":3,"sent_us":9}"#);
+        let post = new_post(&Incoming::Binary(kind4.clone())).unwrap();
+        assert_eq!((post.seq, post.sent_us), (Some(3), Some(9)));
+        kind4[2] = 6;
+        assert!(
+            new_post(&Incoming::Binary(kind4)).is_none(),
+            "another event"
+        );
+        assert!(user_broadcast(&[4, 200, 1, 0, 1, b'x']).is_none());
     }
 }

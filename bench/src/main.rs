@@ -7,7 +7,7 @@
 //! ```
 
 use clap::{Parser, Subcommand};
-use fawkes_bench::conn::Target;
+use fawkes_bench::conn::{Dialect, Target};
 use fawkes_bench::conns::{self, ConnsArgs};
 use fawkes_bench::echo::{self, EchoArgs};
 use fawkes_bench::fanout::{self, FanoutArgs};
@@ -46,6 +46,11 @@ struct Cli {
     /// Also print the results as one JSON line on stdout (the summary then goes to stderr).
     #[arg(long, global = true)]
     json: bool,
+    /// Speak Supabase's realtime-js instead of phoenix.js: connect with this apikey (from
+    /// `fawkes supabase keys`), join a `realtime:*` --topic, and (fanout) broadcast as binary
+    /// kind 3 frames that subscribers get as kind 4.
+    #[arg(long, global = true)]
+    supabase_apikey: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -111,8 +116,14 @@ fn main() {
 
 async fn run(cli: &Cli, nofile_limit: Option<u64>) -> Report {
     let mut report = Report::new(cli.mode.name());
+    let dialect = match &cli.supabase_apikey {
+        Some(apikey) => Dialect::Supabase {
+            apikey: apikey.clone(),
+        },
+        None => Dialect::Phoenix,
+    };
     let target = match Target::resolve(&cli.url, &cli.topic).await {
-        Ok(t) => Arc::new(t),
+        Ok(t) => Arc::new(t.with_dialect(dialect)),
         Err(e) => {
             report.fail(e);
             return report;

@@ -329,3 +329,30 @@ test("malformed kind-3 frames close only the socket that sent them", async t => 
   assert.deepStrictEqual(await listener.next(), kind4)
   assert.equal(listener.closed(), null)
 })
+
+test("an access_token push is re-verified: a new valid token is kept silently, a bad one or lost rights close the channel", async t => {
+  const topic = "realtime:room-alice"
+  const join = async token => {
+    const s = await rawSocket(t, URL, `apikey=${ANON}&vsn=2.0.0`)
+    s.ws.send(JSON.stringify(["1", "1", topic, "phx_join", {config: {private: true}, access_token: token}]))
+    assert.equal(await s.next(), `["1","1","${topic}","phx_reply",{"response":{"postgres_changes":[]},"status":"ok"}]`)
+    return s
+  }
+  const closedWith = message => [
+    `["1",null,"${topic}","system",{"channel":"room-alice","extension":"system","message":"${message}","status":"error"}]`,
+    `["1","1","${topic}","phx_close",{}]`
+  ]
+  const kept = await join(userToken("alice"))
+  kept.ws.send(JSON.stringify(["1", "2", topic, "access_token", {access_token: userToken("alice", {ttl: 7200})}]))
+  await sleep(QUIET_MS)
+  assert.deepStrictEqual(kept.frames, [], "no reply, still joined")
+  const lost = await join(userToken("alice"))
+  lost.ws.send(JSON.stringify(["1", "2", topic, "access_token", {access_token: userToken("bob")}]))
+  assert.deepStrictEqual([await lost.next(), await lost.next()],
+    closedWith("You no longer have permission to read from this Channel topic: room-alice"))
+  const forged = await join(userToken("alice"))
+  forged.ws.send(JSON.stringify(["1", "2", topic, "access_token", {access_token: jwt({sub: "alice", role: "authenticated", exp: now() + 60}, "wrong")}]))
+  assert.deepStrictEqual([await forged.next(), await forged.next()], closedWith("Failed to validate JWT signature"))
+  // The socket itself stays open: only the channel ended.
+  assert.equal(forged.closed(), null)
+})
