@@ -603,10 +603,7 @@ fn main() -> ExitCode {
         log::info!("configuration file {}", path.display());
     }
     let result = match cli.command {
-        Command::Config(ConfigCommand::Print(_)) => {
-            print_config(&matches, &applied);
-            Ok(())
-        }
+        Command::Config(ConfigCommand::Print(_)) => print_config(&matches, &applied),
         Command::Serve(args) => actix_web::rt::System::new()
             .block_on(serve(*args, &applied.channels))
             .map_err(|e| e.to_string()),
@@ -712,16 +709,25 @@ fn mint_phoenix_token(
     Ok(())
 }
 
-/// `fawkes config print`: every `serve` setting, its value and where it came from.
-fn print_config(matches: &clap::ArgMatches, applied: &fawkes::config_file::Applied) {
+/// `fawkes config print`: every `serve` setting, its value and where it came from; then the
+/// file's `[[channels]]`, as TOML that reads back (an invalid one is the error `serve` gives).
+fn print_config(
+    matches: &clap::ArgMatches,
+    applied: &fawkes::config_file::Applied,
+) -> Result<(), String> {
     use clap::parser::ValueSource;
     use clap::CommandFactory;
     let Some((_, sub)) = matches.subcommand() else {
-        return;
+        return Ok(());
     };
     let Some((_, args)) = sub.subcommand() else {
-        return;
+        return Ok(());
     };
+    let channels = applied
+        .channels
+        .iter()
+        .map(|t| proxy::config::ChannelSpec::from_toml(t.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
     let cmd = Cli::command();
     let print = cmd
         .find_subcommand("config")
@@ -774,6 +780,13 @@ fn print_config(matches: &clap::ArgMatches, applied: &fawkes::config_file::Appli
         };
         println!("{long} = {shown}  # {from}");
     }
+    if !channels.is_empty() {
+        println!("\n# declared channels  # file");
+    }
+    for spec in channels {
+        print!("\n{}", spec.to_toml());
+    }
+    Ok(())
 }
 
 fn open(db: &DbArgs) -> Result<Store, String> {

@@ -1,24 +1,30 @@
 //! What a declared channel is: `[[channels]]` in `fawkes.toml` (or the `--channel-*` flags for
 //! one), and the bounds every backend is held to.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// The key of the declared channels' tables in `fawkes.toml` (`[[channels]]`).
+pub const CHANNELS: &str = "channels";
 
 /// The timeout of a channel that gives none, as the issue and Centrifugo's proxy default it.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
 
 /// One `[[channels]]` table: a topic pattern and the backend URLs its events go to.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSpec {
     /// An exact topic (`lobby`) or a prefix ending in `*` (`room:*`), as the [`crate::Router`]
     /// takes them.
     pub topic: String,
     /// Decides joins; none: every join is accepted (see the module's doc).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub join_url: Option<String>,
     /// Handles client events; none: every push is refused with a reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub push_url: Option<String>,
     /// Told of leaves and closes, fire and forget.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub leave_url: Option<String>,
     /// How long one request may take, queue wait included.
     #[serde(default = "default_timeout_ms")]
@@ -37,6 +43,17 @@ impl ChannelSpec {
             .map_err(|e: toml::de::Error| format!("[[channels]]: {}", e.message()))?;
         spec.check()?;
         Ok(spec)
+    }
+
+    /// The spec as a `[[channels]]` table of the config file (read back by [`Self::from_toml`]).
+    pub fn to_toml(&self) -> String {
+        let mut doc = toml::Table::new();
+        let table = toml::Table::try_from(self).expect("a spec is a table of strings and numbers");
+        doc.insert(
+            CHANNELS.into(),
+            toml::Value::Array(vec![toml::Value::Table(table)]),
+        );
+        toml::to_string(&doc).expect("TOML tables serialize")
     }
 
     pub fn timeout(&self) -> Duration {
