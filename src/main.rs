@@ -336,8 +336,16 @@ struct ProxyArgs {
     /// Milliseconds one of its requests may take, queue wait included.
     #[arg(long, env = "FAWKES_CHANNEL_TIMEOUT_MS", default_value_t = proxy::config::DEFAULT_TIMEOUT_MS)]
     channel_timeout_ms: u64,
+    /// Asked at every socket connect (WebSocket or LongPoll; POST, JSON `{event: "connect",
+    /// params, user, socket_id, node}`): its `reply` allows (`ok`) or refuses (403), its
+    /// `assigns` start every channel of the socket. No usable answer: refused (500).
+    #[arg(long, env = "FAWKES_CONNECT_URL")]
+    connect_url: Option<String>,
+    /// Milliseconds the connect_url request may take, queue wait included.
+    #[arg(long, env = "FAWKES_CONNECT_TIMEOUT_MS", default_value_t = proxy::config::DEFAULT_TIMEOUT_MS)]
+    connect_timeout_ms: u64,
     /// Signs requests to backends (`x-fawkes-signature: sha256=<hex HMAC-SHA256(body)>`);
-    /// required once a channel is declared.
+    /// required once a channel or a connect_url is declared.
     #[arg(long, env = "FAWKES_BACKEND_SECRET", hide_env_values = true)]
     backend_secret: Option<String>,
     /// A file holding the backend secret (instead of the flag).
@@ -390,6 +398,8 @@ impl ProxyArgs {
             },
             secret: secret(&self.backend_secret, &self.backend_secret_file)?,
             node,
+            connect_url: self.connect_url.clone(),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
         };
         proxy::Proxy::new(specs, settings)
     }

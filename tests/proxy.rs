@@ -20,6 +20,8 @@ type Ws =
 const SECRET: &str = "test-backend-secret";
 
 /// A backend for the tests: `/join` wants `"password": "sesame"`; `/push` acts by event;
+/// `/connect` by the connect param `let` (`in`: allowed with assigns, `ok`: allowed, `slow`,
+/// `garbage`, `track`: an answer that does not apply; anything else refused);
 /// `/leave` appends each request to `leaves.jsonl`. Every request is checked for its signature
 /// (401 without a good one) and appended to `requests.jsonl`.
 const BACKEND: &str = r#"
@@ -36,7 +38,8 @@ def join(req):
     if req["payload"].get("password") != "sesame":
         return {"reply": {"status": "error", "response": {"reason": "wrong password"}}}
     nick = req["payload"].get("nick", "anon")
-    ans = {"reply": {"status": "ok", "response": {"hello": nick}}, "assigns": {"nick": nick, "count": 0}}
+    ans = {"reply": {"status": "ok", "response": {"hello": nick}},
+           "assigns": dict(req["assigns"], nick=nick, count=0)}
     if req["payload"].get("track"):
         ans["track"] = {"key": nick, "meta": {"nick": nick}}
     return ans
@@ -71,6 +74,21 @@ def push(req):
         return {"reply": {"status": "ok", "response": {"pad": "x" * (2 * 1024 * 1024)}}}
     return {"reply": {"status": "error", "response": {"reason": "unknown " + ev}}}
 
+def connect(req):
+    how = req["params"].get("let", "")
+    if how == "in":
+        return {"assigns": {"role": req["params"].get("role", "guest"), "via": "connect"}}
+    if how == "ok":
+        return {"reply": {"status": "ok", "response": {}}}
+    if how == "slow":
+        time.sleep(3)
+        return {}
+    if how == "garbage":
+        return b"<html>not json"
+    if how == "track":
+        return {"track": {"key": "k"}}
+    return {"reply": {"status": "error", "response": {"reason": "not you"}}}
+
 def leave(req):
     record("leaves.jsonl", req)
     return {}
@@ -84,7 +102,7 @@ class H(BaseHTTPRequestHandler):
             return self.send(401, b'{"error":"bad signature"}')
         req = json.loads(body)
         record("requests.jsonl", req)
-        out = {"/join": join, "/push": push, "/leave": leave}[self.path](req)
+        out = {"/join": join, "/push": push, "/leave": leave, "/connect": connect}[self.path](req)
         self.send(200, out if isinstance(out, bytes) else json.dumps(out).encode())
     def send(self, status, data):
         self.send_response(status)
@@ -757,7 +775,15 @@ fn overlapping_or_unsigned_declarations_are_refused_at_start() {
         "{e}"
     );
     let e = run(&["--channel-topic", "room:*"]);
-    assert!(e.contains("declared channels need --backend-secret"), "{e}");
+    assert!(
+        e.contains("declared channels and --connect-url need --backend-secret"),
+        "{e}"
+    );
+    let e = run(&["--connect-url", "http://127.0.0.1:9/connect"]);
+    assert!(
+        e.contains("declared channels and --connect-url need --backend-secret"),
+        "{e}"
+    );
     let e = run(&[
         "--channel-topic",
         "room:*",
@@ -767,4 +793,200 @@ fn overlapping_or_unsigned_declarations_are_refused_at_start() {
         "https://x/j",
     ]);
     assert!(e.contains("https backends are not supported yet"), "{e}");
+}
+
+/// The HTTP status a WebSocket connect gets: 101 when upgraded, else the refusal's.
+async fn ws_status(addr: &str, query: &str) -> u16 {
+    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0{query}");
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// What a LongPoll session open answers: `{"status":410,"token":…}` or a refusal's status.
+fn longpoll_open(addr: &str, query: &str) -> Value {
+    let (status, _, body) = http(
+        addr,
+        "GET",
+        &format!("/socket/longpoll?vsn=2.0.0{query}"),
+        &[],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// `--connect-url` decides every socket connect, as Phoenix's `connect/3`: allowed (and its
+/// `assigns` start each channel of the socket, carried into the join request and kept after),
+/// refused with HTTP 403 on WebSocket and `{"status":403}` on LongPoll (the reason is logged,
+/// not sent), and no usable answer (slow past --connect-timeout-ms, garbage, an answer key that
+/// does not apply) refused as a connect that could not decide (500), never a hang. What the
+/// backend is told; each verdict counted.
+#[test]
+fn connect_url_allows_refuses_and_starts_channels_with_its_assigns() {
+    let dir = support::temp_dir("proxy-connect");
+    let b = Backend::test(&dir);
+    let alice = support::create_user(
+        &dir,
+        dir.join("fawkes.db").to_str().unwrap(),
+        &["--name", "alice"],
+    );
+    let connect_url = b.url("/connect");
+    let server = serve_room(
+        &dir,
+        &b,
+        SECRET,
+        &[
+            "--connect-url",
+            &connect_url,
+            "--connect-timeout-ms",
+            "1000",
+        ],
+    );
+    let metrics = metrics_addr(&server);
+    let connects = |dir: &Path| -> Vec<Value> {
+        records(dir, "requests.jsonl")
+            .into_iter()
+            .filter(|r| r["event"] == "connect")
+            .collect()
+    };
+    runtime().block_on(async {
+        let mut a = connect(&server.addr, &format!("&let=in&role=mod&token={alice}")).await;
+        let told = connects(&dir);
+        assert_eq!(told.len(), 1);
+        let req = &told[0];
+        let keys: Vec<&String> = req.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["event", "node", "params", "socket_id", "user"]);
+        assert_eq!(req["params"]["role"], "mod");
+        assert_eq!(req["params"]["vsn"], "2.0.0");
+        assert_eq!(req["user"]["claims"]["name"], "alice");
+        assert!(req["socket_id"].as_str().unwrap().starts_with("api_token:"));
+        assert!(req["node"].as_str().is_some_and(|n| !n.is_empty()));
+
+        let r = join(
+            &mut a,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "al"}),
+        )
+        .await;
+        assert_eq!(r["status"], "ok");
+        let joined = records(&dir, "requests.jsonl")
+            .into_iter()
+            .find(|r| r["event"] == "phx_join")
+            .unwrap();
+        assert_eq!(joined["assigns"], json!({"role": "mod", "via": "connect"}));
+        let r = push(&mut a, "1", "w", "room:1", "whoami", json!({})).await;
+        assert_eq!(
+            r["response"]["assigns"],
+            json!({"role": "mod", "via": "connect", "nick": "al", "count": 0})
+        );
+        // Allowed without assigns: channels start from `{}`.
+        let mut o = connect(&server.addr, "&let=ok").await;
+        join(
+            &mut o,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "ok"}),
+        )
+        .await;
+        let r = push(&mut o, "1", "w", "room:1", "whoami", json!({})).await;
+        assert_eq!(r["response"]["assigns"], json!({"nick": "ok", "count": 0}));
+
+        assert_eq!(ws_status(&server.addr, "&let=no").await, 403);
+        assert_eq!(ws_status(&server.addr, "").await, 403);
+        let started = std::time::Instant::now();
+        assert_eq!(ws_status(&server.addr, "&let=slow").await, 500);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(ws_status(&server.addr, "&let=garbage").await, 500);
+        assert_eq!(ws_status(&server.addr, "&let=track").await, 500);
+    });
+    // LongPoll: the same check, once per session.
+    assert_eq!(
+        longpoll_open(&server.addr, "&let=no"),
+        json!({"status": 403})
+    );
+    let open = longpoll_open(&server.addr, "&let=in");
+    assert_eq!(open["status"], 410);
+    assert!(open["token"].as_str().is_some_and(|t| !t.is_empty()));
+    assert_eq!(
+        longpoll_open(&server.addr, "&let=garbage"),
+        json!({"status": 500})
+    );
+    let verdict = |v: &str| {
+        metric(
+            &metrics,
+            &format!("fawkes_backend_connects_total{{verdict=\"{v}\"}}"),
+        )
+    };
+    assert_eq!(verdict("allowed"), 3.0);
+    assert_eq!(verdict("refused"), 3.0);
+    assert_eq!(verdict("failed"), 4.0);
+    assert_eq!(outcome(&metrics, "timeout"), 1.0);
+    assert_eq!(outcome(&metrics, "bad_answer"), 3.0);
+}
+
+/// A connect_url backend that is down: connects are refused at once (500), counted, and the
+/// circuit then fails them without a request; back up, connects are allowed again.
+#[test]
+fn connect_url_down_refuses_connects_fast() {
+    let dir = support::temp_dir("proxy-connect-down");
+    let mut b = Backend::test(&dir);
+    let connect_url = b.url("/connect");
+    let server = serve(
+        &dir,
+        &[
+            "--connect-url",
+            &connect_url,
+            "--backend-secret",
+            SECRET,
+            "--backend-circuit-failures",
+            "2",
+            "--backend-circuit-open-ms",
+            "300",
+        ],
+    );
+    let metrics = metrics_addr(&server);
+    let port = b.port;
+    b.stop();
+    runtime().block_on(async {
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            assert_eq!(ws_status(&server.addr, "&let=ok").await, 500);
+            assert!(started.elapsed() < Duration::from_secs(2));
+        }
+    });
+    assert_eq!(
+        metric(
+            &metrics,
+            "fawkes_backend_connects_total{verdict=\"failed\"}"
+        ),
+        3.0
+    );
+    assert_eq!(outcome(&metrics, "unreachable"), 2.0);
+    assert_eq!(outcome(&metrics, "circuit_open"), 1.0);
+    let script = dir.join("backend.py");
+    let _back = Backend::start(&script, &dir, port, SECRET);
+    std::thread::sleep(Duration::from_millis(400));
+    runtime().block_on(async {
+        let mut s = connect(&server.addr, "&let=in").await;
+        send(&mut s, "", "hb", "phoenix", "heartbeat", json!({})).await;
+        assert_eq!(
+            reply(&mut s, "hb").await,
+            json!({"status": "ok", "response": {}})
+        );
+    });
+    assert_eq!(
+        metric(
+            &metrics,
+            "fawkes_backend_connects_total{verdict=\"allowed\"}"
+        ),
+        1.0
+    );
 }
