@@ -355,7 +355,11 @@ struct ProxyArgs {
         conflicts_with = "backend_secret"
     )]
     backend_secret_file: Option<PathBuf>,
-    /// Requests in flight at once to one backend (one origin, `http://host:port`).
+    /// A PEM file of the CAs that https backends' certificates must chain to (an app's private
+    /// CA), instead of the system's root certificates.
+    #[arg(long, env = "FAWKES_BACKEND_CA_FILE")]
+    backend_ca_file: Option<PathBuf>,
+    /// Requests in flight at once to one backend (one origin, `http(s)://host:port`).
     #[arg(long, env = "FAWKES_BACKEND_MAX_CONCURRENCY", default_value_t = BackendLimits::default().max_concurrency)]
     backend_max_concurrency: usize,
     /// Requests waiting for a free slot of one backend; one more fails at once.
@@ -400,6 +404,7 @@ impl ProxyArgs {
             node,
             connect_url: self.connect_url.clone(),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            ca_file: self.backend_ca_file.clone(),
         };
         proxy::Proxy::new(specs, settings)
     }

@@ -23,7 +23,8 @@ const SECRET: &str = "test-backend-secret";
 /// `/connect` by the connect param `let` (`in`: allowed with assigns, `ok`: allowed, `slow`,
 /// `garbage`, `track`: an answer that does not apply; anything else refused);
 /// `/leave` appends each request to `leaves.jsonl`. Every request is checked for its signature
-/// (401 without a good one) and appended to `requests.jsonl`.
+/// (401 without a good one) and appended to `requests.jsonl`. With `CERT` and `KEY` (PEM files)
+/// in its environment, it serves https.
 const BACKEND: &str = r#"
 import hashlib, hmac, json, os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -118,6 +119,11 @@ class S(ThreadingHTTPServer):
         pass  # a client that gave up (a timeout, an answer over its cap): expected here
 
 s = S(("127.0.0.1", int(sys.argv[1])), H)
+if os.environ.get("CERT"):
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.environ["CERT"], os.environ["KEY"])
+    s.socket = ctx.wrap_socket(s.socket, server_side=True)
 print("listening on", s.server_address[1], flush=True)
 s.serve_forever()
 "#;
@@ -126,17 +132,30 @@ s.serve_forever()
 struct Backend {
     child: Child,
     port: u16,
+    scheme: &'static str,
 }
 
 impl Backend {
     /// `script` (a path) on `port` (0: any), with the secret and `dir` for its records.
     fn start(script: &Path, dir: &Path, port: u16, secret: &str) -> Backend {
+        Backend::start_with(script, dir, port, secret, &[])
+    }
+
+    /// The same with more environment (`CERT` and `KEY`: https).
+    fn start_with(
+        script: &Path,
+        dir: &Path,
+        port: u16,
+        secret: &str,
+        env: &[(&str, &Path)],
+    ) -> Backend {
         let mut child = Command::new("python3")
             .arg(script)
             .arg(port.to_string())
             .env("SECRET", secret)
             .env("FAWKES_BACKEND_SECRET", secret)
             .env("DIR", dir)
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 must be installed");
@@ -150,7 +169,16 @@ impl Backend {
             .strip_prefix("listening on ")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("backend did not start: {line:?}"));
-        Backend { child, port }
+        let scheme = if env.iter().any(|(k, _)| *k == "CERT") {
+            "https"
+        } else {
+            "http"
+        };
+        Backend {
+            child,
+            port,
+            scheme,
+        }
     }
 
     fn test(dir: &Path) -> Backend {
@@ -160,7 +188,7 @@ impl Backend {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.port)
     }
 
     fn stop(&mut self) {
@@ -746,8 +774,9 @@ fn a_full_queue_refuses_at_once() {
     });
 }
 
-/// A declared pattern that would serve a built-in app's topics, or declared channels without a
-/// secret, stop `fawkes serve` at start with an error that says so.
+/// A declared pattern that would serve a built-in app's topics, declared channels (or a
+/// connect_url) without a secret, or a CA file without a certificate stop `fawkes serve` at
+/// start with an error that says so.
 #[test]
 fn overlapping_or_unsigned_declarations_are_refused_at_start() {
     let dir = support::temp_dir("proxy-refused");
@@ -784,6 +813,7 @@ fn overlapping_or_unsigned_declarations_are_refused_at_start() {
         e.contains("declared channels and --connect-url need --backend-secret"),
         "{e}"
     );
+    std::fs::write(dir.join("empty.pem"), "").unwrap();
     let e = run(&[
         "--channel-topic",
         "room:*",
@@ -791,8 +821,10 @@ fn overlapping_or_unsigned_declarations_are_refused_at_start() {
         "x",
         "--channel-join-url",
         "https://x/j",
+        "--backend-ca-file",
+        "empty.pem",
     ]);
-    assert!(e.contains("https backends are not supported yet"), "{e}");
+    assert!(e.contains("empty.pem: no certificate"), "{e}");
 }
 
 /// The HTTP status a WebSocket connect gets: 101 when upgraded, else the refusal's.
@@ -989,4 +1021,159 @@ fn connect_url_down_refuses_connects_fast() {
         ),
         1.0
     );
+}
+
+/// A CA (`name.pem`, `name.key`) made with the openssl command.
+fn make_ca(dir: &Path, name: &str) {
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=Fawkes test {name}"),
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.pem")))
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl must be installed")
+        .success();
+    assert!(ok, "openssl req -x509 failed");
+}
+
+/// A certificate for 127.0.0.1 (`server.pem`, `server.key`) signed by the CA `ca`.
+fn make_server_cert(dir: &Path, ca: &str) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl {args:?} failed");
+    };
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
+/// An https backend whose certificate a private CA signed: trusted with --backend-ca-file
+/// naming that CA (joins and pushes work as over http); not trusted with the system's roots
+/// nor with another CA's file: `backend unavailable`, counted as unreachable, never a hang.
+#[test]
+fn https_backends_are_checked_against_the_ca_file() {
+    let dir = support::temp_dir("proxy-https");
+    make_ca(&dir, "ca");
+    make_ca(&dir, "other");
+    make_server_cert(&dir, "ca");
+    let script = dir.join("backend.py");
+    std::fs::write(&script, BACKEND).unwrap();
+    let b = Backend::start_with(
+        &script,
+        &dir,
+        0,
+        SECRET,
+        &[
+            ("CERT", &dir.join("server.pem")),
+            ("KEY", &dir.join("server.key")),
+        ],
+    );
+    assert!(b.url("/join").starts_with("https://127.0.0.1:"));
+    let ca = dir.join("ca.pem");
+    let other = dir.join("other.pem");
+    let trusted = serve_room(
+        &support::temp_dir("proxy-https-ca"),
+        &b,
+        SECRET,
+        &["--backend-ca-file", ca.to_str().unwrap()],
+    );
+    let system = serve_room(&support::temp_dir("proxy-https-system"), &b, SECRET, &[]);
+    let wrong = serve_room(
+        &support::temp_dir("proxy-https-other"),
+        &b,
+        SECRET,
+        &["--backend-ca-file", other.to_str().unwrap()],
+    );
+    let unavailable = json!({"status": "error", "response": {"reason": "backend unavailable"}});
+    runtime().block_on(async {
+        let mut a = connect(&trusted.addr, "").await;
+        let r = join(
+            &mut a,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "tls"}),
+        )
+        .await;
+        assert_eq!(r, json!({"status": "ok", "response": {"hello": "tls"}}));
+        for i in 0..3 {
+            let r = push(&mut a, "1", &format!("w{i}"), "room:1", "whoami", json!({})).await;
+            assert_eq!(r["response"]["assigns"], json!({"nick": "tls", "count": 0}));
+        }
+        for server in [&system, &wrong] {
+            let mut s = connect(&server.addr, "").await;
+            let r = join(&mut s, "1", "room:1", json!({"password": "sesame"})).await;
+            assert_eq!(r, unavailable);
+        }
+    });
+    assert_eq!(outcome(&metrics_addr(&trusted), "ok"), 4.0);
+    for server in [&system, &wrong] {
+        let m = metrics_addr(server);
+        assert_eq!((outcome(&m, "unreachable"), outcome(&m, "ok")), (1.0, 0.0));
+    }
+    // The backend saw only the trusted server's requests (and perhaps its leave by now).
+    let seen: Vec<Value> = records(&dir, "requests.jsonl")
+        .into_iter()
+        .map(|r| r["event"].clone())
+        .filter(|e| e != "phx_leave")
+        .collect();
+    assert_eq!(seen, ["phx_join", "whoami", "whoami", "whoami"]);
 }

@@ -72,7 +72,7 @@ impl ChannelSpec {
     }
 
     /// Refuses what could never work: an empty pattern, a `*` inside it, a zero timeout, a URL
-    /// that is not `http://host[:port]/...`.
+    /// that is not `http(s)://host[:port]/...`.
     pub fn check(&self) -> Result<(), String> {
         let t = &self.topic;
         if t.is_empty() || t.trim_end_matches('*').contains('*') || t.ends_with("**") {
@@ -90,18 +90,13 @@ impl ChannelSpec {
     }
 }
 
-/// `http://host:port` of a URL: requests to one origin share its bounds and circuit.
+/// `http://host:port` or `https://host:port` of a URL: requests to one origin share its bounds
+/// and circuit.
 pub fn origin(url: &str) -> Result<String, String> {
-    let rest = match url.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some(("https", _)) => {
-            return Err(
-                "https backends are not supported yet: reach the backend over http on \
-                        a private network or localhost"
-                    .into(),
-            )
-        }
-        _ => return Err("not an http:// URL".into()),
+    let (scheme, rest, port) = match url.split_once("://") {
+        Some(("http", rest)) => ("http", rest, 80),
+        Some(("https", rest)) => ("https", rest, 443),
+        _ => return Err("not an http:// or https:// URL".into()),
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.is_empty() || authority.contains('@') {
@@ -113,9 +108,9 @@ pub fn origin(url: &str) -> Result<String, String> {
     {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{port}")
     };
-    Ok(format!("http://{with_port}"))
+    Ok(format!("{scheme}://{with_port}"))
 }
 
 /// The bounds every backend (one origin) is held to, whatever channel calls it.
@@ -159,9 +154,14 @@ mod tests {
             origin("http://backend/a?b").as_deref(),
             Ok("http://backend:80")
         );
-        assert!(origin("https://backend/join")
-            .unwrap_err()
-            .contains("https"));
+        assert_eq!(
+            origin("https://backend/join").as_deref(),
+            Ok("https://backend:443")
+        );
+        assert_eq!(
+            origin("https://10.0.0.1:8443").as_deref(),
+            Ok("https://10.0.0.1:8443")
+        );
         assert!(origin("ftp://x/").is_err());
         assert!(origin("http:///x").is_err());
     }

@@ -25,12 +25,14 @@
 //! - [`config`]: `[[channels]]`, the URLs, the backend bounds.
 //! - [`client`]: signed requests within the bounds, the circuit, the size cap.
 //! - [`answer`]: what an answer may say.
+//! - [`tls`]: how https backends are trusted.
 //! - `channel`: the channel kind itself.
 
 pub mod answer;
 mod channel;
 pub mod client;
 pub mod config;
+pub mod tls;
 
 use crate::endpoint::Params;
 use crate::Router;
@@ -109,6 +111,8 @@ pub struct Settings {
     pub connect_url: Option<String>,
     /// How long the connect request may take, queue wait included.
     pub connect_timeout: Duration,
+    /// The CAs https backends are checked against, instead of the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -119,6 +123,7 @@ impl Default for Settings {
             node: String::new(),
             connect_url: None,
             connect_timeout: Duration::from_millis(config::DEFAULT_TIMEOUT_MS),
+            ca_file: None,
         }
     }
 }
@@ -163,6 +168,12 @@ impl Proxy {
                 )
             }
         };
+        let https = specs
+            .iter()
+            .flat_map(|s| s.urls().map(|(_, u)| u))
+            .chain(settings.connect_url.as_deref())
+            .any(|u| u.starts_with("https://"));
+        let tls = tls::client_config(settings.ca_file.as_deref(), https)?;
         let node: Arc<str> = settings.node.into();
         let mut backends: BTreeMap<String, Arc<Backend>> = BTreeMap::new();
         let mut route = |url: &Option<String>| -> Result<Option<Route>, String> {
@@ -175,6 +186,7 @@ impl Proxy {
                         origin,
                         settings.limits.clone(),
                         secret.clone(),
+                        tls.clone(),
                     ))
                 })
                 .clone();
