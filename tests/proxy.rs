@@ -1177,3 +1177,115 @@ fn https_backends_are_checked_against_the_ca_file() {
         .collect();
     assert_eq!(seen, ["phx_join", "whoami", "whoami", "whoami"]);
 }
+
+/// Two nodes over one redis-server and one PostgreSQL database, the same channel declared on
+/// both: a client on B joins, then a client on A joins with a track in the join answer; B's
+/// client gets the presence diff, and a later joiner on B the whole state; a push on A whose
+/// answer broadcasts reaches B's client as the exact frame. Each node names itself in `node`.
+#[test]
+fn a_proxied_channel_spans_two_nodes() {
+    let redis = support::Redis::start();
+    let pg = support::fresh_postgres("proxy_cluster");
+    let dir = support::temp_dir("proxy-cluster");
+    let (dir_a, dir_b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let b = Backend::test(&dir);
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let (join_url, push_url) = (b.url("/join"), b.url("/push"));
+    let node = |dir: &Path, name: &str| {
+        support::Serve::start(
+            dir,
+            &[
+                "--database-url",
+                &pg,
+                "--redis-url",
+                &redis_url,
+                "--node-name",
+                name,
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--channel-topic",
+                "room:*",
+                "--channel-join-url",
+                &join_url,
+                "--channel-push-url",
+                &push_url,
+                "--backend-secret",
+                SECRET,
+            ],
+        )
+    };
+    let node_a = node(&dir_a, "a");
+    let node_b = node(&dir_b, "b");
+    support::wait_linked(&node_a);
+    support::wait_linked(&node_b);
+    runtime().block_on(async {
+        let mut y = connect(&node_b.addr, "").await;
+        let r = join(
+            &mut y,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "yb"}),
+        )
+        .await;
+        assert_eq!(r, json!({"status": "ok", "response": {"hello": "yb"}}));
+
+        let mut x = connect(&node_a.addr, "").await;
+        let r = join(
+            &mut x,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "xa", "track": true}),
+        )
+        .await;
+        assert_eq!(r, json!({"status": "ok", "response": {"hello": "xa"}}));
+        let state = next(&mut x, |f| f[3] == "presence_state").await;
+        assert_eq!(state[4]["xa"]["metas"][0]["nick"], "xa");
+
+        // Presence tracked by A's join answer, seen on B.
+        let diff = next(&mut y, |f| f[3] == "presence_diff").await;
+        assert_eq!(diff[4]["joins"]["xa"]["metas"][0]["nick"], "xa");
+        assert_eq!(diff[4]["leaves"], json!({}));
+        let mut z = connect(&node_b.addr, "").await;
+        let r = join(
+            &mut z,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "zb", "track": true}),
+        )
+        .await;
+        assert_eq!(r["status"], "ok");
+        let state = next(&mut z, |f| f[3] == "presence_state").await;
+        let mut keys: Vec<&String> = state[4].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["xa", "zb"]);
+
+        // A push on A whose answer broadcasts: the exact frame on B.
+        let r = push(&mut x, "1", "s", "room:1", "shout", json!({"text": "hi"})).await;
+        assert_eq!(r, json!({"status": "ok", "response": {"count": 1}}));
+        let shouted = json!([null, null, "room:1", "shouted", {"nick": "xa", "text": "hi"}]);
+        assert_eq!(next(&mut y, |f| f[3] == "shouted").await, shouted);
+        assert_eq!(next(&mut z, |f| f[3] == "shouted").await, shouted);
+    });
+    let nodes: Vec<(String, String)> = records(&dir, "requests.jsonl")
+        .iter()
+        .map(|r| {
+            let who = r["payload"]["nick"]
+                .as_str()
+                .or(r["assigns"]["nick"].as_str())
+                .unwrap()
+                .to_owned();
+            (who, r["node"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("yb".into(), "b".into()),
+            ("xa".into(), "a".into()),
+            ("zb".into(), "b".into()),
+            ("xa".into(), "a".into())
+        ]
+    );
+}

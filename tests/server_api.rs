@@ -10,9 +10,9 @@ mod support;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -673,68 +673,9 @@ fn presence_and_topics_answer_what_the_clients_see() {
     });
 }
 
-/// A redis-server on a free port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("redis-server must be installed (Debian: apt-get install redis-server)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        while let Some(Ok(line)) = lines.next() {
-            if line.contains("Ready to accept connections") {
-                // Its later log lines are read and dropped, so that its writes never fail.
-                std::thread::spawn(move || lines.for_each(drop));
-                return Redis { child, port };
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("redis-server stopped before it was ready");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until the node's link to Redis is up (`fawkes_redis_up 1`), subscribed.
-fn wait_linked(node: &support::Serve) {
-    let metrics = node.metrics_url();
-    let addr = metrics
-        .strip_prefix("http://")
-        .and_then(|r| r.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("a metrics URL in {:?}", node.banner))
-        .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, _, body) = support::http_raw(&addr, "GET", "/metrics", &[], "");
-        if body.lines().any(|l| l == "fawkes_redis_up 1") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the node never linked to Redis");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn across_two_nodes_node_a_reaches_the_clients_of_node_b() {
-    let redis = Redis::start();
+    let redis = support::Redis::start();
     let pg = support::fresh_postgres("server_api");
     let dir = support::temp_dir("server-api-cluster");
     let (dir_a, dir_b) = (dir.join("a"), dir.join("b"));
@@ -756,8 +697,8 @@ fn across_two_nodes_node_a_reaches_the_clients_of_node_b() {
     };
     let a = node(&dir_a, "a");
     let b = node(&dir_b, "b");
-    wait_linked(&a);
-    wait_linked(&b);
+    support::wait_linked(&a);
+    support::wait_linked(&b);
     let id = room(&a.addr, &alice);
     let topic = format!("voice:{id}");
     rt().block_on(async {

@@ -261,3 +261,65 @@ pub fn admin_stats(addr: &str, token: &str) -> serde_json::Value {
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
+
+/// A redis-server on a free port, killed on drop.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-server must be installed (Debian: apt-get install redis-server)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if line.contains("Ready to accept connections") {
+                // Its later log lines are read and dropped, so that its writes never fail.
+                std::thread::spawn(move || lines.for_each(drop));
+                return Redis { child, port };
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("redis-server stopped before it was ready");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the node's link to Redis is up (`fawkes_redis_up 1`), subscribed.
+pub fn wait_linked(node: &Serve) {
+    let metrics = node.metrics_url();
+    let addr = metrics
+        .strip_prefix("http://")
+        .and_then(|r| r.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("a metrics URL in {:?}", node.banner))
+        .to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, _, body) = http_raw(&addr, "GET", "/metrics", &[], "");
+        if body.lines().any(|l| l == "fawkes_redis_up 1") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never linked to Redis"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
