@@ -892,6 +892,7 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
         };
         fawkes::cluster::Cluster::start(&endpoint, c, Some(recorded));
     }
+    let proxied = state.proxy.patterns();
     let state = actix_web::web::Data::new(state);
     accounts::watch_revocations(state.store.clone(), state.endpoint.clone());
     let socket = apps::socket(state.clone()).map_err(std::io::Error::other)?;
@@ -905,10 +906,9 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
     }
     // Without a listener of its own, /metrics is only served behind a token.
     let metrics_on_main = args.metrics_addr.is_none() && metrics.token.is_some();
-    let demo = actix_web::web::Data::new(fawkes::demo::DemoConfig::new(
-        args.demo,
-        args.demo_max_users,
-    ));
+    let demo = actix_web::web::Data::new(
+        fawkes::demo::DemoConfig::new(args.demo, args.demo_max_users).with_proxied(proxied),
+    );
     let inspector =
         actix_web::web::Data::new(fawkes::inspector::Inspector::new(endpoint.clone(), tls));
     let main_metrics = metrics.clone();

@@ -277,6 +277,11 @@ impl Proxy {
         verdict
     }
 
+    /// The topic patterns of the declared channels, in order.
+    pub fn patterns(&self) -> Vec<String> {
+        self.declared.iter().map(|d| d.pattern.clone()).collect()
+    }
+
     /// The origins requests go to.
     pub fn backends(&self) -> impl Iterator<Item = &str> {
         self.backends.iter().map(|b| b.origin())
