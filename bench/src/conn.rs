@@ -38,6 +38,9 @@ pub struct Target {
     pub topic: String,
     /// The topic as a JSON string literal, quotes included, to format frames with.
     pub topic_json: String,
+    /// Connect without `token=bench<i>`: an anonymous socket (`fawkes serve` checks tokens,
+    /// and would refuse the fixture's).
+    pub anonymous: bool,
 }
 
 impl Target {
@@ -57,6 +60,7 @@ impl Target {
             nodes,
             topic: topic.to_string(),
             topic_json: serde_json::to_string(topic).expect("a string serializes"),
+            anonymous: false,
         })
     }
 
@@ -109,7 +113,7 @@ impl Target {
     }
 
     /// Opens connection `i`: TCP from its source address, then the WebSocket upgrade with
-    /// `token=bench<i>` and the V2 serializer.
+    /// `token=bench<i>` (unless anonymous) and the V2 serializer.
     pub async fn connect(&self, i: usize) -> Result<Ws, String> {
         self.connect_to(i % self.nodes.len(), i).await
     }
@@ -135,7 +139,11 @@ impl Target {
         stream
             .set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
-        let url = format!("{endpoint}?token=bench{i}&vsn=2.0.0");
+        let url = if self.anonymous {
+            format!("{endpoint}?vsn=2.0.0")
+        } else {
+            format!("{endpoint}?token=bench{i}&vsn=2.0.0")
+        };
         let (ws, _) = tokio_tungstenite::client_async(url, stream)
             .await
             .map_err(|e| format!("upgrade: {e}"))?;
