@@ -46,7 +46,7 @@ pub struct Applied {
 }
 
 /// The key of the declared channels' tables.
-pub const CHANNELS: &str = "channels";
+pub use crate::apps::proxy::config::CHANNELS;
 
 /// Every (long name, env var) of the arguments of `cmd` and its subcommands.
 fn flags(cmd: &Command) -> Vec<(String, Option<String>)> {

@@ -4,10 +4,14 @@
 //!
 //! With `--demo`, `POST /demo/users` creates a community member and answers its token, so a
 //! visitor can try the pages with one click; without it, pages ask for an API token.
+//!
+//! With proxied channels declared (`apps::proxy`), the index links to `/demo/proxy`, a page
+//! speaking the chat of `examples/proxy_chat` on them; without, neither link nor page.
 
 use crate::accounts::{self, NewUser};
 use crate::apps::api::{object_body, ApiError, ApiResult};
 use crate::apps::AppState;
+use actix_web::body::MessageBody;
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -19,11 +23,6 @@ const PHOENIX_JS: &str = include_str!("../assets/vendor/phoenix-1.8.16.mjs");
 
 /// Static files: (path, content type, body).
 const ASSETS: &[(&str, &str, &str)] = &[
-    (
-        "/",
-        "text/html; charset=utf-8",
-        include_str!("../assets/demo/index.html"),
-    ),
     (
         "/demo/feed",
         "text/html; charset=utf-8",
@@ -60,6 +59,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../assets/demo/chat.js"),
     ),
     (
+        "/assets/proxy.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/demo/proxy.js"),
+    ),
+    (
         "/assets/orders.js",
         "text/javascript; charset=utf-8",
         include_str!("../assets/demo/orders.js"),
@@ -71,6 +75,9 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+const INDEX: &str = include_str!("../assets/demo/index.html");
+const PROXY_PAGE: &str = include_str!("../assets/demo/proxy.html");
+
 /// The demo's settings.
 #[derive(Debug)]
 pub struct DemoConfig {
@@ -78,6 +85,8 @@ pub struct DemoConfig {
     pub open_signup: bool,
     /// Most users `POST /demo/users` creates over the process's life; then 429.
     pub max_users: usize,
+    /// The topic patterns of the declared (proxied) channels, in order.
+    pub proxied: Vec<String>,
     created: AtomicUsize,
 }
 
@@ -86,13 +95,74 @@ impl DemoConfig {
         DemoConfig {
             open_signup,
             max_users,
+            proxied: Vec::new(),
             created: AtomicUsize::new(0),
         }
     }
+
+    /// With these declared channels' patterns, the index links to the proxied channels' page.
+    pub fn with_proxied(mut self, patterns: Vec<String>) -> DemoConfig {
+        self.proxied = patterns;
+        self
+    }
+}
+
+/// Text for HTML, escaped: patterns come from the configuration, not from visitors, but a `<`
+/// in one must still not make markup.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The declared patterns as a list of `<code>` items.
+fn patterns(demo: &DemoConfig) -> String {
+    demo.proxied
+        .iter()
+        .map(|p| format!("<code>{}</code>", escape(p)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `GET /`: the index, with a card for the proxied channels' page when some are declared.
+async fn index(demo: web::Data<DemoConfig>) -> HttpResponse {
+    let card = if demo.proxied.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "    <li class=\"card\"><a href=\"/demo/proxy\">Proxied channels</a>: {}, handled by \
+             the app's own backend (<code>examples/proxy_chat</code> is one in Python).</li>\n",
+            patterns(&demo)
+        )
+    };
+    page(INDEX.replace("<!--proxied-->", &card))
+}
+
+/// `GET /demo/proxy`: the proxied channels' page; 404 when none are declared.
+async fn proxy_page(demo: web::Data<DemoConfig>) -> HttpResponse {
+    let Some(first) = demo.proxied.first() else {
+        return HttpResponse::NotFound().finish();
+    };
+    // A topic the first pattern serves, to start from: `room:*` gives `room:lobby`.
+    let topic = match first.strip_suffix('*') {
+        Some(prefix) => format!("{prefix}lobby"),
+        None => first.clone(),
+    };
+    page(
+        PROXY_PAGE
+            .replace("{{patterns}}", &patterns(&demo))
+            .replace("{{topic}}", &escape(&topic)),
+    )
+}
+
+/// A page made at request time, with the assets' headers.
+fn page(body: String) -> HttpResponse {
+    asset("text/html; charset=utf-8", body)
 }
 
 /// A static page or script, with a content security policy that allows only this origin.
-fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
+fn asset(content_type: &'static str, body: impl MessageBody + 'static) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((
@@ -164,6 +234,16 @@ pub fn routes(cfg: &mut web::ServiceConfig, demo: web::Data<DemoConfig>) {
         );
     }
     cfg.service(
+        web::resource("/")
+            .app_data(demo.clone())
+            .route(web::get().to(index)),
+    )
+    .service(
+        web::resource("/demo/proxy")
+            .app_data(demo.clone())
+            .route(web::get().to(proxy_page)),
+    )
+    .service(
         web::resource("/demo/config")
             .app_data(demo.clone())
             .route(web::get().to(config)),

@@ -453,8 +453,16 @@ struct ProxyArgs {
     /// Milliseconds one of its requests may take, queue wait included.
     #[arg(long, env = "FAWKES_CHANNEL_TIMEOUT_MS", default_value_t = proxy::config::DEFAULT_TIMEOUT_MS)]
     channel_timeout_ms: u64,
+    /// Asked at every socket connect (WebSocket or LongPoll; POST, JSON `{event: "connect",
+    /// params, user, socket_id, node}`): its `reply` allows (`ok`) or refuses (403), its
+    /// `assigns` start every channel of the socket. No usable answer: refused (500).
+    #[arg(long, env = "FAWKES_CONNECT_URL")]
+    connect_url: Option<String>,
+    /// Milliseconds the connect_url request may take, queue wait included.
+    #[arg(long, env = "FAWKES_CONNECT_TIMEOUT_MS", default_value_t = proxy::config::DEFAULT_TIMEOUT_MS)]
+    connect_timeout_ms: u64,
     /// Signs requests to backends (`x-fawkes-signature: sha256=<hex HMAC-SHA256(body)>`);
-    /// required once a channel is declared.
+    /// required once a channel or a connect_url is declared.
     #[arg(long, env = "FAWKES_BACKEND_SECRET", hide_env_values = true)]
     backend_secret: Option<String>,
     /// A file holding the backend secret (instead of the flag).
@@ -464,7 +472,11 @@ struct ProxyArgs {
         conflicts_with = "backend_secret"
     )]
     backend_secret_file: Option<PathBuf>,
-    /// Requests in flight at once to one backend (one origin, `http://host:port`).
+    /// A PEM file of the CAs that https backends' certificates must chain to (an app's private
+    /// CA), instead of the system's root certificates.
+    #[arg(long, env = "FAWKES_BACKEND_CA_FILE")]
+    backend_ca_file: Option<PathBuf>,
+    /// Requests in flight at once to one backend (one origin, `http(s)://host:port`).
     #[arg(long, env = "FAWKES_BACKEND_MAX_CONCURRENCY", default_value_t = BackendLimits::default().max_concurrency)]
     backend_max_concurrency: usize,
     /// Requests waiting for a free slot of one backend; one more fails at once.
@@ -507,6 +519,9 @@ impl ProxyArgs {
             },
             secret: secret(&self.backend_secret, &self.backend_secret_file)?,
             node,
+            connect_url: self.connect_url.clone(),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            ca_file: self.backend_ca_file.clone(),
         };
         proxy::Proxy::new(specs, settings)
     }
@@ -722,10 +737,7 @@ fn main() -> ExitCode {
         log::info!("configuration file {}", path.display());
     }
     let result = match cli.command {
-        Command::Config(ConfigCommand::Print(_)) => {
-            print_config(&matches, &applied);
-            Ok(())
-        }
+        Command::Config(ConfigCommand::Print(_)) => print_config(&matches, &applied),
         Command::Serve(args) => actix_web::rt::System::new()
             .block_on(serve(*args, &applied.channels))
             .map_err(|e| e.to_string()),
@@ -856,16 +868,25 @@ fn mint_phoenix_token(
     Ok(())
 }
 
-/// `fawkes config print`: every `serve` setting, its value and where it came from.
-fn print_config(matches: &clap::ArgMatches, applied: &fawkes::config_file::Applied) {
+/// `fawkes config print`: every `serve` setting, its value and where it came from; then the
+/// file's `[[channels]]`, as TOML that reads back (an invalid one is the error `serve` gives).
+fn print_config(
+    matches: &clap::ArgMatches,
+    applied: &fawkes::config_file::Applied,
+) -> Result<(), String> {
     use clap::parser::ValueSource;
     use clap::CommandFactory;
     let Some((_, sub)) = matches.subcommand() else {
-        return;
+        return Ok(());
     };
     let Some((_, args)) = sub.subcommand() else {
-        return;
+        return Ok(());
     };
+    let channels = applied
+        .channels
+        .iter()
+        .map(|t| proxy::config::ChannelSpec::from_toml(t.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
     let cmd = Cli::command();
     let print = cmd
         .find_subcommand("config")
@@ -918,6 +939,13 @@ fn print_config(matches: &clap::ArgMatches, applied: &fawkes::config_file::Appli
         };
         println!("{long} = {shown}  # {from}");
     }
+    if !channels.is_empty() {
+        println!("\n# declared channels  # file");
+    }
+    for spec in channels {
+        print!("\n{}", spec.to_toml());
+    }
+    Ok(())
 }
 
 fn open(db: &DbArgs) -> Result<Store, String> {
@@ -1012,6 +1040,7 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
         };
         fawkes::cluster::Cluster::start(&endpoint, c, Some(recorded));
     }
+    let proxied = state.proxy.patterns();
     let state = actix_web::web::Data::new(state);
     accounts::watch_revocations(state.store.clone(), state.endpoint.clone());
     let socket = apps::socket(state.clone()).map_err(std::io::Error::other)?;
@@ -1025,10 +1054,9 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
     }
     // Without a listener of its own, /metrics is only served behind a token.
     let metrics_on_main = args.metrics_addr.is_none() && metrics.token.is_some();
-    let demo = actix_web::web::Data::new(fawkes::demo::DemoConfig::new(
-        args.demo,
-        args.demo_max_users,
-    ));
+    let demo = actix_web::web::Data::new(
+        fawkes::demo::DemoConfig::new(args.demo, args.demo_max_users).with_proxied(proxied),
+    );
     let inspector =
         actix_web::web::Data::new(fawkes::inspector::Inspector::new(endpoint.clone(), tls));
     let main_metrics = metrics.clone();

@@ -281,6 +281,33 @@ impl BackendOutcome {
     }
 }
 
+/// What a `connect_url` decided of a socket connect (see `apps::proxy`), as counted in
+/// `fawkes_backend_connects_total{verdict}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectVerdict {
+    Allowed = 0,
+    /// The backend said no (HTTP 403).
+    Refused,
+    /// The backend gave no usable answer (HTTP 500).
+    Failed,
+}
+
+impl ConnectVerdict {
+    pub const ALL: [ConnectVerdict; 3] = [
+        ConnectVerdict::Allowed,
+        ConnectVerdict::Refused,
+        ConnectVerdict::Failed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectVerdict::Allowed => "allowed",
+            ConnectVerdict::Refused => "refused",
+            ConnectVerdict::Failed => "failed",
+        }
+    }
+}
+
 /// Why a Supabase Realtime event or join was refused, as counted in
 /// `fawkes_realtime_refused_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,6 +379,7 @@ impl RealtimeCounters {
 /// Requests to apps' backends (channels proxied over HTTP). See [`BACKEND`].
 pub struct Backends {
     requests: [AtomicU64; BackendOutcome::ALL.len()],
+    connects: [AtomicU64; ConnectVerdict::ALL.len()],
     /// Requests being sent or awaiting their answer.
     pub in_flight: AtomicI64,
     /// Requests waiting for a backend's free slot.
@@ -365,6 +393,7 @@ pub struct Backends {
 /// The one set of backend counters of this process.
 pub static BACKEND: Backends = Backends {
     requests: [ZERO; BackendOutcome::ALL.len()],
+    connects: [ZERO; ConnectVerdict::ALL.len()],
     in_flight: ZERO_I,
     queued: ZERO_I,
     circuits_open: ZERO_I,
@@ -381,6 +410,24 @@ impl Backends {
         ) {
             BACKEND_REQUEST.observe(took.as_secs_f64());
         }
+    }
+
+    /// A socket connect decided by the backend.
+    pub fn connected(&self, verdict: ConnectVerdict) {
+        self.connects[verdict as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Connects by verdict label.
+    pub fn connects(&self) -> Vec<(String, u64)> {
+        ConnectVerdict::ALL
+            .iter()
+            .map(|v| {
+                (
+                    v.label().to_owned(),
+                    self.connects[*v as usize].load(Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// Requests by outcome label.

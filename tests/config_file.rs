@@ -109,6 +109,71 @@ fn fawkes_toml_in_the_working_directory_is_read_and_bad_keys_are_refused() {
     assert!(err.contains("missing.toml"), "{err}");
 }
 
+/// The file's `[[channels]]` are printed after the flags, as TOML that reads back to the same
+/// declarations (defaults filled in); an invalid one fails `config print` as it fails `serve`.
+#[test]
+fn config_print_shows_the_declared_channels_as_toml() {
+    let dir = support::temp_dir("config-channels");
+    std::fs::write(
+        dir.join("fawkes.toml"),
+        r#"
+backend-secret = "s"
+
+[[channels]]
+topic = "room:*"
+join_url = "http://127.0.0.1:8000/join"
+push_url = "http://127.0.0.1:8000/push"
+leave_url = "http://127.0.0.1:8000/leave"
+timeout_ms = 1500
+
+[[channels]]
+topic = "lobby"
+"#,
+    )
+    .unwrap();
+    let (ok, out, err) = fawkes(&dir, &["config", "print"], &[]);
+    assert!(ok, "{err}");
+    let (flags, channels) = out
+        .split_once("\n# declared channels  # file\n")
+        .unwrap_or_else(|| panic!("no declared channels in:\n{out}"));
+    assert!(flags.lines().any(|l| l == "backend-secret = ***  # file"));
+    let read: toml::Table = toml::from_str(channels).unwrap();
+    let want: toml::Table = toml::from_str(
+        r#"
+[[channels]]
+topic = "room:*"
+join_url = "http://127.0.0.1:8000/join"
+push_url = "http://127.0.0.1:8000/push"
+leave_url = "http://127.0.0.1:8000/leave"
+timeout_ms = 1500
+
+[[channels]]
+topic = "lobby"
+timeout_ms = 5000
+"#,
+    )
+    .unwrap();
+    assert_eq!(read, want, "printed:\n{channels}");
+
+    // Without channels, no such section.
+    std::fs::write(dir.join("fawkes.toml"), "max-queue = 3\n").unwrap();
+    let (ok, out, _) = fawkes(&dir, &["config", "print"], &[]);
+    assert!(ok);
+    assert!(
+        !out.contains("declared channels") && !out.contains("[[channels]]"),
+        "{out}"
+    );
+
+    std::fs::write(
+        dir.join("fawkes.toml"),
+        "[[channels]]\ntopic = \"room:*\"\njoin = \"x\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = fawkes(&dir, &["config", "print"], &[]);
+    assert!(!ok);
+    assert!(err.contains("[[channels]]: unknown field `join`"), "{err}");
+}
+
 #[test]
 fn serve_takes_its_settings_from_the_file_and_logs_json() {
     let dir = support::temp_dir("config-serve");

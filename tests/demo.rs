@@ -107,3 +107,49 @@ fn demo_users_are_members_with_tokens_and_bounded() {
     );
     assert_eq!(status, 429, "{body}");
 }
+
+/// With proxied channels declared, the index links to the proxied channels' page, which names
+/// the patterns and starts from a topic the first one serves; without, neither link nor page.
+#[test]
+fn the_index_links_to_the_proxied_channels_page_only_when_some_are_declared() {
+    let dir = support::temp_dir("demo-proxy");
+    let db = dir.join("fawkes.db");
+    let db = db.to_str().unwrap();
+    let link = r#"<a href="/demo/proxy">Proxied channels</a>"#;
+
+    let plain = support::Serve::start(&dir, &["--database-url", db]);
+    let (status, _, index) = http(&plain.addr, "GET", "/", &[], "");
+    assert_eq!(status, 200);
+    assert!(index.contains(r#"href="/demo/feed""#), "{index}");
+    assert!(!index.contains("/demo/proxy"), "{index}");
+    assert_eq!(http(&plain.addr, "GET", "/demo/proxy", &[], "").0, 404);
+    drop(plain);
+
+    std::fs::write(
+        dir.join("fawkes.toml"),
+        "backend-secret = \"s\"\n[[channels]]\ntopic = \"room:*\"\n\
+         join_url = \"http://127.0.0.1:9/join\"\n",
+    )
+    .unwrap();
+    let proxied = support::Serve::start(&dir, &["--database-url", db, "--channel-topic", "lobby"]);
+    let (status, head, index) = http(&proxied.addr, "GET", "/", &[], "");
+    assert_eq!(status, 200);
+    assert!(head.contains("default-src 'self'"), "{head}");
+    assert!(
+        index.contains(&format!(
+            "{link}: <code>room:*</code>, <code>lobby</code>, handled by the app's own backend"
+        )),
+        "{index}"
+    );
+    let (status, _, page) = http(&proxied.addr, "GET", "/demo/proxy", &[], "");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(r#"<input name="topic" required value="room:lobby">"#),
+        "{page}"
+    );
+    assert!(page.contains(r#"src="/assets/proxy.js""#), "{page}");
+    assert!(page.contains("examples/proxy_chat"), "{page}");
+    let (status, _, js) = http(&proxied.addr, "GET", "/assets/proxy.js", &[], "");
+    assert_eq!(status, 200);
+    assert!(js.contains(r#"channel.push("new_msg""#), "{js}");
+}

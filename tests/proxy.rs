@@ -20,8 +20,11 @@ type Ws =
 const SECRET: &str = "test-backend-secret";
 
 /// A backend for the tests: `/join` wants `"password": "sesame"`; `/push` acts by event;
+/// `/connect` by the connect param `let` (`in`: allowed with assigns, `ok`: allowed, `slow`,
+/// `garbage`, `track`: an answer that does not apply; anything else refused);
 /// `/leave` appends each request to `leaves.jsonl`. Every request is checked for its signature
-/// (401 without a good one) and appended to `requests.jsonl`.
+/// (401 without a good one) and appended to `requests.jsonl`. With `CERT` and `KEY` (PEM files)
+/// in its environment, it serves https.
 const BACKEND: &str = r#"
 import hashlib, hmac, json, os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +39,8 @@ def join(req):
     if req["payload"].get("password") != "sesame":
         return {"reply": {"status": "error", "response": {"reason": "wrong password"}}}
     nick = req["payload"].get("nick", "anon")
-    ans = {"reply": {"status": "ok", "response": {"hello": nick}}, "assigns": {"nick": nick, "count": 0}}
+    ans = {"reply": {"status": "ok", "response": {"hello": nick}},
+           "assigns": dict(req["assigns"], nick=nick, count=0)}
     if req["payload"].get("track"):
         ans["track"] = {"key": nick, "meta": {"nick": nick}}
     return ans
@@ -71,6 +75,21 @@ def push(req):
         return {"reply": {"status": "ok", "response": {"pad": "x" * (2 * 1024 * 1024)}}}
     return {"reply": {"status": "error", "response": {"reason": "unknown " + ev}}}
 
+def connect(req):
+    how = req["params"].get("let", "")
+    if how == "in":
+        return {"assigns": {"role": req["params"].get("role", "guest"), "via": "connect"}}
+    if how == "ok":
+        return {"reply": {"status": "ok", "response": {}}}
+    if how == "slow":
+        time.sleep(3)
+        return {}
+    if how == "garbage":
+        return b"<html>not json"
+    if how == "track":
+        return {"track": {"key": "k"}}
+    return {"reply": {"status": "error", "response": {"reason": "not you"}}}
+
 def leave(req):
     record("leaves.jsonl", req)
     return {}
@@ -84,7 +103,7 @@ class H(BaseHTTPRequestHandler):
             return self.send(401, b'{"error":"bad signature"}')
         req = json.loads(body)
         record("requests.jsonl", req)
-        out = {"/join": join, "/push": push, "/leave": leave}[self.path](req)
+        out = {"/join": join, "/push": push, "/leave": leave, "/connect": connect}[self.path](req)
         self.send(200, out if isinstance(out, bytes) else json.dumps(out).encode())
     def send(self, status, data):
         self.send_response(status)
@@ -100,6 +119,11 @@ class S(ThreadingHTTPServer):
         pass  # a client that gave up (a timeout, an answer over its cap): expected here
 
 s = S(("127.0.0.1", int(sys.argv[1])), H)
+if os.environ.get("CERT"):
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.environ["CERT"], os.environ["KEY"])
+    s.socket = ctx.wrap_socket(s.socket, server_side=True)
 print("listening on", s.server_address[1], flush=True)
 s.serve_forever()
 "#;
@@ -108,17 +132,30 @@ s.serve_forever()
 struct Backend {
     child: Child,
     port: u16,
+    scheme: &'static str,
 }
 
 impl Backend {
     /// `script` (a path) on `port` (0: any), with the secret and `dir` for its records.
     fn start(script: &Path, dir: &Path, port: u16, secret: &str) -> Backend {
+        Backend::start_with(script, dir, port, secret, &[])
+    }
+
+    /// The same with more environment (`CERT` and `KEY`: https).
+    fn start_with(
+        script: &Path,
+        dir: &Path,
+        port: u16,
+        secret: &str,
+        env: &[(&str, &Path)],
+    ) -> Backend {
         let mut child = Command::new("python3")
             .arg(script)
             .arg(port.to_string())
             .env("SECRET", secret)
             .env("FAWKES_BACKEND_SECRET", secret)
             .env("DIR", dir)
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 must be installed");
@@ -132,7 +169,16 @@ impl Backend {
             .strip_prefix("listening on ")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("backend did not start: {line:?}"));
-        Backend { child, port }
+        let scheme = if env.iter().any(|(k, _)| *k == "CERT") {
+            "https"
+        } else {
+            "http"
+        };
+        Backend {
+            child,
+            port,
+            scheme,
+        }
     }
 
     fn test(dir: &Path) -> Backend {
@@ -142,7 +188,7 @@ impl Backend {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.port)
     }
 
     fn stop(&mut self) {
@@ -728,8 +774,9 @@ fn a_full_queue_refuses_at_once() {
     });
 }
 
-/// A declared pattern that would serve a built-in app's topics, or declared channels without a
-/// secret, stop `fawkes serve` at start with an error that says so.
+/// A declared pattern that would serve a built-in app's topics, declared channels (or a
+/// connect_url) without a secret, or a CA file without a certificate stop `fawkes serve` at
+/// start with an error that says so.
 #[test]
 fn overlapping_or_unsigned_declarations_are_refused_at_start() {
     let dir = support::temp_dir("proxy-refused");
@@ -757,7 +804,16 @@ fn overlapping_or_unsigned_declarations_are_refused_at_start() {
         "{e}"
     );
     let e = run(&["--channel-topic", "room:*"]);
-    assert!(e.contains("declared channels need --backend-secret"), "{e}");
+    assert!(
+        e.contains("declared channels and --connect-url need --backend-secret"),
+        "{e}"
+    );
+    let e = run(&["--connect-url", "http://127.0.0.1:9/connect"]);
+    assert!(
+        e.contains("declared channels and --connect-url need --backend-secret"),
+        "{e}"
+    );
+    std::fs::write(dir.join("empty.pem"), "").unwrap();
     let e = run(&[
         "--channel-topic",
         "room:*",
@@ -765,6 +821,471 @@ fn overlapping_or_unsigned_declarations_are_refused_at_start() {
         "x",
         "--channel-join-url",
         "https://x/j",
+        "--backend-ca-file",
+        "empty.pem",
     ]);
-    assert!(e.contains("https backends are not supported yet"), "{e}");
+    assert!(e.contains("empty.pem: no certificate"), "{e}");
+}
+
+/// The HTTP status a WebSocket connect gets: 101 when upgraded, else the refusal's.
+async fn ws_status(addr: &str, query: &str) -> u16 {
+    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0{query}");
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// What a LongPoll session open answers: `{"status":410,"token":…}` or a refusal's status.
+fn longpoll_open(addr: &str, query: &str) -> Value {
+    let (status, _, body) = http(
+        addr,
+        "GET",
+        &format!("/socket/longpoll?vsn=2.0.0{query}"),
+        &[],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// `--connect-url` decides every socket connect, as Phoenix's `connect/3`: allowed (and its
+/// `assigns` start each channel of the socket, carried into the join request and kept after),
+/// refused with HTTP 403 on WebSocket and `{"status":403}` on LongPoll (the reason is logged,
+/// not sent), and no usable answer (slow past --connect-timeout-ms, garbage, an answer key that
+/// does not apply) refused as a connect that could not decide (500), never a hang. What the
+/// backend is told; each verdict counted.
+#[test]
+fn connect_url_allows_refuses_and_starts_channels_with_its_assigns() {
+    let dir = support::temp_dir("proxy-connect");
+    let b = Backend::test(&dir);
+    let alice = support::create_user(
+        &dir,
+        dir.join("fawkes.db").to_str().unwrap(),
+        &["--name", "alice"],
+    );
+    let connect_url = b.url("/connect");
+    let server = serve_room(
+        &dir,
+        &b,
+        SECRET,
+        &[
+            "--connect-url",
+            &connect_url,
+            "--connect-timeout-ms",
+            "1000",
+        ],
+    );
+    let metrics = metrics_addr(&server);
+    let connects = |dir: &Path| -> Vec<Value> {
+        records(dir, "requests.jsonl")
+            .into_iter()
+            .filter(|r| r["event"] == "connect")
+            .collect()
+    };
+    runtime().block_on(async {
+        let mut a = connect(&server.addr, &format!("&let=in&role=mod&token={alice}")).await;
+        let told = connects(&dir);
+        assert_eq!(told.len(), 1);
+        let req = &told[0];
+        let keys: Vec<&String> = req.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["event", "node", "params", "socket_id", "user"]);
+        assert_eq!(req["params"]["role"], "mod");
+        assert_eq!(req["params"]["vsn"], "2.0.0");
+        assert_eq!(req["user"]["claims"]["name"], "alice");
+        assert!(req["socket_id"].as_str().unwrap().starts_with("api_token:"));
+        assert!(req["node"].as_str().is_some_and(|n| !n.is_empty()));
+
+        let r = join(
+            &mut a,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "al"}),
+        )
+        .await;
+        assert_eq!(r["status"], "ok");
+        let joined = records(&dir, "requests.jsonl")
+            .into_iter()
+            .find(|r| r["event"] == "phx_join")
+            .unwrap();
+        assert_eq!(joined["assigns"], json!({"role": "mod", "via": "connect"}));
+        let r = push(&mut a, "1", "w", "room:1", "whoami", json!({})).await;
+        assert_eq!(
+            r["response"]["assigns"],
+            json!({"role": "mod", "via": "connect", "nick": "al", "count": 0})
+        );
+        // Allowed without assigns: channels start from `{}`.
+        let mut o = connect(&server.addr, "&let=ok").await;
+        join(
+            &mut o,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "ok"}),
+        )
+        .await;
+        let r = push(&mut o, "1", "w", "room:1", "whoami", json!({})).await;
+        assert_eq!(r["response"]["assigns"], json!({"nick": "ok", "count": 0}));
+
+        assert_eq!(ws_status(&server.addr, "&let=no").await, 403);
+        assert_eq!(ws_status(&server.addr, "").await, 403);
+        let started = std::time::Instant::now();
+        assert_eq!(ws_status(&server.addr, "&let=slow").await, 500);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(ws_status(&server.addr, "&let=garbage").await, 500);
+        assert_eq!(ws_status(&server.addr, "&let=track").await, 500);
+    });
+    // LongPoll: the same check, once per session.
+    assert_eq!(
+        longpoll_open(&server.addr, "&let=no"),
+        json!({"status": 403})
+    );
+    let open = longpoll_open(&server.addr, "&let=in");
+    assert_eq!(open["status"], 410);
+    assert!(open["token"].as_str().is_some_and(|t| !t.is_empty()));
+    assert_eq!(
+        longpoll_open(&server.addr, "&let=garbage"),
+        json!({"status": 500})
+    );
+    let verdict = |v: &str| {
+        metric(
+            &metrics,
+            &format!("fawkes_backend_connects_total{{verdict=\"{v}\"}}"),
+        )
+    };
+    assert_eq!(verdict("allowed"), 3.0);
+    assert_eq!(verdict("refused"), 3.0);
+    assert_eq!(verdict("failed"), 4.0);
+    assert_eq!(outcome(&metrics, "timeout"), 1.0);
+    assert_eq!(outcome(&metrics, "bad_answer"), 3.0);
+}
+
+/// A connect_url backend that is down: connects are refused at once (500), counted, and the
+/// circuit then fails them without a request; back up, connects are allowed again.
+#[test]
+fn connect_url_down_refuses_connects_fast() {
+    let dir = support::temp_dir("proxy-connect-down");
+    let mut b = Backend::test(&dir);
+    let connect_url = b.url("/connect");
+    let server = serve(
+        &dir,
+        &[
+            "--connect-url",
+            &connect_url,
+            "--backend-secret",
+            SECRET,
+            "--backend-circuit-failures",
+            "2",
+            "--backend-circuit-open-ms",
+            "300",
+        ],
+    );
+    let metrics = metrics_addr(&server);
+    let port = b.port;
+    b.stop();
+    runtime().block_on(async {
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            assert_eq!(ws_status(&server.addr, "&let=ok").await, 500);
+            assert!(started.elapsed() < Duration::from_secs(2));
+        }
+    });
+    assert_eq!(
+        metric(
+            &metrics,
+            "fawkes_backend_connects_total{verdict=\"failed\"}"
+        ),
+        3.0
+    );
+    assert_eq!(outcome(&metrics, "unreachable"), 2.0);
+    assert_eq!(outcome(&metrics, "circuit_open"), 1.0);
+    let script = dir.join("backend.py");
+    let _back = Backend::start(&script, &dir, port, SECRET);
+    std::thread::sleep(Duration::from_millis(400));
+    runtime().block_on(async {
+        let mut s = connect(&server.addr, "&let=in").await;
+        send(&mut s, "", "hb", "phoenix", "heartbeat", json!({})).await;
+        assert_eq!(
+            reply(&mut s, "hb").await,
+            json!({"status": "ok", "response": {}})
+        );
+    });
+    assert_eq!(
+        metric(
+            &metrics,
+            "fawkes_backend_connects_total{verdict=\"allowed\"}"
+        ),
+        1.0
+    );
+}
+
+/// A CA (`name.pem`, `name.key`) made with the openssl command.
+fn make_ca(dir: &Path, name: &str) {
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=Fawkes test {name}"),
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.pem")))
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl must be installed")
+        .success();
+    assert!(ok, "openssl req -x509 failed");
+}
+
+/// A certificate for 127.0.0.1 (`server.pem`, `server.key`) signed by the CA `ca`.
+fn make_server_cert(dir: &Path, ca: &str) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl {args:?} failed");
+    };
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
+/// An https backend whose certificate a private CA signed: trusted with --backend-ca-file
+/// naming that CA (joins and pushes work as over http); not trusted with the system's roots
+/// nor with another CA's file: `backend unavailable`, counted as unreachable, never a hang.
+#[test]
+fn https_backends_are_checked_against_the_ca_file() {
+    let dir = support::temp_dir("proxy-https");
+    make_ca(&dir, "ca");
+    make_ca(&dir, "other");
+    make_server_cert(&dir, "ca");
+    let script = dir.join("backend.py");
+    std::fs::write(&script, BACKEND).unwrap();
+    let b = Backend::start_with(
+        &script,
+        &dir,
+        0,
+        SECRET,
+        &[
+            ("CERT", &dir.join("server.pem")),
+            ("KEY", &dir.join("server.key")),
+        ],
+    );
+    assert!(b.url("/join").starts_with("https://127.0.0.1:"));
+    let ca = dir.join("ca.pem");
+    let other = dir.join("other.pem");
+    let trusted = serve_room(
+        &support::temp_dir("proxy-https-ca"),
+        &b,
+        SECRET,
+        &["--backend-ca-file", ca.to_str().unwrap()],
+    );
+    let system = serve_room(&support::temp_dir("proxy-https-system"), &b, SECRET, &[]);
+    let wrong = serve_room(
+        &support::temp_dir("proxy-https-other"),
+        &b,
+        SECRET,
+        &["--backend-ca-file", other.to_str().unwrap()],
+    );
+    let unavailable = json!({"status": "error", "response": {"reason": "backend unavailable"}});
+    runtime().block_on(async {
+        let mut a = connect(&trusted.addr, "").await;
+        let r = join(
+            &mut a,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "tls"}),
+        )
+        .await;
+        assert_eq!(r, json!({"status": "ok", "response": {"hello": "tls"}}));
+        for i in 0..3 {
+            let r = push(&mut a, "1", &format!("w{i}"), "room:1", "whoami", json!({})).await;
+            assert_eq!(r["response"]["assigns"], json!({"nick": "tls", "count": 0}));
+        }
+        for server in [&system, &wrong] {
+            let mut s = connect(&server.addr, "").await;
+            let r = join(&mut s, "1", "room:1", json!({"password": "sesame"})).await;
+            assert_eq!(r, unavailable);
+        }
+    });
+    assert_eq!(outcome(&metrics_addr(&trusted), "ok"), 4.0);
+    for server in [&system, &wrong] {
+        let m = metrics_addr(server);
+        assert_eq!((outcome(&m, "unreachable"), outcome(&m, "ok")), (1.0, 0.0));
+    }
+    // The backend saw only the trusted server's requests (and perhaps its leave by now).
+    let seen: Vec<Value> = records(&dir, "requests.jsonl")
+        .into_iter()
+        .map(|r| r["event"].clone())
+        .filter(|e| e != "phx_leave")
+        .collect();
+    assert_eq!(seen, ["phx_join", "whoami", "whoami", "whoami"]);
+}
+
+/// Two nodes over one redis-server and one PostgreSQL database, the same channel declared on
+/// both: a client on B joins, then a client on A joins with a track in the join answer; B's
+/// client gets the presence diff, and a later joiner on B the whole state; a push on A whose
+/// answer broadcasts reaches B's client as the exact frame. Each node names itself in `node`.
+#[test]
+fn a_proxied_channel_spans_two_nodes() {
+    let redis = support::Redis::start();
+    let pg = support::fresh_postgres("proxy_cluster");
+    let dir = support::temp_dir("proxy-cluster");
+    let (dir_a, dir_b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let b = Backend::test(&dir);
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let (join_url, push_url) = (b.url("/join"), b.url("/push"));
+    let node = |dir: &Path, name: &str| {
+        support::Serve::start(
+            dir,
+            &[
+                "--database-url",
+                &pg,
+                "--redis-url",
+                &redis_url,
+                "--node-name",
+                name,
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--channel-topic",
+                "room:*",
+                "--channel-join-url",
+                &join_url,
+                "--channel-push-url",
+                &push_url,
+                "--backend-secret",
+                SECRET,
+            ],
+        )
+    };
+    let node_a = node(&dir_a, "a");
+    let node_b = node(&dir_b, "b");
+    support::wait_linked(&node_a);
+    support::wait_linked(&node_b);
+    runtime().block_on(async {
+        let mut y = connect(&node_b.addr, "").await;
+        let r = join(
+            &mut y,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "yb"}),
+        )
+        .await;
+        assert_eq!(r, json!({"status": "ok", "response": {"hello": "yb"}}));
+
+        let mut x = connect(&node_a.addr, "").await;
+        let r = join(
+            &mut x,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "xa", "track": true}),
+        )
+        .await;
+        assert_eq!(r, json!({"status": "ok", "response": {"hello": "xa"}}));
+        let state = next(&mut x, |f| f[3] == "presence_state").await;
+        assert_eq!(state[4]["xa"]["metas"][0]["nick"], "xa");
+
+        // Presence tracked by A's join answer, seen on B.
+        let diff = next(&mut y, |f| f[3] == "presence_diff").await;
+        assert_eq!(diff[4]["joins"]["xa"]["metas"][0]["nick"], "xa");
+        assert_eq!(diff[4]["leaves"], json!({}));
+        let mut z = connect(&node_b.addr, "").await;
+        let r = join(
+            &mut z,
+            "1",
+            "room:1",
+            json!({"password": "sesame", "nick": "zb", "track": true}),
+        )
+        .await;
+        assert_eq!(r["status"], "ok");
+        let state = next(&mut z, |f| f[3] == "presence_state").await;
+        let mut keys: Vec<&String> = state[4].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["xa", "zb"]);
+
+        // A push on A whose answer broadcasts: the exact frame on B.
+        let r = push(&mut x, "1", "s", "room:1", "shout", json!({"text": "hi"})).await;
+        assert_eq!(r, json!({"status": "ok", "response": {"count": 1}}));
+        let shouted = json!([null, null, "room:1", "shouted", {"nick": "xa", "text": "hi"}]);
+        assert_eq!(next(&mut y, |f| f[3] == "shouted").await, shouted);
+        assert_eq!(next(&mut z, |f| f[3] == "shouted").await, shouted);
+    });
+    let nodes: Vec<(String, String)> = records(&dir, "requests.jsonl")
+        .iter()
+        .map(|r| {
+            let who = r["payload"]["nick"]
+                .as_str()
+                .or(r["assigns"]["nick"].as_str())
+                .unwrap()
+                .to_owned();
+            (who, r["node"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("yb".into(), "b".into()),
+            ("xa".into(), "a".into()),
+            ("zb".into(), "b".into()),
+            ("xa".into(), "a".into())
+        ]
+    );
 }

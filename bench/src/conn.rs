@@ -50,6 +50,9 @@ pub struct Target {
     /// The topic as a JSON string literal, quotes included, to format frames with.
     pub topic_json: String,
     pub dialect: Dialect,
+    /// Connect without `token=bench<i>`: an anonymous socket (`fawkes serve` checks tokens,
+    /// and would refuse the fixture's).
+    pub anonymous: bool,
 }
 
 impl Target {
@@ -70,6 +73,7 @@ impl Target {
             topic: topic.to_string(),
             topic_json: serde_json::to_string(topic).expect("a string serializes"),
             dialect: Dialect::Phoenix,
+            anonymous: false,
         })
     }
 
@@ -128,7 +132,7 @@ impl Target {
     }
 
     /// Opens connection `i`: TCP from its source address, then the WebSocket upgrade with
-    /// `token=bench<i>` and the V2 serializer.
+    /// `token=bench<i>` (unless anonymous) and the V2 serializer.
     pub async fn connect(&self, i: usize) -> Result<Ws, String> {
         self.connect_to(i % self.nodes.len(), i).await
     }
@@ -155,6 +159,7 @@ impl Target {
             .set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
         let url = match &self.dialect {
+            Dialect::Phoenix if self.anonymous => format!("{endpoint}?vsn=2.0.0"),
             Dialect::Phoenix => format!("{endpoint}?token=bench{i}&vsn=2.0.0"),
             Dialect::Supabase { apikey } => format!("{endpoint}?apikey={apikey}&vsn=2.0.0"),
         };

@@ -1,5 +1,7 @@
 //! `echo`: C connections each in a closed loop of `ping` push, wait for its reply, next;
-//! measures request/reply throughput and latency, and server CPU per reply.
+//! measures request/reply throughput and latency, and server CPU per reply. When the server
+//! hands each push to another process (a proxied channel's HTTP backend), `--backend-pid`
+//! reads that process's CPU apart: the server's figure is then Fawkes's own cost.
 
 use crate::conn::{next_text, open_all, parse, Status, Ws, STEP_TIMEOUT};
 use crate::proc::Proc;
@@ -24,6 +26,10 @@ pub struct EchoArgs {
     /// Seconds to run the loops, once all connections have joined.
     #[arg(long, default_value_t = 10)]
     pub secs: u64,
+    /// The pid of a process each push goes through (a proxied channel's backend), to read its
+    /// CPU time apart from the server's. Repeat for several.
+    #[arg(long, action = clap::ArgAction::Append)]
+    pub backend_pid: Vec<u32>,
 }
 
 impl EchoArgs {
@@ -60,8 +66,21 @@ pub async fn run(bench: &Bench, args: &EchoArgs) -> Report {
         return report;
     }
 
+    let backends: Vec<Proc> = match args.backend_pid.iter().map(|p| Proc::pid(*p)).collect() {
+        Ok(b) => b,
+        Err(e) => {
+            report.fail(e);
+            return report;
+        }
+    };
+    let backend_cpu = || -> Option<f64> {
+        (!backends.is_empty())
+            .then(|| backends.iter().map(|p| p.cpu_secs()).sum())
+            .flatten()
+    };
     eprintln!("  {} joined; pinging for {} s", opened.joined, args.secs);
     let (server_cpu0, bench_cpu0) = (bench.server_cpu(), Proc::current().cpu_secs());
+    let backend_cpu0 = backend_cpu();
     let started = Instant::now();
     let _ = go.send(Some(started + args.duration()));
     let mut done = Vec::with_capacity(loops.len());
@@ -73,6 +92,7 @@ pub async fn run(bench: &Bench, args: &EchoArgs) -> Report {
     }
     let wall = started.elapsed().as_secs_f64();
     let server_cpu = bench.server_cpu().zip(server_cpu0).map(|(b, a)| b - a);
+    let backend_cpu = backend_cpu().zip(backend_cpu0).map(|(b, a)| b - a);
     let bench_cpu = Proc::current()
         .cpu_secs()
         .zip(bench_cpu0)
@@ -98,6 +118,24 @@ pub async fn run(bench: &Bench, args: &EchoArgs) -> Report {
         per(replies as f64, server_cpu),
         "",
     );
+    if !backends.is_empty() {
+        report.opt("backend_cpu_secs", "backend CPU", backend_cpu, "s");
+        report.opt(
+            "replies_per_backend_cpu_sec",
+            "replies per backend CPU-second",
+            per(replies as f64, backend_cpu),
+            "",
+        );
+        report.opt(
+            "replies_per_total_cpu_sec",
+            "replies per CPU-second of server and backend",
+            per(
+                replies as f64,
+                server_cpu.zip(backend_cpu).map(|(s, b)| s + b),
+            ),
+            "",
+        );
+    }
     report.opt("bench_cpu_secs", "bench CPU", bench_cpu, "s");
     if server_cpu.is_some_and(|c| c < 1.0) {
         report.note(crate::proc::TICK_NOTE);

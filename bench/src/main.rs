@@ -4,6 +4,9 @@
 //! cargo run --release -p fawkes-bench --bin bench -- conns --n 10000 --batch 500 --hold-secs 30 --server-pid $PID
 //! cargo run --release -p fawkes-bench --bin bench -- fanout --subscribers 1000 --messages 1000 --rate 0
 //! cargo run --release -p fawkes-bench --bin bench -- echo --conns 50 --secs 10
+//! # echo through a proxied channel: each push a round trip to echo-backend (see README)
+//! cargo run --release -p fawkes-bench --bin bench -- echo --conns 50 --secs 10 --no-token \
+//!     --topic bench:echo --server-pid $FAWKES --backend-pid $BACKEND
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -43,6 +46,10 @@ struct Cli {
     /// Seconds all joins may take; past it the run aborts, as it does when a whole batch fails.
     #[arg(long, global = true, default_value_t = 120)]
     join_secs: u64,
+    /// Connect anonymously, without `token=bench<N>` (for `fawkes serve`, which checks tokens:
+    /// e.g. `echo` through a proxied channel).
+    #[arg(long, global = true)]
+    no_token: bool,
     /// Also print the results as one JSON line on stdout (the summary then goes to stderr).
     #[arg(long, global = true)]
     json: bool,
@@ -123,7 +130,10 @@ async fn run(cli: &Cli, nofile_limit: Option<u64>) -> Report {
         None => Dialect::Phoenix,
     };
     let target = match Target::resolve(&cli.url, &cli.topic).await {
-        Ok(t) => Arc::new(t.with_dialect(dialect)),
+        Ok(mut t) => {
+            t.anonymous = cli.no_token;
+            Arc::new(t.with_dialect(dialect))
+        }
         Err(e) => {
             report.fail(e);
             return report;

@@ -74,7 +74,7 @@ pub fn socket(state: web::Data<AppState>) -> Result<Socket, String> {
         None => router,
     };
     let router = state.proxy.mount(router)?;
-    let proxied = !state.proxy.is_empty();
+    let proxied = state.proxy.is_on();
     Ok(Socket::new(router).on_connect(move |info| {
         let state = state.clone();
         // Supabase clients on this socket (a bare Realtime URL) send the project's apikey; a
@@ -86,40 +86,47 @@ pub fn socket(state: web::Data<AppState>) -> Result<Socket, String> {
             .transpose();
         async move {
             let api_key = api_key?.flatten();
-            // What a proxied channel's backend is told of the socket.
-            let caller = |user| proxied.then(|| proxy::Caller::new(&info.params, user));
             let token = info
                 .params
                 .get("token")
                 .map(str::to_owned)
-                .or(info.auth_token)
+                .or(info.auth_token.clone())
                 .filter(|t| !t.is_empty());
+            let signed_in = match token {
+                None => None,
+                Some(token) => match accounts::sign_in(&state.auth, &state.store, token).await {
+                    Ok(s) => Some(s),
+                    Err(accounts::SignInError::Refused(why)) => return Err(Refused::new(why)),
+                    Err(accounts::SignInError::Store(e)) => {
+                        return Err(Refused::internal(format!("token lookup failed: {e}")))
+                    }
+                },
+            };
             let mut assigns = Assigns::new();
             if let Some(key) = api_key {
                 assigns.insert(key);
             }
-            let Some(token) = token else {
-                if let Some(c) = caller(None) {
-                    assigns.insert(c);
-                }
-                return Ok(Connected { assigns, id: None });
-            };
-            match accounts::sign_in(&state.auth, &state.store, token).await {
-                Ok(s) => {
-                    if let Some(c) = caller(Some((&s.user, &s.claims))) {
-                        assigns.insert(c);
+            let id = signed_in.as_ref().map(|s| s.socket_id.clone());
+            if proxied {
+                // What a proxied channel's backend is told of the socket; the connect_url (if
+                // any) decides now, once the token has.
+                let user = signed_in.as_ref().map(|s| (&s.user, &s.claims));
+                let mut caller = proxy::Caller::new(&info.params, user);
+                match state.proxy.connect(&mut caller, id.as_deref()).await {
+                    Ok(()) => {}
+                    Err(proxy::ConnectRefusal::Refused(why)) => {
+                        return Err(Refused::new(format!("the backend refused: {why}")))
                     }
-                    assigns.insert(SocketUser(s.user));
-                    Ok(Connected {
-                        assigns,
-                        id: Some(s.socket_id),
-                    })
+                    Err(proxy::ConnectRefusal::Failed(f)) => {
+                        return Err(Refused::internal(format!("the backend's connect_url: {f}")))
+                    }
                 }
-                Err(accounts::SignInError::Refused(why)) => Err(Refused::new(why)),
-                Err(accounts::SignInError::Store(e)) => {
-                    Err(Refused::internal(format!("token lookup failed: {e}")))
-                }
+                assigns.insert(caller);
             }
+            if let Some(s) = signed_in {
+                assigns.insert(SocketUser(s.user));
+            }
+            Ok(Connected { assigns, id })
         }
     }))
 }

@@ -250,6 +250,14 @@ fn backends(r: &Registry) {
         "outcome",
         &b.requests(),
     );
+    counter_vec(
+        r,
+        "fawkes_backend_connects_total",
+        "Socket connects decided by the backend's connect_url: allowed, refused (403) or \
+         failed (no usable answer: 500)",
+        "verdict",
+        &b.connects(),
+    );
     gauge(
         r,
         "fawkes_backend_in_flight",

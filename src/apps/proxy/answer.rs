@@ -29,6 +29,17 @@ pub struct Answer {
     pub track: Option<Track>,
 }
 
+/// What a `connect_url` answers: `reply` (`ok` or none allows; any other status refuses) and
+/// `assigns` kept for the socket's channels. Nothing else applies to a connect.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectAnswer {
+    #[serde(default)]
+    pub reply: Option<ReplyTo>,
+    #[serde(default)]
+    pub assigns: Option<Value>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyTo {

@@ -106,6 +106,10 @@ impl Channel for ProxyChannel {
         params: Payload,
         ctx: &mut ChannelContext,
     ) -> Result<Payload, Payload> {
+        // As a Phoenix channel's socket starts with the connect's assigns.
+        if let Some(c) = ctx.assigns().get::<Caller>() {
+            self.assigns = c.assigns.clone();
+        }
         let Some(route) = self.declared.join.clone() else {
             return Ok(Payload::empty());
         };

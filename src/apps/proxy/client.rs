@@ -3,15 +3,17 @@
 //! backend's bounds (requests in flight, a bounded queue behind them), through a circuit that
 //! fails them at once while the backend is down, and with answers read up to a size cap.
 //!
-//! A backend is one origin (`http://host:port`): every channel whose URLs point there shares
+//! A backend is one origin (`http://host:port` or `https://host:port`, see [`super::tls`]): every channel whose URLs point there shares
 //! its bounds and circuit, since it is that process which is slow or down.
 
 use super::config::BackendLimits;
 use crate::metrics::{BackendOutcome, BACKEND};
 use hmac::{Hmac, Mac};
+use rustls::ClientConfig;
 use sha2::Sha256;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The header that carries a request's signature.
@@ -112,6 +114,7 @@ pub struct Backend {
     origin: String,
     limits: BackendLimits,
     secret: Vec<u8>,
+    tls: Arc<ClientConfig>,
     slots: tokio::sync::Semaphore,
     waiting: AtomicUsize,
     circuit: Mutex<Circuit>,
@@ -119,13 +122,38 @@ pub struct Backend {
 
 thread_local! {
     // awc's client is of one thread (its connection pool too): one per worker, kept alive
-    // between requests so that connections are reused.
-    static CLIENT: awc::Client = awc::Client::builder().disable_timeout().finish();
+    // between requests so that connections are reused. It is built for the TLS settings it
+    // was first asked with; every backend of a server shares the same ones.
+    static CLIENT: RefCell<Option<(Arc<ClientConfig>, awc::Client)>> = const { RefCell::new(None) };
+}
+
+/// This worker's client for `tls`.
+fn client(tls: &Arc<ClientConfig>) -> awc::Client {
+    CLIENT.with(|c| {
+        let mut c = c.borrow_mut();
+        match &*c {
+            Some((t, client)) if Arc::ptr_eq(t, tls) => client.clone(),
+            _ => {
+                let client = awc::Client::builder()
+                    .connector(awc::Connector::new().rustls_0_23(tls.clone()))
+                    .disable_timeout()
+                    .finish();
+                *c = Some((tls.clone(), client.clone()));
+                client
+            }
+        }
+    })
 }
 
 impl Backend {
-    pub fn new(origin: String, limits: BackendLimits, secret: Vec<u8>) -> Backend {
+    pub fn new(
+        origin: String,
+        limits: BackendLimits,
+        secret: Vec<u8>,
+        tls: Arc<ClientConfig>,
+    ) -> Backend {
         Backend {
+            tls,
             slots: tokio::sync::Semaphore::new(limits.max_concurrency.max(1)),
             origin,
             limits,
@@ -261,12 +289,11 @@ impl Backend {
         };
         let _in_flight = Gauge::new(&self.waiting, &BACKEND.in_flight, false);
         let signature = signature(&self.secret, &body);
-        let request = CLIENT.with(|c| {
-            c.post(url)
-                .timeout(timeout)
-                .insert_header(("content-type", "application/json"))
-                .insert_header((SIGNATURE_HEADER, signature))
-        });
+        let request = client(&self.tls)
+            .post(url)
+            .timeout(timeout)
+            .insert_header(("content-type", "application/json"))
+            .insert_header((SIGNATURE_HEADER, signature));
         let mut response = request.send_body(body).await.map_err(|e| match e {
             awc::error::SendRequestError::Timeout => Failure::Timeout,
             e => Failure::Unreachable(e.to_string()),

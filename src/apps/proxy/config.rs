@@ -1,24 +1,30 @@
 //! What a declared channel is: `[[channels]]` in `fawkes.toml` (or the `--channel-*` flags for
 //! one), and the bounds every backend is held to.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// The key of the declared channels' tables in `fawkes.toml` (`[[channels]]`).
+pub const CHANNELS: &str = "channels";
 
 /// The timeout of a channel that gives none, as the issue and Centrifugo's proxy default it.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
 
 /// One `[[channels]]` table: a topic pattern and the backend URLs its events go to.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSpec {
     /// An exact topic (`lobby`) or a prefix ending in `*` (`room:*`), as the [`crate::Router`]
     /// takes them.
     pub topic: String,
     /// Decides joins; none: every join is accepted (see the module's doc).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub join_url: Option<String>,
     /// Handles client events; none: every push is refused with a reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub push_url: Option<String>,
     /// Told of leaves and closes, fire and forget.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub leave_url: Option<String>,
     /// How long one request may take, queue wait included.
     #[serde(default = "default_timeout_ms")]
@@ -39,6 +45,17 @@ impl ChannelSpec {
         Ok(spec)
     }
 
+    /// The spec as a `[[channels]]` table of the config file (read back by [`Self::from_toml`]).
+    pub fn to_toml(&self) -> String {
+        let mut doc = toml::Table::new();
+        let table = toml::Table::try_from(self).expect("a spec is a table of strings and numbers");
+        doc.insert(
+            CHANNELS.into(),
+            toml::Value::Array(vec![toml::Value::Table(table)]),
+        );
+        toml::to_string(&doc).expect("TOML tables serialize")
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
@@ -55,7 +72,7 @@ impl ChannelSpec {
     }
 
     /// Refuses what could never work: an empty pattern, a `*` inside it, a zero timeout, a URL
-    /// that is not `http://host[:port]/...`.
+    /// that is not `http(s)://host[:port]/...`.
     pub fn check(&self) -> Result<(), String> {
         let t = &self.topic;
         if t.is_empty() || t.trim_end_matches('*').contains('*') || t.ends_with("**") {
@@ -73,18 +90,13 @@ impl ChannelSpec {
     }
 }
 
-/// `http://host:port` of a URL: requests to one origin share its bounds and circuit.
+/// `http://host:port` or `https://host:port` of a URL: requests to one origin share its bounds
+/// and circuit.
 pub fn origin(url: &str) -> Result<String, String> {
-    let rest = match url.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some(("https", _)) => {
-            return Err(
-                "https backends are not supported yet: reach the backend over http on \
-                        a private network or localhost"
-                    .into(),
-            )
-        }
-        _ => return Err("not an http:// URL".into()),
+    let (scheme, rest, port) = match url.split_once("://") {
+        Some(("http", rest)) => ("http", rest, 80),
+        Some(("https", rest)) => ("https", rest, 443),
+        _ => return Err("not an http:// or https:// URL".into()),
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.is_empty() || authority.contains('@') {
@@ -96,9 +108,9 @@ pub fn origin(url: &str) -> Result<String, String> {
     {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{port}")
     };
-    Ok(format!("http://{with_port}"))
+    Ok(format!("{scheme}://{with_port}"))
 }
 
 /// The bounds every backend (one origin) is held to, whatever channel calls it.
@@ -142,9 +154,14 @@ mod tests {
             origin("http://backend/a?b").as_deref(),
             Ok("http://backend:80")
         );
-        assert!(origin("https://backend/join")
-            .unwrap_err()
-            .contains("https"));
+        assert_eq!(
+            origin("https://backend/join").as_deref(),
+            Ok("https://backend:443")
+        );
+        assert_eq!(
+            origin("https://10.0.0.1:8443").as_deref(),
+            Ok("https://10.0.0.1:8443")
+        );
         assert!(origin("ftp://x/").is_err());
         assert!(origin("http:///x").is_err());
     }

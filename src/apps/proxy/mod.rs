@@ -10,6 +10,13 @@
 //! response}`), `broadcast`, `push`, `assigns`, `close`, and on a join `track`
 //! ([`answer::Answer`]).
 //!
+//! A socket-level `--connect-url` (`connect-url` in the file) is asked once per socket connect,
+//! as Phoenix's `connect/3` runs: a request `{event: "connect", params, user, socket_id, node}`
+//! answered by `reply` (`ok` allows, any other status refuses: HTTP 403, as `connect/3`
+//! returning `:error`, the reason logged and never sent) and `assigns`, which every channel of
+//! the socket then starts from. A failed request (down, slow, garbage) refuses the connect as a
+//! connect that could not decide (HTTP 500): the client retries with its backoff.
+//!
 //! With no URL for an event, a channel keeps Phoenix's defaults where they make sense: with no
 //! `join_url` every join is accepted (declaring the topic is the consent, as a Phoenix
 //! `join/3` that returns `{:ok, socket}`); with no `push_url` a push is refused with a reason;
@@ -18,16 +25,19 @@
 //! - [`config`]: `[[channels]]`, the URLs, the backend bounds.
 //! - [`client`]: signed requests within the bounds, the circuit, the size cap.
 //! - [`answer`]: what an answer may say.
+//! - [`tls`]: how https backends are trusted.
 //! - `channel`: the channel kind itself.
 
 pub mod answer;
 mod channel;
 pub mod client;
 pub mod config;
+pub mod tls;
 
 use crate::endpoint::Params;
 use crate::Router;
-use client::Backend;
+use answer::ConnectAnswer;
+use client::{Backend, Failure};
 use config::{BackendLimits, ChannelSpec};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -41,6 +51,9 @@ pub struct Caller {
     pub params: Value,
     /// `{"id", "claims"}` of the signed-in user, or `null`.
     pub user: Value,
+    /// What the `connect_url` answer asked to keep (`{}` without one): each channel of the
+    /// socket starts from it, as a Phoenix channel's socket starts with the connect's assigns.
+    pub assigns: Value,
 }
 
 impl Caller {
@@ -64,6 +77,7 @@ impl Caller {
         Caller {
             params: Value::Object(params),
             user,
+            assigns: Value::Object(Default::default()),
         }
     }
 }
@@ -86,61 +100,115 @@ struct Declared {
 }
 
 /// How requests are made, whatever the channel.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub limits: BackendLimits,
     /// Signs every request; required once a channel is declared.
     pub secret: Option<String>,
     /// This node's name, sent as `node`.
     pub node: String,
+    /// Asked at every socket connect (see the module's doc).
+    pub connect_url: Option<String>,
+    /// How long the connect request may take, queue wait included.
+    pub connect_timeout: Duration,
+    /// The CAs https backends are checked against, instead of the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
-/// The declared channels of a server (none by default).
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: BackendLimits::default(),
+            secret: None,
+            node: String::new(),
+            connect_url: None,
+            connect_timeout: Duration::from_millis(config::DEFAULT_TIMEOUT_MS),
+            ca_file: None,
+        }
+    }
+}
+
+/// The socket-level connect check.
+struct Connect {
+    route: Route,
+    timeout: Duration,
+    node: Arc<str>,
+}
+
+/// The declared channels of a server and its connect check (none by default).
 #[derive(Default)]
 pub struct Proxy {
     declared: Vec<Arc<Declared>>,
+    connect: Option<Connect>,
     backends: Vec<Arc<Backend>>,
+}
+
+/// Why a connect was not allowed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConnectRefusal {
+    /// The backend said no, with this response (logged, never sent).
+    Refused(Value),
+    /// The backend gave no usable answer.
+    Failed(Failure),
 }
 
 impl Proxy {
     /// Checks the declarations and sets up one [`Backend`] per origin their URLs name.
     pub fn new(specs: Vec<ChannelSpec>, settings: Settings) -> Result<Proxy, String> {
-        if specs.is_empty() {
+        if specs.is_empty() && settings.connect_url.is_none() {
             return Ok(Proxy::default());
         }
         let secret = match settings.secret.as_deref() {
             Some(s) if !s.is_empty() => s.as_bytes().to_vec(),
             _ => {
                 return Err(
-                    "declared channels need --backend-secret (or --backend-secret-file): \
-                            it signs their requests so the backend can trust them"
+                    "declared channels and --connect-url need --backend-secret (or \
+                     --backend-secret-file): it signs their requests so the backend can trust them"
                         .into(),
                 )
             }
         };
+        let https = specs
+            .iter()
+            .flat_map(|s| s.urls().map(|(_, u)| u))
+            .chain(settings.connect_url.as_deref())
+            .any(|u| u.starts_with("https://"));
+        let tls = tls::client_config(settings.ca_file.as_deref(), https)?;
         let node: Arc<str> = settings.node.into();
         let mut backends: BTreeMap<String, Arc<Backend>> = BTreeMap::new();
+        let mut route = |url: &Option<String>| -> Result<Option<Route>, String> {
+            let Some(url) = url else { return Ok(None) };
+            let origin = config::origin(url)?;
+            let backend = backends
+                .entry(origin.clone())
+                .or_insert_with(|| {
+                    Arc::new(Backend::new(
+                        origin,
+                        settings.limits.clone(),
+                        secret.clone(),
+                        tls.clone(),
+                    ))
+                })
+                .clone();
+            Ok(Some(Route {
+                url: url.clone(),
+                backend,
+            }))
+        };
+        let connect = match route(&settings.connect_url) {
+            Err(e) => return Err(format!("--connect-url {:?}: {e}", settings.connect_url)),
+            Ok(r) => r.map(|route| Connect {
+                route,
+                timeout: settings.connect_timeout,
+                node: node.clone(),
+            }),
+        };
+        if settings.connect_timeout.is_zero() && connect.is_some() {
+            return Err("--connect-timeout-ms must be above 0".into());
+        }
         let mut declared = Vec::new();
         for spec in specs {
             spec.check()?;
-            let mut route = |url: &Option<String>| -> Result<Option<Route>, String> {
-                let Some(url) = url else { return Ok(None) };
-                let origin = config::origin(url)?;
-                let backend = backends
-                    .entry(origin.clone())
-                    .or_insert_with(|| {
-                        Arc::new(Backend::new(
-                            origin,
-                            settings.limits.clone(),
-                            secret.clone(),
-                        ))
-                    })
-                    .clone();
-                Ok(Some(Route {
-                    url: url.clone(),
-                    backend,
-                }))
-            };
             declared.push(Arc::new(Declared {
                 join: route(&spec.join_url)?,
                 push: route(&spec.push_url)?,
@@ -152,12 +220,66 @@ impl Proxy {
         }
         Ok(Proxy {
             declared,
+            connect,
             backends: backends.into_values().collect(),
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.declared.is_empty()
+    /// Whether sockets need a [`Caller`] in their assigns: a channel is declared or connects
+    /// are asked about.
+    pub fn is_on(&self) -> bool {
+        !self.declared.is_empty() || self.connect.is_some()
+    }
+
+    /// Asks `connect_url` whether the socket of `caller` may connect (`Ok` with no request
+    /// when there is none); on `Ok`, `caller.assigns` holds what the backend asked to keep.
+    /// Every verdict is counted in `fawkes_backend_connects_total`.
+    pub async fn connect(
+        &self,
+        caller: &mut Caller,
+        socket_id: Option<&str>,
+    ) -> Result<(), ConnectRefusal> {
+        let Some(c) = &self.connect else {
+            return Ok(());
+        };
+        let body = json!({
+            "event": "connect",
+            "params": caller.params,
+            "user": caller.user,
+            "socket_id": socket_id,
+            "node": &*c.node,
+        });
+        let body = serde_json::to_vec(&body).expect("JSON values serialize");
+        let answer = c
+            .route
+            .backend
+            .post(&c.route.url, body, c.timeout, |bytes| {
+                serde_json::from_slice::<ConnectAnswer>(bytes).map_err(|e| e.to_string())
+            })
+            .await;
+        let verdict = match answer {
+            Err(f) => Err(ConnectRefusal::Failed(f)),
+            Ok(ConnectAnswer { reply: Some(r), .. }) if r.status != "ok" => {
+                Err(ConnectRefusal::Refused(r.response))
+            }
+            Ok(a) => {
+                if let Some(assigns) = a.assigns {
+                    caller.assigns = assigns;
+                }
+                Ok(())
+            }
+        };
+        crate::metrics::BACKEND.connected(match &verdict {
+            Ok(()) => crate::metrics::ConnectVerdict::Allowed,
+            Err(ConnectRefusal::Refused(_)) => crate::metrics::ConnectVerdict::Refused,
+            Err(ConnectRefusal::Failed(_)) => crate::metrics::ConnectVerdict::Failed,
+        });
+        verdict
+    }
+
+    /// The topic patterns of the declared channels, in order.
+    pub fn patterns(&self) -> Vec<String> {
+        self.declared.iter().map(|d| d.pattern.clone()).collect()
     }
 
     /// The origins requests go to.
