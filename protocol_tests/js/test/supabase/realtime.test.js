@@ -9,7 +9,7 @@ import assert from "node:assert/strict"
 import {isDeepStrictEqual} from "node:util"
 import {
   ANON, SERVICE, QUIET_MS, broadcasts, jwt, signedIn, now, presenceOf, rawSocket, realtimeV1, refused,
-  refusedUpgrade, sleep, subscribed, supabase, uniqueName, until, userToken
+  refusedUpgrade, sleep, subscribed, supabase, supabaseV1, uniqueName, until, userToken
 } from "./support.js"
 
 const URL = process.env.FAWKES_SUPABASE_URL
@@ -61,19 +61,26 @@ test("binary payloads reach V2 clients byte for byte; a V1 client gets only the 
   assert.deepStrictEqual(seenOld, [{type: "broadcast", event: "text", payload: {after: "blob"}}])
 })
 
-test("realtime-js 2.90.1 (V1) and supabase-js (V2) broadcast to each other", async t => {
+test("realtime-js and supabase-js 2.90.1 (V1) and supabase-js 2.119 (V2) broadcast to each other", async t => {
   const name = uniqueName()
   const oldClient = realtimeV1(t, URL)
   assert.match(oldClient.endpointURL(), /vsn=1\.0\.0/)
   const old = oldClient.channel(name, {config: {broadcast: {ack: true}}})
+  const oldSupabase = supabaseV1(t, URL)
+  assert.match(oldSupabase.realtime.endpointURL(), /vsn=1\.0\.0/)
+  const oldJs = oldSupabase.channel(name)
   const now2 = supabase(t, URL).channel(name)
-  const seenOld = broadcasts(old), seenNew = broadcasts(now2)
-  await subscribed(old); await subscribed(now2)
+  const seenOld = broadcasts(old), seenOldJs = broadcasts(oldJs), seenNew = broadcasts(now2)
+  await subscribed(old); await subscribed(oldJs); await subscribed(now2)
   assert.equal(await old.send({type: "broadcast", event: "from-v1", payload: {v: 1}}), "ok")
   assert.equal(await now2.send({type: "broadcast", event: "from-v2", payload: {v: 2, s: "é"}}), "ok")
-  await until(() => seenOld.length === 1 && seenNew.length === 1, "both ways")
+  await until(() => seenOld.length === 1 && seenNew.length === 1 && seenOldJs.length === 2, "both ways")
   assert.deepStrictEqual(seenNew, [{type: "broadcast", event: "from-v1", payload: {v: 1}}])
   assert.deepStrictEqual(seenOld, [{type: "broadcast", event: "from-v2", payload: {v: 2, s: "é"}}])
+  assert.deepStrictEqual(seenOldJs, [
+    {type: "broadcast", event: "from-v1", payload: {v: 1}},
+    {type: "broadcast", event: "from-v2", payload: {v: 2, s: "é"}}
+  ])
 })
 
 test("send() before joining goes over REST; httpSend posts JSON and bytes", async t => {
@@ -118,10 +125,13 @@ test("REST: a bad key is 401, bad messages 422 naming the field, too many 429", 
   assert.match(b429, /Too many messages to broadcast, please reduce the batch size \(at most 100\)/)
 })
 
-test("presence: three clients track, update and untrack, and all see one list", async t => {
+test("presence: three clients (one on V1) track, update and untrack, and all see one list", async t => {
   const name = uniqueName()
-  const channels = ["ann", "ben", "cy"].map(key =>
-    supabase(t, URL).channel(name, {config: {presence: {key}}}))
+  const channels = [
+    supabase(t, URL).channel(name, {config: {presence: {key: "ann"}}}),
+    supabase(t, URL).channel(name, {config: {presence: {key: "ben"}}}),
+    supabaseV1(t, URL).channel(name, {config: {presence: {key: "cy"}}})
+  ]
   const joins = channels.map(() => [])
   const leaves = channels.map(() => [])
   channels.forEach((c, i) => {

@@ -8,6 +8,7 @@ import {createHmac, randomBytes} from "node:crypto"
 import {WebSocket} from "ws"
 import {createClient} from "@supabase/supabase-js"
 import {RealtimeClient as RealtimeClientV1} from "realtime-js-v1"
+import {createClient as createClientV1} from "supabase-js-v1"
 
 export const SECRET = process.env.FAWKES_SUPABASE_SECRET
 export const ANON = process.env.FAWKES_ANON_KEY
@@ -57,6 +58,13 @@ export function supabase(t, url, {key = ANON, accessToken} = {}){
 export async function signedIn(t, url, accessToken){
   const client = supabase(t, url, {accessToken})
   await client.realtime.setAuth()
+  return client
+}
+
+/** supabase-js 2.90.1, whose realtime-js still speaks V1 JSON by default. */
+export function supabaseV1(t, url, {key = ANON} = {}){
+  const client = createClientV1(url, key, {realtime: {transport: WebSocket}, auth: {persistSession: false, autoRefreshToken: false}})
+  t.after(() => client.removeAllChannels())
   return client
 }
 
