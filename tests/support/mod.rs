@@ -102,7 +102,16 @@ impl Drop for Serve {
 
 /// `npm ci` in the JS test directory unless its packages are there.
 pub fn npm_ci(js: &Path) {
-    if js.join("node_modules/playwright-core").exists() && js.join("node_modules/phoenix").exists()
+    let packages = [
+        "playwright-core",
+        "phoenix",
+        "@supabase/supabase-js",
+        "realtime-js-v1",
+        "supabase-js-v1",
+    ];
+    if packages
+        .iter()
+        .all(|p| js.join("node_modules").join(p).exists())
     {
         return;
     }
