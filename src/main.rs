@@ -1020,8 +1020,10 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
     for origin in state.proxy.backends() {
         log::info!("proxied channels: backend {origin}");
     }
-    let realtime =
-        (args.supabase.realtime().map_err(std::io::Error::other)?).map(std::sync::Arc::new);
+    let realtime = (args.supabase.realtime().map_err(std::io::Error::other)?).map(|mut r| {
+        r.collection_rules = state.collections.rules.clone();
+        std::sync::Arc::new(r)
+    });
     state.realtime = realtime.clone();
     let realtime_on = realtime.is_some();
     if let Some(c) = cluster {

@@ -56,9 +56,12 @@ presence = "service_role"
 fn serve(dir: &Path, extra: &[&str]) -> support::Serve {
     std::fs::write(dir.join("rules.toml"), RULES).unwrap();
     let db = dir.join("fawkes.db");
-    let mut args = vec![
-        "--database-url",
-        db.to_str().unwrap(),
+    let mut args = vec![];
+    // A database of the dir's own unless `extra` names one.
+    if !extra.contains(&"--database-url") {
+        args.extend(["--database-url", db.to_str().unwrap()]);
+    }
+    args.extend([
         "--supabase-jwt-secret",
         SECRET,
         "--realtime-rules",
@@ -67,7 +70,7 @@ fn serve(dir: &Path, extra: &[&str]) -> support::Serve {
         "4096",
         "--realtime-events-per-second",
         "50",
-    ];
+    ]);
     args.extend_from_slice(extra);
     support::Serve::start(dir, &args)
 }
@@ -119,6 +122,40 @@ fn supabase_clients_on_two_nodes_over_redis() {
     env.push(("FAWKES_SUPABASE_URL_A", a.url()));
     env.push(("FAWKES_SUPABASE_URL_B", b.url()));
     support::node_test("test/supabase/cluster.test.js", &env, 4);
+}
+
+/// `postgres_changes` on the Fawkes collections, written through REST, on `db`.
+fn collections_suite(name: &str, db: &str) {
+    let dir = support::temp_dir(name);
+    std::fs::write(dir.join("collections.toml"), "[secret]\nlist = \"auth\"\n").unwrap();
+    let writer = support::create_user(&dir, db, &["--name", "writer"]);
+    let server = serve(
+        &dir,
+        &[
+            "--database-url",
+            db,
+            "--collection-rules",
+            "collections.toml",
+        ],
+    );
+    let (anon, service) = keys();
+    let mut env = envs(&anon, &service);
+    env.push(("FAWKES_SUPABASE_URL", server.url()));
+    env.push(("FAWKES_WRITER_TOKEN", writer));
+    support::node_test("test/supabase/collections.test.js", &env, 3);
+}
+
+#[test]
+fn postgres_changes_of_the_collections_on_sqlite() {
+    let dir = support::temp_dir("supabase-collections-db");
+    let db = dir.join("fawkes.db");
+    collections_suite("supabase-collections-sqlite", db.to_str().unwrap());
+}
+
+#[test]
+fn postgres_changes_of_the_collections_on_postgres() {
+    let db = support::fresh_postgres("supabase_collections");
+    collections_suite("supabase-collections-pg", &db);
 }
 
 /// `fawkes supabase token` prints a user token the server takes, and the CLI refuses to sign

@@ -5,9 +5,10 @@
 //! shutdowns are worded as Realtime words them (`Code: message` join errors, `system`
 //! messages), since clients show them.
 
+use super::changes::{self, Subscription};
 use super::rules::Access;
-use super::{now, room, ApiKey, Realtime};
-use crate::auth::supabase::{Claims, TokenError};
+use super::{collections, now, room, ApiKey, Realtime};
+use crate::auth::supabase::{role, Claims, TokenError};
 use crate::channel::{Channel, ChannelContext, Flow, Info, Reply, StopReason};
 use crate::metrics::{RealtimeRefusal, REALTIME};
 use crate::protocol::Payload;
@@ -36,7 +37,11 @@ pub struct RealtimeChannel {
     /// The user's token (or the apikey) and its claims.
     token: String,
     access: Access,
+    /// The token's `role`, which decides which collections it may follow.
+    role: String,
     confirm: Option<tokio::task::AbortHandle>,
+    /// The join's `postgres_changes` subscriptions, or why they cannot be served.
+    changes: Result<Vec<Subscription>, String>,
 }
 
 /// Sent to the channel itself: push `presence_state` (after the join reply).
@@ -59,23 +64,29 @@ fn flag(v: Option<&Value>) -> Option<bool> {
     }
 }
 
-/// The `postgres_changes` a join asks for, echoed with ids (Realtime's are a hash of each;
-/// any scalar the client compares with `===` does).
-fn postgres_changes(config: &Map<String, Value>) -> Vec<Value> {
-    use sha2::Digest;
+/// The `postgres_changes` a join asks for, echoed in order with their ids, and what they
+/// parse to (or why one does not).
+fn postgres_changes(
+    config: &Map<String, Value>,
+) -> (Vec<Value>, Result<Vec<Subscription>, String>) {
     let Some(Value::Array(list)) = config.get("postgres_changes") else {
-        return Vec::new();
+        return (Vec::new(), Ok(Vec::new()));
     };
-    list.iter()
+    let echoed = list
+        .iter()
         .filter(|p| p.is_object())
         .map(|p| {
-            let digest = sha2::Sha256::digest(p.to_string().as_bytes());
-            let id = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) >> 5;
             let mut p = p.clone();
-            p["id"] = json!(id);
+            p["id"] = json!(changes::id_of(&p));
             p
         })
-        .collect()
+        .collect();
+    let parsed = list
+        .iter()
+        .filter(|p| p.is_object())
+        .map(Subscription::parse)
+        .collect();
+    (echoed, parsed)
 }
 
 impl RealtimeChannel {
@@ -92,7 +103,9 @@ impl RealtimeChannel {
             tracked: None,
             token: String::new(),
             access: Access::default(),
+            role: String::new(),
             confirm: None,
+            changes: Ok(Vec::new()),
         }
     }
 
@@ -120,6 +133,7 @@ impl RealtimeChannel {
     fn confirm_token(&mut self, ctx: &mut ChannelContext) -> Result<Claims, TokenError> {
         let now = now();
         let claims = self.realtime.keys.verify(&self.token, now)?;
+        self.role = role(&claims).to_owned();
         self.access = if self.private {
             self.realtime.rules.access(&self.name, &claims)
         } else {
@@ -264,6 +278,63 @@ impl RealtimeChannel {
     }
 }
 
+impl RealtimeChannel {
+    /// Subscribes to the collections the join's `postgres_changes` name, then tells the client
+    /// (`Subscribed to PostgreSQL`, or an error naming what cannot be served).
+    fn follow_changes(&mut self, ctx: &mut ChannelContext) {
+        let tables = match &self.changes {
+            Err(why) => Err(why.clone()),
+            Ok(subs) => subs
+                .iter()
+                .map(|s| {
+                    if s.schema != collections::SCHEMA {
+                        return Err(format!(
+                            "schema {:?}: this server serves the Fawkes collections, in schema {:?}",
+                            s.schema,
+                            collections::SCHEMA
+                        ));
+                    }
+                    let table = s.table.as_deref().ok_or_else(|| {
+                        "a table is required: the name of a Fawkes collection".to_owned()
+                    })?;
+                    collections::may_follow(&self.realtime.collection_rules, table, &self.role)?;
+                    Ok(table.to_owned())
+                })
+                .collect::<Result<Vec<_>, String>>(),
+        };
+        match tables {
+            Ok(tables) => {
+                for t in tables {
+                    ctx.subscribe(&collections::topic(&t));
+                }
+                self.system(ctx, "postgres_changes", "ok", "Subscribed to PostgreSQL");
+            }
+            Err(why) => {
+                self.changes = Ok(Vec::new());
+                self.system(ctx, "postgres_changes", "error", &why);
+            }
+        }
+    }
+
+    /// A collection's change, to this client if any of its subscriptions wants it.
+    fn deliver_change(&self, table: &str, payload: &Payload, ctx: &ChannelContext) {
+        let (Ok(subs), Some(change)) = (
+            &self.changes,
+            payload.json().and_then(|p| collections::change(table, p)),
+        ) else {
+            return;
+        };
+        let ids: Vec<u32> = subs
+            .iter()
+            .filter(|s| s.wants(&change))
+            .map(|s| s.id)
+            .collect();
+        if !ids.is_empty() {
+            ctx.push("postgres_changes", change.payload(&ids));
+        }
+    }
+}
+
 #[async_trait(?Send)]
 impl Channel for RealtimeChannel {
     async fn join(
@@ -336,10 +407,12 @@ impl Channel for RealtimeChannel {
             ctx.leave_own_topic();
             self.room_sub = Some(ctx.subscribe(&self.room.clone()));
         }
-        let changes = postgres_changes(config);
+        let (changes, parsed) = postgres_changes(config);
+        self.changes = parsed;
         if !changes.is_empty() {
-            // Realtime answers a subscription it cannot serve this way: joined, then told.
-            ctx.send_self(NoPostgresChanges);
+            // As Realtime: joined at once, then told with a `system` message whether the
+            // subscriptions are in place.
+            ctx.send_self(FollowChanges);
         }
         if presence_enabled {
             ctx.send_self(SyncPresence);
@@ -370,6 +443,9 @@ impl Channel for RealtimeChannel {
 
     async fn handle_info(&mut self, info: Info, ctx: &mut ChannelContext) -> Flow {
         match info {
+            Info::Broadcast(b) if b.topic.starts_with("collection:") => {
+                self.deliver_change(&b.topic["collection:".len()..], &b.payload, ctx)
+            }
             // A private room's broadcasts and presence diffs, under the client's topic.
             Info::Broadcast(b) => ctx.push(&b.event, b.payload.clone()),
             Info::Message(m) if m.is::<SyncPresence>() => {
@@ -381,17 +457,12 @@ impl Channel for RealtimeChannel {
                     return Flow::Stop(self.shutdown(ctx, &e.to_string()));
                 }
             }
-            Info::Message(m) if m.is::<NoPostgresChanges>() => self.system(
-                ctx,
-                "postgres_changes",
-                "error",
-                "Postgres changes are not available on this server",
-            ),
+            Info::Message(m) if m.is::<FollowChanges>() => self.follow_changes(ctx),
             _ => {}
         }
         Flow::Continue
     }
 }
 
-/// Sent to the channel itself: say that its `postgres_changes` will not be served.
-struct NoPostgresChanges;
+/// Sent to the channel itself: subscribe to the tables its join asked for, and say so.
+struct FollowChanges;

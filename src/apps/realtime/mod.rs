@@ -5,13 +5,17 @@
 //!
 //! - [`channel`]: one join of `realtime:<name>`.
 //! - [`rules`]: who may read, write and track presence on private channels.
+//! - [`changes`]: `postgres_changes` subscriptions, filters and events; [`collections`]: the
+//!   Fawkes collections as their tables.
 //! - [`rest`]: `POST /realtime/v1/api/broadcast` and its single-message form.
 //!
 //! Mounted at `/realtime/v1` (what supabase-js connects to, with no gateway in front) and
 //! beside the apps' channels on `/socket`, where a client configured with a bare Realtime URL
 //! connects; either way the socket's `apikey` must be the project's anon or service_role key.
 
+pub mod changes;
 pub mod channel;
+pub mod collections;
 pub mod rest;
 pub mod rules;
 
@@ -60,6 +64,8 @@ pub struct Realtime {
     pub keys: ProjectKeys,
     pub limits: RealtimeLimits,
     pub rules: RealtimeRules,
+    /// The collections' rules: a collection is followed as a table only if it lists publicly.
+    pub collection_rules: crate::apps::rules::RuleBook,
 }
 
 /// The socket's `apikey`, verified at connect, and the socket's event budget shared by its
@@ -101,6 +107,7 @@ impl Realtime {
             keys,
             limits,
             rules,
+            collection_rules: Default::default(),
         }
     }
 
