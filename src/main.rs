@@ -141,9 +141,45 @@ struct SupabaseArgs {
     /// refuses.
     #[arg(long, env = "FAWKES_REALTIME_RULES")]
     realtime_rules: Option<PathBuf>,
+    /// Capture the changes of these tables of the (PostgreSQL) database, `schema.table` with
+    /// `*` wildcards, comma-separated: supabase-js `postgres_changes` then follow them. Needs
+    /// wal_level = logical, a role that may replicate, and wal2json.
+    #[arg(long, env = "FAWKES_CDC_TABLES", value_delimiter = ',')]
+    cdc_tables: Vec<String>,
+    /// The logical replication slot change capture creates and keeps.
+    #[arg(long, env = "FAWKES_CDC_SLOT", default_value_t = fawkes::store::cdc::CdcConfig::default().slot)]
+    cdc_slot: String,
+    /// Milliseconds between reads of an empty slot.
+    #[arg(long, env = "FAWKES_CDC_POLL_MS", default_value_t = fawkes::store::cdc::CdcConfig::default().poll.as_millis() as u64)]
+    cdc_poll_ms: u64,
+    /// Changes read from the slot at most per batch (a transaction comes whole).
+    #[arg(long, env = "FAWKES_CDC_BATCH", default_value_t = fawkes::store::cdc::CdcConfig::default().batch)]
+    cdc_batch: i64,
 }
 
 impl SupabaseArgs {
+    /// Change capture's settings, if tables are named.
+    fn cdc(&self, database_url: &str) -> Result<Option<fawkes::store::cdc::CdcConfig>, String> {
+        if self.cdc_tables.is_empty() {
+            return Ok(None);
+        }
+        fawkes::store::cdc::check_tables(&self.cdc_tables)?;
+        if !database_url.starts_with("postgres") {
+            return Err("--cdc-tables needs a PostgreSQL --database-url".into());
+        }
+        if self.secret.keys()?.is_none() {
+            return Err(
+                "--cdc-tables needs --supabase-jwt-secret (its clients follow the changes)".into(),
+            );
+        }
+        Ok(Some(fawkes::store::cdc::CdcConfig {
+            slot: self.cdc_slot.clone(),
+            tables: self.cdc_tables.clone(),
+            poll: Duration::from_millis(self.cdc_poll_ms.max(1)),
+            batch: self.cdc_batch.max(1),
+        }))
+    }
+
     fn realtime(&self) -> Result<Option<Realtime>, String> {
         let Some(keys) = self.secret.keys()? else {
             if self.realtime_rules.is_some() {
@@ -1020,8 +1056,18 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
     for origin in state.proxy.backends() {
         log::info!("proxied channels: backend {origin}");
     }
+    let cdc = (args.supabase)
+        .cdc(&args.db.database_url)
+        .map_err(std::io::Error::other)?;
+    if let Some(c) = &cdc {
+        // At start, so that a database that cannot capture stops `serve` with the reason.
+        fawkes::store::cdc::prepare(&args.db.database_url, c).map_err(std::io::Error::other)?;
+        fawkes::store::cdc::start(args.db.database_url.clone(), c.clone(), endpoint.clone());
+    }
     let realtime = (args.supabase.realtime().map_err(std::io::Error::other)?).map(|mut r| {
         r.collection_rules = state.collections.rules.clone();
+        r.cdc_tables = cdc.map(|c| c.tables).unwrap_or_default();
+        r.store = Some(state.store.clone());
         std::sync::Arc::new(r)
     });
     state.realtime = realtime.clone();

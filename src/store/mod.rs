@@ -1,10 +1,14 @@
 //! The database: one Diesel connection type over SQLite (embedded, the default) and PostgreSQL,
 //! an r2d2 pool, and migrations embedded in the binary, one set per backend.
 //!
+//! [`cdc`]: change capture, the committed changes of the app's own PostgreSQL tables from a
+//! logical replication slot.
+//!
 //! Diesel calls block, so [`Store::run`] runs them on actix's blocking thread pool, never on a
 //! worker thread. SQLite runs in WAL mode with `synchronous=FULL`: a commit is on disk when it
 //! returns, so a `201 Created` survives a crash.
 
+pub mod cdc;
 pub mod schema;
 
 use diesel::prelude::*;

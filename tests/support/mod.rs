@@ -330,3 +330,130 @@ pub fn wait_linked(node: &Serve) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A PostgreSQL server of the test's own with `wal_level = logical` (change capture needs it),
+/// on a free port, in a fresh directory; stopped and removed on drop. As root (initdb refuses
+/// root) it runs as the `postgres` user. Its superuser is `fawkes`, trusted on 127.0.0.1.
+pub struct LogicalPostgres {
+    child: Child,
+    dir: PathBuf,
+    pub url: String,
+}
+
+impl LogicalPostgres {
+    pub fn start() -> LogicalPostgres {
+        // The newest PostgreSQL Debian installed (its wal2json must match: .ci/run installs it).
+        let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL (apt-get install postgresql)")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        versions.sort();
+        let bin = PathBuf::from(format!(
+            "/usr/lib/postgresql/{}/bin",
+            versions.last().expect("a PostgreSQL version")
+        ));
+        let bin = bin.as_path();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Under /tmp: the postgres user must be able to reach it.
+        let dir = PathBuf::from(format!("/tmp/fawkes-pg-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = unsafe { libc::geteuid() } == 0;
+        let as_owner = |program: &Path| {
+            let mut c = if root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(program);
+                c
+            } else {
+                Command::new(program)
+            };
+            c.current_dir("/tmp");
+            c
+        };
+        if root {
+            assert!(Command::new("chown")
+                .args(["postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let data = dir.join("data");
+        let out = as_owner(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "fawkes", "--auth=trust"])
+            .output()
+            .expect("initdb (apt-get install postgresql)");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
+        let child = as_owner(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "wal_level=logical",
+            ])
+            .args(["-c", "max_replication_slots=8", "-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let url = format!("postgres://fawkes@127.0.0.1:{port}/postgres");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "postgres did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Listening is not yet accepting: wait for a query to pass.
+        use diesel::Connection;
+        while diesel::PgConnection::establish(&url).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not accept connections"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        LogicalPostgres { child, dir, url }
+    }
+
+    /// Runs SQL statements, one after another.
+    pub fn sql(&self, statements: &[&str]) {
+        use diesel::{Connection, RunQueryDsl};
+        let mut c = diesel::PgConnection::establish(&self.url).unwrap();
+        for s in statements {
+            diesel::sql_query(*s)
+                .execute(&mut c)
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    }
+}
+
+impl Drop for LogicalPostgres {
+    fn drop(&mut self) {
+        // SIGTERM through the runuser wrapper would leave the server; stop it by its own pid.
+        let pid_file = self.dir.join("data/postmaster.pid");
+        if let Some(pid) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse::<i32>().ok())
+        {
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -249,6 +249,37 @@ pub struct Change {
 }
 
 impl Change {
+    /// A change from its `data` object (as change capture broadcasts it); `None` if it is not one.
+    pub fn from_data(data: &Value) -> Option<Change> {
+        let text = |k: &str| data.get(k)?.as_str().map(str::to_owned);
+        let kind = match data.get("type")?.as_str()? {
+            "INSERT" => Kind::Insert,
+            "UPDATE" => Kind::Update,
+            "DELETE" => Kind::Delete,
+            _ => return None,
+        };
+        let row = |k: &str| data.get(k).and_then(Value::as_object).cloned();
+        Some(Change {
+            schema: text("schema")?,
+            table: text("table")?,
+            kind,
+            commit_timestamp: text("commit_timestamp")?,
+            columns: data
+                .get("columns")?
+                .as_array()?
+                .iter()
+                .filter_map(|c| {
+                    Some((
+                        c.get("name")?.as_str()?.into(),
+                        c.get("type")?.as_str()?.into(),
+                    ))
+                })
+                .collect(),
+            record: row("record"),
+            old_record: row("old_record"),
+        })
+    }
+
     /// The `postgres_changes` payload for the subscriptions `ids` of one channel.
     pub fn payload(&self, ids: &[u32]) -> Value {
         let columns: Vec<Value> = self
@@ -375,6 +406,10 @@ mod tests {
             }})
         );
         let sub = |v: Value| Subscription::parse(&v).unwrap();
+        assert_eq!(
+            Change::from_data(&change.payload(&[])["data"]),
+            Some(change.clone())
+        );
         assert!(sub(json!({"event": "*", "schema": "public"})).wants(&change));
         assert!(sub(json!({"event": "UPDATE", "schema": "public", "table": "todos", "filter": "done=is.true"})).wants(&change));
         assert!(

@@ -13,6 +13,7 @@ use crate::channel::{Channel, ChannelContext, Flow, Info, Reply, StopReason};
 use crate::metrics::{RealtimeRefusal, REALTIME};
 use crate::protocol::Payload;
 use crate::pubsub::SubId;
+use crate::store::{cdc, DbConnection, Store};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -279,49 +280,59 @@ impl RealtimeChannel {
 }
 
 impl RealtimeChannel {
-    /// Subscribes to the collections the join's `postgres_changes` name, then tells the client
-    /// (`Subscribed to PostgreSQL`, or an error naming what cannot be served).
-    fn follow_changes(&mut self, ctx: &mut ChannelContext) {
-        let tables = match &self.changes {
-            Err(why) => Err(why.clone()),
-            Ok(subs) => subs
-                .iter()
-                .map(|s| {
-                    if s.schema != collections::SCHEMA {
-                        return Err(format!(
-                            "schema {:?}: this server serves the Fawkes collections, in schema {:?}",
-                            s.schema,
-                            collections::SCHEMA
-                        ));
-                    }
-                    let table = s.table.as_deref().ok_or_else(|| {
-                        "a table is required: the name of a Fawkes collection".to_owned()
-                    })?;
-                    collections::may_follow(&self.realtime.collection_rules, table, &self.role)?;
-                    Ok(table.to_owned())
-                })
-                .collect::<Result<Vec<_>, String>>(),
+    /// Subscribes to the tables the join's `postgres_changes` name (the app's own, captured
+    /// from PostgreSQL, or the Fawkes collections), then tells the client (`Subscribed to
+    /// PostgreSQL`, or an error naming what cannot be served).
+    async fn follow_changes(&mut self, ctx: &mut ChannelContext) {
+        let subs = match &self.changes {
+            Ok(subs) => subs.clone(),
+            Err(why) => return self.refuse_changes(ctx, why.clone()),
         };
-        match tables {
-            Ok(tables) => {
-                for t in tables {
-                    ctx.subscribe(&collections::topic(&t));
-                }
-                self.system(ctx, "postgres_changes", "ok", "Subscribed to PostgreSQL");
-            }
-            Err(why) => {
-                self.changes = Ok(Vec::new());
-                self.system(ctx, "postgres_changes", "error", &why);
+        let mut topics = Vec::with_capacity(subs.len());
+        for s in &subs {
+            match self.topic_of(s).await {
+                Ok(t) => topics.push(t),
+                Err(why) => return self.refuse_changes(ctx, why),
             }
         }
+        for t in topics {
+            ctx.subscribe(&t);
+        }
+        self.system(ctx, "postgres_changes", "ok", "Subscribed to PostgreSQL");
     }
 
-    /// A collection's change, to this client if any of its subscriptions wants it.
-    fn deliver_change(&self, table: &str, payload: &Payload, ctx: &ChannelContext) {
-        let (Ok(subs), Some(change)) = (
-            &self.changes,
-            payload.json().and_then(|p| collections::change(table, p)),
-        ) else {
+    fn refuse_changes(&mut self, ctx: &ChannelContext, why: String) {
+        self.changes = Ok(Vec::new());
+        self.system(ctx, "postgres_changes", "error", &why);
+    }
+
+    /// Where a subscription's changes are broadcast, if this token may follow them.
+    async fn topic_of(&self, s: &Subscription) -> Result<String, String> {
+        let table = s.table.as_deref().ok_or_else(|| {
+            "a table is required (this server follows tables one by one)".to_owned()
+        })?;
+        let rt = &self.realtime;
+        if cdc::covers(&rt.cdc_tables, &s.schema, table) {
+            if self.role != "service_role" {
+                let store = rt.store.clone().ok_or("change capture has no database")?;
+                may_select(store, &self.role, &s.schema, table).await?;
+            }
+            return Ok(cdc::topic(&s.schema, table));
+        }
+        if s.schema != collections::SCHEMA {
+            return Err(format!(
+                "schema {:?}: this server serves the Fawkes collections, in schema {:?}, and the tables --cdc-tables names",
+                s.schema,
+                collections::SCHEMA
+            ));
+        }
+        collections::may_follow(&rt.collection_rules, table, &self.role)?;
+        Ok(collections::topic(table))
+    }
+
+    /// A change, to this client if any of its subscriptions wants it.
+    fn deliver_change(&self, change: Option<changes::Change>, ctx: &ChannelContext) {
+        let (Ok(subs), Some(change)) = (&self.changes, change) else {
             return;
         };
         let ids: Vec<u32> = subs
@@ -444,7 +455,13 @@ impl Channel for RealtimeChannel {
     async fn handle_info(&mut self, info: Info, ctx: &mut ChannelContext) -> Flow {
         match info {
             Info::Broadcast(b) if b.topic.starts_with("collection:") => {
-                self.deliver_change(&b.topic["collection:".len()..], &b.payload, ctx)
+                let change = (b.payload.json())
+                    .and_then(|p| collections::change(&b.topic["collection:".len()..], p));
+                self.deliver_change(change, ctx)
+            }
+            Info::Broadcast(b) if b.topic.starts_with("postgres_changes:") => {
+                let change = b.payload.json().and_then(changes::Change::from_data);
+                self.deliver_change(change, ctx)
             }
             // A private room's broadcasts and presence diffs, under the client's topic.
             Info::Broadcast(b) => ctx.push(&b.event, b.payload.clone()),
@@ -457,7 +474,7 @@ impl Channel for RealtimeChannel {
                     return Flow::Stop(self.shutdown(ctx, &e.to_string()));
                 }
             }
-            Info::Message(m) if m.is::<FollowChanges>() => self.follow_changes(ctx),
+            Info::Message(m) if m.is::<FollowChanges>() => self.follow_changes(ctx).await,
             _ => {}
         }
         Flow::Continue
@@ -466,3 +483,45 @@ impl Channel for RealtimeChannel {
 
 /// Sent to the channel itself: subscribe to the tables its join asked for, and say so.
 struct FollowChanges;
+
+/// Whether PostgreSQL lets `role` read `schema.table`, as a subscriber of its changes must.
+/// Row-level security is checked per row by Supabase; until Fawkes does too, a table with it
+/// on is followed only with the service_role key.
+async fn may_select(store: Store, role: &str, schema: &str, table: &str) -> Result<(), String> {
+    use diesel::sql_types::{Bool, Text};
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Access {
+        #[diesel(sql_type = Bool)]
+        rls: bool,
+        #[diesel(sql_type = Bool)]
+        may: bool,
+    }
+    let (r, s, t) = (role.to_owned(), schema.to_owned(), table.to_owned());
+    let found = store
+        .read(move |c| {
+            let DbConnection::Postgres(pg) = c else {
+                return Ok(Err("change capture needs PostgreSQL".to_owned()));
+            };
+            let q = diesel::sql_query(
+                "SELECT c.relrowsecurity AS rls, has_table_privilege($1, c.oid, 'SELECT') AS may \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $2 AND c.relname = $3",
+            )
+            .bind::<Text, _>(&r)
+            .bind::<Text, _>(&s)
+            .bind::<Text, _>(&t)
+            .load::<Access>(pg);
+            Ok(q.map_err(|e| e.to_string()))
+        })
+        .await
+        .map_err(|e| format!("checking {schema}.{table}: {e:?}"))??;
+    match found.first() {
+        None => Err(format!("no table {schema}.{table}")),
+        Some(a) if !a.may => Err(format!("role {role:?} may not SELECT from {schema}.{table}")),
+        Some(a) if a.rls => Err(format!(
+            "row-level security is on for {schema}.{table}, and this server does not check it per row yet: only the service_role key may follow it"
+        )),
+        Some(_) => Ok(()),
+    }
+}

@@ -59,13 +59,16 @@ impl Default for RealtimeLimits {
 }
 
 /// Supabase Realtime's settings: the project's JWT secret, limits and private-channel rules.
-#[derive(Debug)]
 pub struct Realtime {
     pub keys: ProjectKeys,
     pub limits: RealtimeLimits,
     pub rules: RealtimeRules,
     /// The collections' rules: a collection is followed as a table only if it lists publicly.
     pub collection_rules: crate::apps::rules::RuleBook,
+    /// The app's tables whose changes are captured (`--cdc-tables`), and the database they are
+    /// in, where a subscriber's role is checked; none without change capture.
+    pub cdc_tables: Vec<String>,
+    pub store: Option<crate::store::Store>,
 }
 
 /// The socket's `apikey`, verified at connect, and the socket's event budget shared by its
@@ -108,6 +111,8 @@ impl Realtime {
             limits,
             rules,
             collection_rules: Default::default(),
+            cdc_tables: Vec::new(),
+            store: None,
         }
     }
 

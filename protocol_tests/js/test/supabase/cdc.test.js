@@ -1,0 +1,106 @@
+// supabase-js `postgres_changes` on the app's own PostgreSQL tables, captured from a logical
+// replication slot. Run by tests/cdc.rs, which starts a PostgreSQL with wal_level=logical and
+// `fawkes serve --cdc-tables public.todos,public.hidden,public.mine`, and gives
+// FAWKES_SUPABASE_URL and FAWKES_PG_URL. Roles anon and authenticated exist; anon may SELECT
+// todos and mine (which has row-level security on), not hidden.
+
+import {test} from "node:test"
+import assert from "node:assert/strict"
+import pg from "pg"
+import {SERVICE, QUIET_MS, sleep, subscribed, supabase, uniqueName, until} from "./support.js"
+
+const URL = process.env.FAWKES_SUPABASE_URL
+const PG = process.env.FAWKES_PG_URL
+if(!URL || !PG){ throw new Error("FAWKES_SUPABASE_URL and FAWKES_PG_URL are required") }
+
+async function sql(t, ...statements){
+  const client = new pg.Client({connectionString: PG})
+  await client.connect()
+  try {
+    const results = []
+    for(const s of statements){ results.push(await client.query(s)) }
+    return results
+  } finally {
+    await client.end()
+  }
+}
+
+function systemOf(channel){
+  const seen = []
+  channel.on("system", {}, m => seen.push(m))
+  return seen
+}
+
+test("INSERT, UPDATE and DELETE of an app table reach `*`, typed and filtered listeners, typed by the client", async t => {
+  const channel = supabase(t, URL).channel(uniqueName())
+  const all = [], inserts = [], bigUpdates = [], deletes = []
+  channel
+    .on("postgres_changes", {event: "*", schema: "public", table: "todos"}, e => all.push(e))
+    .on("postgres_changes", {event: "INSERT", schema: "public", table: "todos"}, e => inserts.push(e))
+    .on("postgres_changes", {event: "UPDATE", schema: "public", table: "todos", filter: "n=gt.5"}, e => bigUpdates.push(e))
+    .on("postgres_changes", {event: "DELETE", schema: "public", table: "todos"}, e => deletes.push(e))
+  const system = systemOf(channel)
+  await subscribed(channel)
+  await until(() => system.length === 1, "the system message")
+  assert.deepStrictEqual([system[0].status, system[0].message], ["ok", "Subscribed to PostgreSQL"])
+  const [inserted] = await sql(t, `INSERT INTO todos (title, n, done, meta) VALUES ('tea', 3, false, '{"a": [1, 2]}') RETURNING id`)
+  const id = Number(inserted.rows[0].id)
+  // Two updates in one transaction, the first filtered out (n is not over 5), then a delete.
+  await sql(t, "BEGIN", `UPDATE todos SET n = 4 WHERE id = ${id}`, `UPDATE todos SET n = 7, done = true WHERE id = ${id}`, "COMMIT")
+  await sql(t, `DELETE FROM todos WHERE id = ${id}`)
+  await until(() => all.length === 4 && deletes.length === 1, "four changes")
+  await sleep(QUIET_MS)
+  assert.deepStrictEqual(all.map(e => e.eventType), ["INSERT", "UPDATE", "UPDATE", "DELETE"])
+  assert.equal(inserts.length, 1)
+  const row = inserts[0].new
+  // Converted by the client from the columns' types: int8 and int4 to numbers, bool, jsonb.
+  assert.deepStrictEqual([row.id, row.title, row.n, row.done, row.meta], [id, "tea", 3, false, {a: [1, 2]}])
+  // timestamptz comes as PostgreSQL writes it, as from Supabase (the client converts `timestamp` only).
+  assert.match(row.at, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\+00$/)
+  assert.match(inserts[0].commit_timestamp, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
+  assert.deepStrictEqual(bigUpdates.map(e => [e.new.n, e.new.done, e.old]), [[7, true, {id}]])
+  assert.deepStrictEqual(deletes[0].old, {id})
+  assert.deepStrictEqual(deletes[0].new, {})
+  assert.equal(deletes[0].table, "todos")
+})
+
+test("each filter operator picks its rows", async t => {
+  const filters = {eq: "n=eq.5", neq: "n=neq.5", lt: "n=lt.5", gte: "n=gte.5", in: "n=in.(1,9)", is: "done=is.null", title: "title=eq.tea"}
+  const channel = supabase(t, URL).channel(uniqueName())
+  const seen = Object.fromEntries(Object.keys(filters).map(k => [k, []]))
+  for(const [k, filter] of Object.entries(filters)){
+    channel.on("postgres_changes", {event: "INSERT", schema: "public", table: "todos", filter}, e => seen[k].push(e.new.n))
+  }
+  const system = systemOf(channel)
+  await subscribed(channel)
+  await until(() => system.length === 1, "the system message")
+  await sql(t, `INSERT INTO todos (title, n, done) VALUES ('coffee', 1, NULL), ('tea', 5, true), ('milk', 9, false)`)
+  await until(() => seen.neq.length === 2, "the inserts")
+  await sleep(QUIET_MS)
+  assert.deepStrictEqual(seen, {eq: [5], neq: [1, 9], lt: [1], gte: [5, 9], in: [1, 9], is: [1], title: [5]})
+})
+
+test("a role that may not read a table, or a table with row-level security, is refused; service_role passes", async t => {
+  for(const [table, why] of [
+    ["hidden", /role "anon" may not SELECT from public.hidden/],
+    ["mine", /row-level security is on for public.mine/]
+  ]){
+    const channel = supabase(t, URL).channel(uniqueName())
+    channel.on("postgres_changes", {event: "*", schema: "public", table}, () => {})
+    const system = systemOf(channel)
+    await subscribed(channel)
+    await until(() => system.length === 1, "the system message")
+    assert.equal(system[0].status, "error")
+    assert.match(system[0].message, why)
+  }
+  const channel = supabase(t, URL, {key: SERVICE}).channel(uniqueName())
+  const seen = []
+  channel.on("postgres_changes", {event: "INSERT", schema: "public", table: "mine"}, e => seen.push(e.new.owner))
+  const system = systemOf(channel)
+  await subscribed(channel)
+  await until(() => system.length === 1, "the system message")
+  assert.equal(system[0].status, "ok")
+  await sql(t, "INSERT INTO mine (owner) VALUES ('alice')")
+  await until(() => seen.length === 1, "the insert")
+  assert.deepStrictEqual(seen, ["alice"])
+})
