@@ -196,3 +196,83 @@ fn serve_refuses_a_database_that_cannot_capture() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("--cdc-tables needs a PostgreSQL --database-url"));
 }
+
+/// Two nodes on one Redis: one reads the slot; killed with SIGKILL, the other takes over, and
+/// a listener on the survivor gets every change once.
+#[test]
+fn another_node_takes_over_the_slot_when_its_reader_dies() {
+    let pg = support::LogicalPostgres::start();
+    app_schema(&pg);
+    let redis = support::Redis::start();
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let dir = support::temp_dir("cdc-takeover");
+    let node = |name: &str| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let s = support::Serve::start(
+            &d,
+            &[
+                "--database-url",
+                &pg.url,
+                "--supabase-jwt-secret",
+                SECRET,
+                "--cdc-tables",
+                "public.todos",
+                "--cdc-poll-ms",
+                "20",
+                "--redis-url",
+                &redis_url,
+                "--node-name",
+                name,
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ],
+        );
+        support::wait_linked(&s);
+        (s, d)
+    };
+    let reads = |d: &Path| {
+        std::fs::read_to_string(d.join("serve.log"))
+            .unwrap_or_default()
+            .contains("reading slot fawkes_cdc")
+    };
+    let (a, dir_a) = node("a");
+    let (b, dir_b) = node("b");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reads(&dir_a) && !reads(&dir_b) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no node reads the slot"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !(reads(&dir_a) && reads(&dir_b)),
+        "both nodes read the slot"
+    );
+    // The listener on the node that does not read; the reader is killed.
+    let (reader, survivor, survivor_dir) = if reads(&dir_a) {
+        (a, b, dir_b)
+    } else {
+        (b, a, dir_a)
+    };
+    let (_, service) = keys();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut ws = follow(&survivor.addr, &service).await;
+        pg.sql(&["INSERT INTO todos (title) VALUES ('one')"]);
+        assert_eq!(titles(&mut ws, Duration::from_secs(2)).await, ["one"]);
+        drop(reader);
+        pg.sql(&[
+            "INSERT INTO todos (title) VALUES ('two')",
+            "INSERT INTO todos (title) VALUES ('three')",
+        ]);
+        // The survivor takes the lock within a few seconds, and reads from where the dead node's
+        // last batch ended.
+        assert_eq!(
+            titles(&mut ws, Duration::from_secs(6)).await,
+            ["two", "three"]
+        );
+    });
+    assert!(reads(&survivor_dir));
+}
