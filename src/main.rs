@@ -155,6 +155,10 @@ struct SupabaseArgs {
     /// Changes read from the slot at most per batch (a transaction comes whole).
     #[arg(long, env = "FAWKES_CDC_BATCH", default_value_t = fawkes::store::cdc::CdcConfig::default().batch)]
     cdc_batch: i64,
+    /// WAL the slot may hold back, in bytes (a long open transaction holds it too), before it is
+    /// dropped and made again, its followers told; 0: no bound.
+    #[arg(long, env = "FAWKES_CDC_MAX_LAG_BYTES", default_value_t = fawkes::store::cdc::CdcConfig::default().max_lag_bytes)]
+    cdc_max_lag_bytes: i64,
 }
 
 impl SupabaseArgs {
@@ -177,6 +181,7 @@ impl SupabaseArgs {
             tables: self.cdc_tables.clone(),
             poll: Duration::from_millis(self.cdc_poll_ms.max(1)),
             batch: self.cdc_batch.max(1),
+            max_lag_bytes: self.cdc_max_lag_bytes.max(0),
         }))
     }
 

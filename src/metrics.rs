@@ -376,6 +376,26 @@ impl RealtimeCounters {
     }
 }
 
+/// Change capture's gauges and counters (`store::cdc`). See [`CDC`].
+pub struct Cdc {
+    /// WAL the slot holds back, in bytes (`pg_current_wal_lsn() - restart_lsn`), at the last read.
+    pub lag_bytes: AtomicI64,
+    /// Row changes broadcast.
+    pub changes: AtomicU64,
+    /// Times the slot was dropped for holding back more than `--cdc-max-lag-bytes`.
+    pub slot_drops: AtomicU64,
+    /// 1 while this node holds the slot and reads it.
+    pub reading: AtomicI64,
+}
+
+/// The one set of change-capture counters of this process.
+pub static CDC: Cdc = Cdc {
+    lag_bytes: ZERO_I,
+    changes: ZERO,
+    slot_drops: ZERO,
+    reading: ZERO_I,
+};
+
 /// Requests to apps' backends (channels proxied over HTTP). See [`BACKEND`].
 pub struct Backends {
     requests: [AtomicU64; BackendOutcome::ALL.len()],

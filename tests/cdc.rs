@@ -276,3 +276,76 @@ fn another_node_takes_over_the_slot_when_its_reader_dies() {
     });
     assert!(reads(&survivor_dir));
 }
+
+/// A slot that holds back more WAL than `--cdc-max-lag-bytes` (here behind a transaction left
+/// open) is dropped and made again: followers get a `system` error, `/metrics` counts it, and
+/// changes flow again once the slot is back.
+#[test]
+fn a_slot_over_its_lag_bound_is_dropped_and_made_again() {
+    use diesel::{Connection, RunQueryDsl};
+    let pg = support::LogicalPostgres::start();
+    app_schema(&pg);
+    pg.sql(&["CREATE TABLE filler (x int, pad text)"]);
+    let dir = support::temp_dir("cdc-lag");
+    let server = support::Serve::start(
+        &dir,
+        &[
+            "--database-url",
+            &pg.url,
+            "--supabase-jwt-secret",
+            SECRET,
+            "--cdc-tables",
+            "public.todos",
+            "--cdc-poll-ms",
+            "20",
+            "--cdc-max-lag-bytes",
+            "4000000",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let (_, service) = keys();
+    let metric = |name: &str| -> i64 {
+        let url = server.metrics_url();
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics");
+        let (_, _, body) = support::http_raw(addr, "GET", "/metrics", &[], "");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut ws = follow(&server.addr, &service).await;
+        // A transaction left open holds the slot's restart point while WAL grows past the bound.
+        let mut open = diesel::PgConnection::establish(&pg.url).unwrap();
+        diesel::sql_query("BEGIN").execute(&mut open).unwrap();
+        diesel::sql_query("INSERT INTO todos (title) VALUES ('held')")
+            .execute(&mut open)
+            .unwrap();
+        pg.sql(&["INSERT INTO filler SELECT g, repeat('x', 100) FROM generate_series(1, 60000) g"]);
+        let system = loop {
+            let f = frame(&mut ws).await;
+            if f[3] == "system" {
+                break f;
+            }
+        };
+        assert_eq!(system[4]["extension"], "postgres_changes");
+        assert_eq!(system[4]["status"], "error");
+        let message = system[4]["message"].as_str().unwrap();
+        assert!(
+            message.contains("over --cdc-max-lag-bytes 4000000: dropped and made again"),
+            "{message}"
+        );
+        assert_eq!(metric("fawkes_cdc_slot_drops_total"), 1);
+        // The new slot is made once the open transaction ends; its change is among those lost.
+        diesel::sql_query("COMMIT").execute(&mut open).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        pg.sql(&["INSERT INTO todos (title) VALUES ('after')"]);
+        assert_eq!(titles(&mut ws, Duration::from_secs(3)).await, ["after"]);
+        assert!(metric("fawkes_cdc_slot_lag_bytes") < 4_000_000);
+        assert_eq!(metric("fawkes_cdc_reading"), 1);
+    });
+}

@@ -205,6 +205,7 @@ pub fn render(endpoint: &Endpoint) -> String {
     }
     backends(&r);
     realtime(&r);
+    cdc(&r);
 
     r.register(Box::new(HTTP_REQUESTS.clone()))
         .expect("unique metric");
@@ -218,6 +219,35 @@ pub fn render(endpoint: &Endpoint) -> String {
         .encode(&r.gather(), &mut out)
         .expect("text encoding");
     String::from_utf8(out).expect("UTF-8 exposition")
+}
+
+/// Change capture from PostgreSQL's logical replication slot.
+fn cdc(r: &Registry) {
+    use crate::metrics::CDC;
+    gauge(
+        r,
+        "fawkes_cdc_slot_lag_bytes",
+        "WAL the change-capture slot holds back, in bytes, at its last read on this node",
+        CDC.lag_bytes.load(Relaxed),
+    );
+    gauge(
+        r,
+        "fawkes_cdc_reading",
+        "1 while this node holds the change-capture slot and reads it",
+        CDC.reading.load(Relaxed),
+    );
+    counter(
+        r,
+        "fawkes_cdc_changes_total",
+        "Row changes read from the slot and broadcast",
+        CDC.changes.load(Relaxed),
+    );
+    counter(
+        r,
+        "fawkes_cdc_slot_drops_total",
+        "Times the slot was dropped and made again for holding back more than --cdc-max-lag-bytes",
+        CDC.slot_drops.load(Relaxed),
+    );
 }
 
 /// Supabase Realtime's channels and REST broadcasts.

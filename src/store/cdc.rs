@@ -21,6 +21,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Integer, Text};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 /// What to capture and how.
@@ -34,6 +35,10 @@ pub struct CdcConfig {
     pub poll: Duration,
     /// Changes read at most per batch (a transaction is never split: a larger one comes whole).
     pub batch: i64,
+    /// WAL the slot may hold back (`pg_current_wal_lsn() - restart_lsn`, which a long open
+    /// transaction also holds) before it is dropped and made again: the database's disk comes
+    /// before the changes it would keep. 0: no bound.
+    pub max_lag_bytes: i64,
 }
 
 impl Default for CdcConfig {
@@ -43,6 +48,7 @@ impl Default for CdcConfig {
             tables: Vec::new(),
             poll: Duration::from_millis(100),
             batch: 1000,
+            max_lag_bytes: 1 << 30,
         }
     }
 }
@@ -51,6 +57,10 @@ impl Default for CdcConfig {
 pub fn topic(schema: &str, table: &str) -> String {
     format!("postgres_changes:{schema}.{table}")
 }
+
+/// Where capture says that changes were lost (event `reset`, payload `{"reason"}`): its slot was
+/// dropped. Followers of captured tables subscribe to it.
+pub const RESETS: &str = "postgres_changes";
 
 /// Whether `patterns` cover `schema.table`.
 pub fn covers(patterns: &[String], schema: &str, table: &str) -> bool {
@@ -143,16 +153,22 @@ pub fn prepare(url: &str, config: &CdcConfig) -> Result<PgConnection, String> {
                 .into(),
         );
     }
+    prepare_slot(&mut c, config)?;
+    Ok(c)
+}
+
+/// Makes the slot unless it exists.
+fn prepare_slot(c: &mut PgConnection, config: &CdcConfig) -> Result<(), String> {
     let exists = diesel::sql_query(
         "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1) AS yes",
     )
     .bind::<Text, _>(&config.slot)
-    .get_result::<Flag>(&mut c)
+    .get_result::<Flag>(c)
     .map_err(|e| format!("change capture: reading slots: {e}"))?;
     if !exists.yes {
         diesel::sql_query("SELECT pg_create_logical_replication_slot($1, 'wal2json')::text AS value")
             .bind::<Text, _>(&config.slot)
-            .get_result::<Setting>(&mut c)
+            .get_result::<Setting>(c)
             .map_err(|e| {
                 let e = e.to_string();
                 if e.contains("wal2json") {
@@ -163,7 +179,7 @@ pub fn prepare(url: &str, config: &CdcConfig) -> Result<PgConnection, String> {
             })?;
         log::info!("change capture: created replication slot {}", config.slot);
     }
-    Ok(c)
+    Ok(())
 }
 
 /// Starts the reader on a thread of its own (it blocks on PostgreSQL), after [`prepare`]
@@ -213,12 +229,57 @@ impl Reader {
             std::thread::sleep(Duration::from_secs(1));
         }
         log::info!("change capture: reading slot {}", self.config.slot);
+        crate::metrics::CDC.reading.store(1, Relaxed);
+        let result = self.read(&mut c);
+        crate::metrics::CDC.reading.store(0, Relaxed);
+        result
+    }
+
+    fn read(&mut self, c: &mut PgConnection) -> Result<(), String> {
         loop {
-            let n = self.batch(&mut c)?;
+            let n = self.batch(c)?;
+            self.bound_lag(c)?;
             if n == 0 {
                 std::thread::sleep(self.config.poll);
             }
         }
+    }
+
+    /// Measures the WAL the slot holds back; past the bound, drops the slot and makes it again
+    /// (what it held is lost, and followers are told), so the database's disk does not fill.
+    fn bound_lag(&mut self, c: &mut PgConnection) -> Result<(), String> {
+        #[derive(QueryableByName)]
+        struct Lag {
+            #[diesel(sql_type = BigInt)]
+            bytes: i64,
+        }
+        let lag = diesel::sql_query(
+            "SELECT COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8 AS bytes \
+             FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind::<Text, _>(&self.config.slot)
+        .get_result::<Lag>(c)
+        .map_err(|e| format!("reading slot {}'s lag: {e}", self.config.slot))?
+        .bytes;
+        crate::metrics::CDC.lag_bytes.store(lag, Relaxed);
+        let max = self.config.max_lag_bytes;
+        if max == 0 || lag <= max {
+            return Ok(());
+        }
+        let why = format!(
+            "slot {} held back {lag} bytes of WAL, over --cdc-max-lag-bytes {max}: dropped and made again; changes not yet read are lost",
+            self.config.slot
+        );
+        log::error!("change capture: {why}");
+        diesel::sql_query("SELECT pg_drop_replication_slot($1)::text AS value")
+            .bind::<Text, _>(&self.config.slot)
+            .get_result::<Setting>(c)
+            .map_err(|e| format!("dropping slot {}: {e}", self.config.slot))?;
+        crate::metrics::CDC.slot_drops.fetch_add(1, Relaxed);
+        self.endpoint
+            .broadcast(RESETS, "reset", json!({ "reason": why }));
+        // `prepare` makes the slot again (from now on).
+        prepare_slot(c, &self.config)
     }
 
     /// Reads, broadcasts and then confirms one batch of whole transactions; returns how many
@@ -317,6 +378,7 @@ impl Reader {
         }
         self.endpoint
             .broadcast(&topic(schema, table), "change", Payload::Json(data));
+        crate::metrics::CDC.changes.fetch_add(1, Relaxed);
         Ok(())
     }
 

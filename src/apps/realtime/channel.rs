@@ -295,8 +295,13 @@ impl RealtimeChannel {
                 Err(why) => return self.refuse_changes(ctx, why),
             }
         }
+        let captured = topics.iter().any(|t| t.starts_with("postgres_changes:"));
         for t in topics {
             ctx.subscribe(&t);
+        }
+        if captured {
+            // Told when capture loses changes (its slot dropped for holding back too much WAL).
+            ctx.subscribe(cdc::RESETS);
         }
         self.system(ctx, "postgres_changes", "ok", "Subscribed to PostgreSQL");
     }
@@ -458,6 +463,11 @@ impl Channel for RealtimeChannel {
                 let change = (b.payload.json())
                     .and_then(|p| collections::change(&b.topic["collection:".len()..], p));
                 self.deliver_change(change, ctx)
+            }
+            Info::Broadcast(b) if b.topic == cdc::RESETS => {
+                let why = b.payload.json().and_then(|p| p.get("reason")?.as_str());
+                let why = why.unwrap_or("change capture lost changes");
+                self.system(ctx, "postgres_changes", "error", why);
             }
             Info::Broadcast(b) if b.topic.starts_with("postgres_changes:") => {
                 let change = b.payload.json().and_then(changes::Change::from_data);
