@@ -1071,7 +1071,12 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
     }
     let realtime = (args.supabase.realtime().map_err(std::io::Error::other)?).map(|mut r| {
         r.collection_rules = state.collections.rules.clone();
-        r.cdc_tables = cdc.map(|c| c.tables).unwrap_or_default();
+        if let Some(c) = cdc {
+            r.cdc_tables = c.tables;
+            r.row_security = Some(std::sync::Arc::new(
+                fawkes::apps::realtime::rls::RowSecurity::new(state.store.clone()),
+            ));
+        }
         r.store = Some(state.store.clone());
         std::sync::Arc::new(r)
     });

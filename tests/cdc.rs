@@ -31,7 +31,7 @@ fn keys() -> (String, String) {
 }
 
 /// The app's schema: roles as in a Supabase project, a plain table, one anon may not read,
-/// one with row-level security.
+/// one with row-level security (each authenticated user sees their own rows; anon none).
 fn app_schema(pg: &support::LogicalPostgres) {
     pg.sql(&[
         "CREATE ROLE anon NOLOGIN",
@@ -41,6 +41,13 @@ fn app_schema(pg: &support::LogicalPostgres) {
         "CREATE TABLE mine (id serial PRIMARY KEY, owner text)",
         "ALTER TABLE mine ENABLE ROW LEVEL SECURITY",
         "GRANT SELECT ON todos, mine TO anon, authenticated",
+        // Supabase's auth.uid(), over the settings a check runs with; each user sees their rows.
+        "CREATE SCHEMA auth",
+        "CREATE FUNCTION auth.uid() RETURNS text LANGUAGE sql STABLE AS \
+         $$ SELECT coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''), \
+         (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')) $$",
+        "GRANT USAGE ON SCHEMA auth TO anon, authenticated",
+        "CREATE POLICY own_rows ON mine FOR SELECT TO authenticated USING (owner = auth.uid())",
     ]);
 }
 
@@ -76,7 +83,7 @@ fn supabase_js_follows_the_apps_tables() {
             ("FAWKES_SUPABASE_URL", server.url()),
             ("FAWKES_PG_URL", pg.url.clone()),
         ],
-        3,
+        4,
     );
 }
 

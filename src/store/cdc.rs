@@ -288,7 +288,7 @@ impl Reader {
         let rows = diesel::sql_query(
             "SELECT lsn::text AS lsn, data FROM pg_logical_slot_peek_changes($1, NULL, $2, \
              'format-version', '2', 'include-timestamp', '1', 'include-type-oids', '1', \
-             'include-transaction', '1', 'add-tables', $3)",
+             'include-transaction', '1', 'include-pk', '1', 'add-tables', $3)",
         )
         .bind::<Text, _>(&self.config.slot)
         .bind::<Integer, _>(self.config.batch.clamp(1, i32::MAX as i64) as i32)
@@ -298,7 +298,7 @@ impl Reader {
         let Some(last) = rows.last().map(|r| r.lsn.clone()) else {
             return Ok(0);
         };
-        let mut pending: Vec<Value> = Vec::new();
+        let mut pending: Vec<(String, Value)> = Vec::new();
         for row in &rows {
             let Ok(msg) = serde_json::from_str::<Value>(&row.data) else {
                 log::error!("change capture: undecodable wal2json row at {}", row.lsn);
@@ -306,15 +306,15 @@ impl Reader {
             };
             match msg.get("action").and_then(Value::as_str) {
                 Some("B") => pending.clear(),
-                Some("I" | "U" | "D") => pending.push(msg),
+                Some("I" | "U" | "D") => pending.push((row.lsn.clone(), msg)),
                 Some("C") => {
                     let at = msg
                         .get("timestamp")
                         .and_then(Value::as_str)
                         .map(iso)
                         .unwrap_or_default();
-                    for change in pending.drain(..) {
-                        self.publish(c, &change, &at)?;
+                    for (i, (lsn, change)) in pending.drain(..).enumerate() {
+                        self.publish(c, &change, &at, &format!("{lsn}#{i}"))?;
                     }
                 }
                 // Truncates and logical messages are not row changes.
@@ -329,7 +329,14 @@ impl Reader {
         Ok(rows.len())
     }
 
-    fn publish(&mut self, c: &mut PgConnection, msg: &Value, at: &str) -> Result<(), String> {
+    /// Broadcasts one change; `id` names it uniquely (its LSN and place in the transaction).
+    fn publish(
+        &mut self,
+        c: &mut PgConnection,
+        msg: &Value,
+        at: &str,
+        id: &str,
+    ) -> Result<(), String> {
         let text = |k: &str| msg.get(k).and_then(Value::as_str).unwrap_or_default();
         let (schema, table) = (text("schema"), text("table"));
         let kind = match text("action") {
@@ -376,6 +383,26 @@ impl Reader {
         if kind != "INSERT" {
             data["old_record"] = Value::Object(row(&identity));
         }
+        // For row-level security checks (never sent to clients): the change's id, and its row's
+        // primary key with each column's type.
+        let after = if kind == "DELETE" {
+            &identity
+        } else {
+            &columns
+        };
+        let mut key = Vec::new();
+        for pk in cols("pk") {
+            let name = pk.get("name").and_then(Value::as_str).unwrap_or_default();
+            let oid = pk.get("typeoid").and_then(Value::as_i64).unwrap_or(0) as i32;
+            let value = after
+                .iter()
+                .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+                .and_then(|c| c.get("value").cloned())
+                .unwrap_or(Value::Null);
+            key.push(json!({"name": name, "type": self.type_name(c, oid)?, "value": value}));
+        }
+        data["_id"] = json!(id);
+        data["_key"] = Value::Array(key);
         self.endpoint
             .broadcast(&topic(schema, table), "change", Payload::Json(data));
         crate::metrics::CDC.changes.fetch_add(1, Relaxed);

@@ -38,8 +38,11 @@ pub struct RealtimeChannel {
     /// The user's token (or the apikey) and its claims.
     token: String,
     access: Access,
-    /// The token's `role`, which decides which collections it may follow.
+    /// The token's claims and `role`, which decide which tables and rows it may follow.
+    claims: Claims,
     role: String,
+    /// Captured tables followed that have row-level security on (`schema.table`).
+    rls_tables: Vec<String>,
     confirm: Option<tokio::task::AbortHandle>,
     /// The join's `postgres_changes` subscriptions, or why they cannot be served.
     changes: Result<Vec<Subscription>, String>,
@@ -104,7 +107,9 @@ impl RealtimeChannel {
             tracked: None,
             token: String::new(),
             access: Access::default(),
+            claims: Claims::new(),
             role: String::new(),
+            rls_tables: Vec::new(),
             confirm: None,
             changes: Ok(Vec::new()),
         }
@@ -135,6 +140,7 @@ impl RealtimeChannel {
         let now = now();
         let claims = self.realtime.keys.verify(&self.token, now)?;
         self.role = role(&claims).to_owned();
+        self.claims = claims.clone();
         self.access = if self.private {
             self.realtime.rules.access(&self.name, &claims)
         } else {
@@ -312,7 +318,7 @@ impl RealtimeChannel {
     }
 
     /// Where a subscription's changes are broadcast, if this token may follow them.
-    async fn topic_of(&self, s: &Subscription) -> Result<String, String> {
+    async fn topic_of(&mut self, s: &Subscription) -> Result<String, String> {
         let table = s.table.as_deref().ok_or_else(|| {
             "a table is required (this server follows tables one by one)".to_owned()
         })?;
@@ -320,7 +326,9 @@ impl RealtimeChannel {
         if cdc::covers(&rt.cdc_tables, &s.schema, table) {
             if self.role != "service_role" {
                 let store = rt.store.clone().ok_or("change capture has no database")?;
-                may_select(store, &self.role, &s.schema, table).await?;
+                if may_select(store, &self.role, &s.schema, table).await? {
+                    self.rls_tables.push(format!("{}.{table}", s.schema));
+                }
             }
             return Ok(cdc::topic(&s.schema, table));
         }
@@ -333,6 +341,29 @@ impl RealtimeChannel {
         }
         collections::may_follow(&rt.collection_rules, table, &self.role)?;
         Ok(collections::topic(table))
+    }
+
+    /// Whether row-level security lets this follower see a captured change (always, on a table
+    /// without it, for a delete, or with the service_role key).
+    async fn may_see(&self, change: &changes::Change, data: &Value) -> bool {
+        let table = format!("{}.{}", change.schema, change.table);
+        if change.kind == changes::Kind::Delete || !self.rls_tables.contains(&table) {
+            return true;
+        }
+        let (Some(checks), Some(id), Some(key)) = (
+            &self.realtime.row_security,
+            data.get("_id").and_then(Value::as_str),
+            data.get("_key").and_then(Value::as_array),
+        ) else {
+            return false;
+        };
+        let row = super::rls::Row {
+            id,
+            schema: &change.schema,
+            table: &change.table,
+            key,
+        };
+        checks.visible(&row, &self.claims).await
     }
 
     /// A change, to this client if any of its subscriptions wants it.
@@ -470,7 +501,15 @@ impl Channel for RealtimeChannel {
                 self.system(ctx, "postgres_changes", "error", why);
             }
             Info::Broadcast(b) if b.topic.starts_with("postgres_changes:") => {
-                let change = b.payload.json().and_then(changes::Change::from_data);
+                let Some(data) = b.payload.json() else {
+                    return Flow::Continue;
+                };
+                let change = changes::Change::from_data(data);
+                if let Some(c) = &change {
+                    if !self.may_see(c, data).await {
+                        return Flow::Continue;
+                    }
+                }
                 self.deliver_change(change, ctx)
             }
             // A private room's broadcasts and presence diffs, under the client's topic.
@@ -494,10 +533,9 @@ impl Channel for RealtimeChannel {
 /// Sent to the channel itself: subscribe to the tables its join asked for, and say so.
 struct FollowChanges;
 
-/// Whether PostgreSQL lets `role` read `schema.table`, as a subscriber of its changes must.
-/// Row-level security is checked per row by Supabase; until Fawkes does too, a table with it
-/// on is followed only with the service_role key.
-async fn may_select(store: Store, role: &str, schema: &str, table: &str) -> Result<(), String> {
+/// Whether PostgreSQL lets `role` read `schema.table`, as a follower of its changes must; `Ok`
+/// says whether row-level security is on (then each change is checked, see [`super::rls`]).
+async fn may_select(store: Store, role: &str, schema: &str, table: &str) -> Result<bool, String> {
     use diesel::sql_types::{Bool, Text};
     use diesel::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
@@ -528,10 +566,9 @@ async fn may_select(store: Store, role: &str, schema: &str, table: &str) -> Resu
         .map_err(|e| format!("checking {schema}.{table}: {e:?}"))??;
     match found.first() {
         None => Err(format!("no table {schema}.{table}")),
-        Some(a) if !a.may => Err(format!("role {role:?} may not SELECT from {schema}.{table}")),
-        Some(a) if a.rls => Err(format!(
-            "row-level security is on for {schema}.{table}, and this server does not check it per row yet: only the service_role key may follow it"
+        Some(a) if !a.may => Err(format!(
+            "role {role:?} may not SELECT from {schema}.{table}"
         )),
-        Some(_) => Ok(()),
+        Some(a) => Ok(a.rls),
     }
 }

@@ -6,7 +6,7 @@
 //! - [`channel`]: one join of `realtime:<name>`.
 //! - [`rules`]: who may read, write and track presence on private channels.
 //! - [`changes`]: `postgres_changes` subscriptions, filters and events; [`collections`]: the
-//!   Fawkes collections as their tables.
+//!   Fawkes collections as their tables; [`rls`]: row-level security of captured changes.
 //! - [`rest`]: `POST /realtime/v1/api/broadcast` and its single-message form.
 //!
 //! Mounted at `/realtime/v1` (what supabase-js connects to, with no gateway in front) and
@@ -17,6 +17,7 @@ pub mod changes;
 pub mod channel;
 pub mod collections;
 pub mod rest;
+pub mod rls;
 pub mod rules;
 
 use crate::auth::supabase::{Claims, ProjectKeys, TokenError};
@@ -69,6 +70,8 @@ pub struct Realtime {
     /// in, where a subscriber's role is checked; none without change capture.
     pub cdc_tables: Vec<String>,
     pub store: Option<crate::store::Store>,
+    /// Row-level security checks of captured changes (with change capture).
+    pub row_security: Option<Arc<rls::RowSecurity>>,
 }
 
 /// The socket's `apikey`, verified at connect, and the socket's event budget shared by its
@@ -113,6 +116,7 @@ impl Realtime {
             collection_rules: Default::default(),
             cdc_tables: Vec::new(),
             store: None,
+            row_security: None,
         }
     }
 
