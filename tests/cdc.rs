@@ -83,7 +83,7 @@ fn supabase_js_follows_the_apps_tables() {
             ("FAWKES_SUPABASE_URL", server.url()),
             ("FAWKES_PG_URL", pg.url.clone()),
         ],
-        4,
+        5,
     );
 }
 

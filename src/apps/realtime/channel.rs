@@ -7,13 +7,13 @@
 
 use super::changes::{self, Subscription};
 use super::rules::Access;
-use super::{collections, now, room, ApiKey, Realtime};
+use super::{collections, follow, now, room, ApiKey, Realtime};
 use crate::auth::supabase::{role, Claims, TokenError};
 use crate::channel::{Channel, ChannelContext, Flow, Info, Reply, StopReason};
 use crate::metrics::{RealtimeRefusal, REALTIME};
 use crate::protocol::Payload;
 use crate::pubsub::SubId;
-use crate::store::{cdc, DbConnection, Store};
+use crate::store::cdc;
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -319,51 +319,18 @@ impl RealtimeChannel {
 
     /// Where a subscription's changes are broadcast, if this token may follow them.
     async fn topic_of(&mut self, s: &Subscription) -> Result<String, String> {
-        let table = s.table.as_deref().ok_or_else(|| {
-            "a table is required (this server follows tables one by one)".to_owned()
-        })?;
-        let rt = &self.realtime;
-        if cdc::covers(&rt.cdc_tables, &s.schema, table) {
-            if self.role != "service_role" {
-                let store = rt.store.clone().ok_or("change capture has no database")?;
-                if may_select(store, &self.role, &s.schema, table).await? {
-                    self.rls_tables.push(format!("{}.{table}", s.schema));
-                }
-            }
-            return Ok(cdc::topic(&s.schema, table));
+        let t = follow::target(&self.realtime, s, &self.role).await?;
+        if t.rls {
+            self.rls_tables.push(t.table);
         }
-        if s.schema != collections::SCHEMA {
-            return Err(format!(
-                "schema {:?}: this server serves the Fawkes collections, in schema {:?}, and the tables --cdc-tables names",
-                s.schema,
-                collections::SCHEMA
-            ));
-        }
-        collections::may_follow(&rt.collection_rules, table, &self.role)?;
-        Ok(collections::topic(table))
+        Ok(t.topic)
     }
 
-    /// Whether row-level security lets this follower see a captured change (always, on a table
-    /// without it, for a delete, or with the service_role key).
+    /// Whether row-level security lets this follower see a captured change.
     async fn may_see(&self, change: &changes::Change, data: &Value) -> bool {
         let table = format!("{}.{}", change.schema, change.table);
-        if change.kind == changes::Kind::Delete || !self.rls_tables.contains(&table) {
-            return true;
-        }
-        let (Some(checks), Some(id), Some(key)) = (
-            &self.realtime.row_security,
-            data.get("_id").and_then(Value::as_str),
-            data.get("_key").and_then(Value::as_array),
-        ) else {
-            return false;
-        };
-        let row = super::rls::Row {
-            id,
-            schema: &change.schema,
-            table: &change.table,
-            key,
-        };
-        checks.visible(&row, &self.claims).await
+        let rls = self.rls_tables.contains(&table);
+        follow::visible(&self.realtime, rls, change, data, &self.claims).await
     }
 
     /// A change, to this client if any of its subscriptions wants it.
@@ -532,43 +499,3 @@ impl Channel for RealtimeChannel {
 
 /// Sent to the channel itself: subscribe to the tables its join asked for, and say so.
 struct FollowChanges;
-
-/// Whether PostgreSQL lets `role` read `schema.table`, as a follower of its changes must; `Ok`
-/// says whether row-level security is on (then each change is checked, see [`super::rls`]).
-async fn may_select(store: Store, role: &str, schema: &str, table: &str) -> Result<bool, String> {
-    use diesel::sql_types::{Bool, Text};
-    use diesel::RunQueryDsl;
-    #[derive(diesel::QueryableByName)]
-    struct Access {
-        #[diesel(sql_type = Bool)]
-        rls: bool,
-        #[diesel(sql_type = Bool)]
-        may: bool,
-    }
-    let (r, s, t) = (role.to_owned(), schema.to_owned(), table.to_owned());
-    let found = store
-        .read(move |c| {
-            let DbConnection::Postgres(pg) = c else {
-                return Ok(Err("change capture needs PostgreSQL".to_owned()));
-            };
-            let q = diesel::sql_query(
-                "SELECT c.relrowsecurity AS rls, has_table_privilege($1, c.oid, 'SELECT') AS may \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $2 AND c.relname = $3",
-            )
-            .bind::<Text, _>(&r)
-            .bind::<Text, _>(&s)
-            .bind::<Text, _>(&t)
-            .load::<Access>(pg);
-            Ok(q.map_err(|e| e.to_string()))
-        })
-        .await
-        .map_err(|e| format!("checking {schema}.{table}: {e:?}"))??;
-    match found.first() {
-        None => Err(format!("no table {schema}.{table}")),
-        Some(a) if !a.may => Err(format!(
-            "role {role:?} may not SELECT from {schema}.{table}"
-        )),
-        Some(a) => Ok(a.rls),
-    }
-}

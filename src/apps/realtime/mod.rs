@@ -6,7 +6,9 @@
 //! - [`channel`]: one join of `realtime:<name>`.
 //! - [`rules`]: who may read, write and track presence on private channels.
 //! - [`changes`]: `postgres_changes` subscriptions, filters and events; [`collections`]: the
-//!   Fawkes collections as their tables; [`rls`]: row-level security of captured changes.
+//!   Fawkes collections as their tables; [`rls`]: row-level security of captured changes;
+//!   [`follow`]: what following one table takes, for both kinds of follower.
+//! - [`table`]: `postgres:<schema>.<table>[:<filter>]`, the same changes for phoenix.js.
 //! - [`rest`]: `POST /realtime/v1/api/broadcast` and its single-message form.
 //!
 //! Mounted at `/realtime/v1` (what supabase-js connects to, with no gateway in front) and
@@ -16,9 +18,11 @@
 pub mod changes;
 pub mod channel;
 pub mod collections;
+pub mod follow;
 pub mod rest;
 pub mod rls;
 pub mod rules;
+pub mod table;
 
 use crate::auth::supabase::{Claims, ProjectKeys, TokenError};
 use crate::budget::PushBudget;
@@ -79,6 +83,9 @@ pub struct Realtime {
 pub struct ApiKey {
     pub token: String,
     pub claims: Claims,
+    /// The user's token among the connect params (`access_token`), for phoenix.js clients of
+    /// `postgres:` topics; checked when they join.
+    pub access_token: Option<String>,
     budget: Mutex<PushBudget>,
 }
 
@@ -139,16 +146,25 @@ impl Realtime {
         Ok(Some(ApiKey {
             token: token.to_owned(),
             claims,
+            access_token: info
+                .params
+                .get("access_token")
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
             budget: Mutex::new(budget),
         }))
     }
 
-    /// Adds `realtime:*` to a socket's router.
+    /// Adds `realtime:*` and `postgres:*` to a socket's router.
     pub fn mount(self: &Arc<Self>, router: Router) -> Router {
-        let realtime = self.clone();
-        router.channel("realtime:*", move || {
-            channel::RealtimeChannel::new(realtime.clone())
-        })
+        let (realtime, tables) = (self.clone(), self.clone());
+        router
+            .channel("realtime:*", move || {
+                channel::RealtimeChannel::new(realtime.clone())
+            })
+            .channel("postgres:*", move || {
+                table::TableChannel::new(tables.clone())
+            })
     }
 
     /// The socket supabase-js connects to at [`MOUNT`]: `realtime:*` only, `apikey` required.

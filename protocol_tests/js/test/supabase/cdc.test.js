@@ -7,7 +7,9 @@
 import {test} from "node:test"
 import assert from "node:assert/strict"
 import pg from "pg"
-import {SERVICE, QUIET_MS, signedIn, sleep, subscribed, supabase, uniqueName, until, userToken} from "./support.js"
+import {Socket} from "phoenix"
+import {WebSocket} from "ws"
+import {ANON, SERVICE, QUIET_MS, signedIn, sleep, subscribed, supabase, uniqueName, until, userToken} from "./support.js"
 
 const URL = process.env.FAWKES_SUPABASE_URL
 const PG = process.env.FAWKES_PG_URL
@@ -80,14 +82,19 @@ test("each filter operator picks its rows", async t => {
   assert.deepStrictEqual(seen, {eq: [5], neq: [1, 9], lt: [1], gte: [5, 9], in: [1, 9], is: [1], title: [5]})
 })
 
-test("a role that may not read a table is refused", async t => {
-  const channel = supabase(t, URL).channel(uniqueName())
-  channel.on("postgres_changes", {event: "*", schema: "public", table: "hidden"}, () => {})
-  const system = systemOf(channel)
-  await subscribed(channel)
-  await until(() => system.length === 1, "the system message")
-  assert.equal(system[0].status, "error")
-  assert.match(system[0].message, /role "anon" may not SELECT from public.hidden/)
+test("a table the role may not read, or a filter on a column it lacks, is refused in a system error", async t => {
+  for(const [binding, why] of [
+    [{event: "*", schema: "public", table: "hidden"}, /role "anon" may not SELECT from public.hidden/],
+    [{event: "*", schema: "public", table: "todos", filter: "nope=eq.1"}, /the filter's column "nope" is not a column of public.todos/]
+  ]){
+    const channel = supabase(t, URL).channel(uniqueName())
+    channel.on("postgres_changes", binding, () => {})
+    const system = systemOf(channel)
+    await subscribed(channel)
+    await until(() => system.length === 1, "the system message")
+    assert.equal(system[0].status, "error")
+    assert.match(system[0].message, why)
+  }
 })
 
 test("row-level security: each user gets only the rows their policies let them read; service_role all", async t => {
@@ -119,4 +126,40 @@ test("row-level security: each user gets only the rows their policies let them r
   assert.deepStrictEqual(alice, ["INSERT alice", `DELETE ${ids[2]}`])
   assert.deepStrictEqual(bob, ["INSERT bob", "UPDATE bob", `DELETE ${ids[2]}`])
   assert.deepStrictEqual(anon, [`DELETE ${ids[2]}`], "anon has no policy: no row")
+})
+
+test("phoenix.js follows postgres:<schema>.<table>[:<filter>] with the apikey and access_token connect params", async t => {
+  const open = async params => {
+    const socket = new Socket(URL.replace(/^http/, "ws") + "/socket", {transport: WebSocket, params, timeout: 3000})
+    t.after(() => socket.disconnect())
+    socket.connect()
+    return socket
+  }
+  const join = (socket, topic) => new Promise((resolve, reject) => {
+    const channel = socket.channel(topic)
+    const seen = []
+    channel.on("change", data => seen.push(data))
+    channel.join().receive("ok", () => resolve({channel, seen})).receive("error", e => reject(new Error(e.reason)))
+      .receive("timeout", () => reject(new Error("timeout")))
+  })
+  const anon = await open({apikey: ANON})
+  const {seen} = await join(anon, "postgres:public.todos:n=eq.42")
+  await sql(t, "INSERT INTO todos (title, n) VALUES ('no', 1), ('yes', 42)")
+  await until(() => seen.length === 1, "the change")
+  await sleep(QUIET_MS)
+  assert.equal(seen.length, 1)
+  assert.deepStrictEqual([seen[0].schema, seen[0].table, seen[0].type, seen[0].record.title, seen[0].record.n], ["public", "todos", "INSERT", "yes", 42])
+  assert.deepStrictEqual(seen[0].columns.find(c => c.name === "n"), {name: "n", type: "int4"})
+  assert.equal(seen[0].errors, null)
+  await assert.rejects(join(anon, "postgres:public.todos:nope=eq.1"), /the filter's column "nope" is not a column of public.todos/)
+  await assert.rejects(join(anon, "postgres:public.todos:n=between.1"), /unknown filter operator "between"/)
+  await assert.rejects(join(anon, "postgres:public.hidden"), /role "anon" may not SELECT from public.hidden/)
+  await assert.rejects(join(await open({}), "postgres:public.todos"), /an apikey connect param is required/)
+  // Row-level security as for supabase-js: Alice, by her access_token, gets her rows only.
+  const alice = await open({apikey: ANON, access_token: userToken("alice")})
+  const mine = await join(alice, "postgres:public.mine")
+  await sql(t, "INSERT INTO mine (owner) VALUES ('bob'), ('alice')")
+  await until(() => mine.seen.length === 1, "alice's row")
+  await sleep(QUIET_MS)
+  assert.deepStrictEqual(mine.seen.map(d => d.record.owner), ["alice"])
 })
