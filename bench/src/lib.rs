@@ -2,10 +2,12 @@
 //! (`community:feed`: `new_post` broadcasts to every joined socket, `ping` echoes).
 //!
 //! - [`conn`]: opening connections (rotating loopback source addresses), joining, heartbeats.
-//! - [`conns`], [`fanout`], [`echo`], [`storm`]: the four modes.
+//! - [`conns`], [`fanout`], [`echo`], [`storm`]: the four modes for any Phoenix server;
+//!   [`changes`]: Postgres changes followed as supabase-js follows them (Fawkes with `--cdc-tables`).
 //! - [`proc`]: readings from `/proc` (memory, CPU) and the open-files limit.
 //! - [`report`]: failures, latency summaries, the human and JSON output.
 
+pub mod changes;
 pub mod conn;
 pub mod conns;
 pub mod echo;

@@ -10,6 +10,7 @@
 //! ```
 
 use clap::{Parser, Subcommand};
+use fawkes_bench::changes::{self, ChangesArgs};
 use fawkes_bench::conn::{Dialect, Target};
 use fawkes_bench::conns::{self, ConnsArgs};
 use fawkes_bench::echo::{self, EchoArgs};
@@ -70,6 +71,8 @@ enum Mode {
     Echo(EchoArgs),
     /// N joined connections all reconnect and rejoin at once after a server restart.
     Storm(StormArgs),
+    /// N supabase-js-like followers of a captured table's inserts, a writer command inserting.
+    Changes(ChangesArgs),
 }
 
 impl Mode {
@@ -79,6 +82,7 @@ impl Mode {
             Mode::Fanout(_) => "fanout",
             Mode::Echo(_) => "echo",
             Mode::Storm(_) => "storm",
+            Mode::Changes(_) => "changes",
         }
     }
 
@@ -89,6 +93,7 @@ impl Mode {
             Mode::Fanout(a) => a.duration(),
             Mode::Echo(a) => a.duration(),
             Mode::Storm(a) => a.duration(),
+            Mode::Changes(a) => a.duration(),
         }
     }
 }
@@ -158,6 +163,7 @@ async fn run(cli: &Cli, nofile_limit: Option<u64>) -> Report {
         Mode::Fanout(args) => fanout::run(&bench, args).await,
         Mode::Echo(args) => echo::run(&bench, args).await,
         Mode::Storm(args) => storm::run(&bench, args).await,
+        Mode::Changes(args) => changes::run(&bench, args).await,
     }
 }
 
