@@ -459,12 +459,32 @@ async fn stats(
             "queue_overflows": load(&e.queue_overflows) + load(&e.mailbox_overflows),
             "inbox_overflows": load(&c.inbox_overflows),
             "backends": state.proxy.status(),
+            "change_capture": change_capture(&state),
             "backend_requests": crate::metrics::BACKEND
                 .requests()
                 .into_iter()
                 .map(|(k, n)| (k, json!(n)))
                 .collect::<serde_json::Map<_, _>>(),
         }))
+}
+
+/// Change capture's slot (with `--cdc-tables`; `null` without): this node's view.
+fn change_capture(state: &crate::apps::AppState) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let on = state
+        .realtime
+        .as_ref()
+        .is_some_and(|r| !r.cdc_tables.is_empty());
+    if !on {
+        return Value::Null;
+    }
+    let c = &crate::metrics::CDC;
+    json!({
+        "reading": c.reading.load(Relaxed) == 1,
+        "slot_lag_bytes": c.lag_bytes.load(Relaxed),
+        "changes": c.changes.load(Relaxed),
+        "slot_drops": c.slot_drops.load(Relaxed),
+    })
 }
 
 #[derive(serde::Deserialize)]

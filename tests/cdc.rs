@@ -294,6 +294,7 @@ fn a_slot_over_its_lag_bound_is_dropped_and_made_again() {
     app_schema(&pg);
     pg.sql(&["CREATE TABLE filler (x int, pad text)"]);
     let dir = support::temp_dir("cdc-lag");
+    let admin = support::create_user(&dir, &pg.url, &["--name", "root", "--admin"]);
     let server = support::Serve::start(
         &dir,
         &[
@@ -355,4 +356,18 @@ fn a_slot_over_its_lag_bound_is_dropped_and_made_again() {
         assert!(metric("fawkes_cdc_slot_lag_bytes") < 4_000_000);
         assert_eq!(metric("fawkes_cdc_reading"), 1);
     });
+    // The inspector shows the same.
+    let stats = support::admin_stats(&server.addr, &admin);
+    let cdc = &stats["change_capture"];
+    assert_eq!(
+        (cdc["reading"].as_bool(), cdc["slot_drops"].as_i64()),
+        (Some(true), Some(1)),
+        "{stats}"
+    );
+    assert!(
+        cdc["slot_lag_bytes"]
+            .as_i64()
+            .is_some_and(|l| l < 4_000_000),
+        "{stats}"
+    );
 }

@@ -60,6 +60,15 @@ async function refresh(){
     return tr
   }))
   $("backend-requests").textContent = Object.entries(s.backend_requests).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "none yet"
+  // Change capture's slot (none unless --cdc-tables).
+  const cdc = s.change_capture
+  $("cdc-section").hidden = !cdc
+  if(cdc){
+    $("cdc-reading").textContent = cdc.reading ? "reads" : "does not read (another node does)"
+    $("cdc-lag").textContent = `${cdc.slot_lag_bytes.toLocaleString()} bytes`
+    $("cdc-changes").textContent = cdc.changes.toLocaleString()
+    $("cdc-drops").textContent = cdc.slot_drops
+  }
   $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`
 }
 
