@@ -315,6 +315,24 @@ impl ChannelContext {
         let sub = Arc::new(InfoSubscriber {
             conn: self.socket.conn.clone(),
             channel: self.id,
+            keep: None,
+        });
+        self.add_subscription(topic, sub)
+    }
+
+    /// As [`ChannelContext::subscribe`], keeping only the broadcasts `keep` accepts. `keep` runs
+    /// on the publishing thread before anything is queued for this channel, so a channel that
+    /// wants few of a busy topic's broadcasts costs its socket nothing for the rest: keep it
+    /// cheap.
+    pub fn subscribe_where(
+        &mut self,
+        topic: &str,
+        keep: impl Fn(&Broadcast) -> bool + Send + Sync + 'static,
+    ) -> SubId {
+        let sub = Arc::new(InfoSubscriber {
+            conn: self.socket.conn.clone(),
+            channel: self.id,
+            keep: Some(Box::new(keep)),
         });
         self.add_subscription(topic, sub)
     }
@@ -569,10 +587,15 @@ impl Subscriber for FastlaneSubscriber {
 struct InfoSubscriber {
     conn: Arc<Connection>,
     channel: ChannelId,
+    /// Which broadcasts to queue (all without it); see [`ChannelContext::subscribe_where`].
+    keep: Option<Box<dyn Fn(&Broadcast) -> bool + Send + Sync>>,
 }
 
 impl Subscriber for InfoSubscriber {
     fn deliver(&self, d: &Dispatch<'_>) {
+        if self.keep.as_ref().is_some_and(|keep| !keep(d.broadcast)) {
+            return;
+        }
         let bytes = d.frame(self.conn.serializer).map_or(0, |f| f.len());
         self.conn.mail(
             Mail::Info {

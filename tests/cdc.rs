@@ -371,3 +371,51 @@ fn a_slot_over_its_lag_bound_is_dropped_and_made_again() {
         "{stats}"
     );
 }
+
+/// A follower whose filter matches none of a burst of changes queues none of them: with a
+/// mailbox bound far below the burst it stays open, and still gets the change it wants. (Before
+/// the filter ran on the publishing side, every change of the table went to every follower's
+/// mailbox, and a busy table closed them with 1013.)
+#[test]
+fn a_follower_queues_only_the_changes_its_filter_wants() {
+    let pg = support::LogicalPostgres::start();
+    app_schema(&pg);
+    let dir = support::temp_dir("cdc-filter-side");
+    let server = support::Serve::start(
+        &dir,
+        &[
+            "--database-url",
+            &pg.url,
+            "--supabase-jwt-secret",
+            SECRET,
+            "--cdc-tables",
+            "public.todos",
+            "--cdc-poll-ms",
+            "20",
+            "--max-queue",
+            "50",
+        ],
+    );
+    let (_, service) = keys();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!(
+            "ws://{}/realtime/v1/websocket?apikey={service}&vsn=2.0.0",
+            server.addr
+        );
+        let mut ws = tokio_tungstenite::connect_async(url).await.unwrap().0;
+        let join = json!(["1", "1", "realtime:f", "phx_join", {"config": {"postgres_changes": [
+            {"event": "INSERT", "schema": "public", "table": "todos", "filter": "n=eq.-1"}]}}]);
+        ws.send(Message::Text(join.to_string())).await.unwrap();
+        loop {
+            if frame(&mut ws).await[3] == "system" {
+                break;
+            }
+        }
+        pg.sql(&["INSERT INTO todos (title, n) SELECT 'noise', g FROM generate_series(1, 2000) g"]);
+        pg.sql(&["INSERT INTO todos (title, n) VALUES ('wanted', -1)"]);
+        assert_eq!(titles(&mut ws, Duration::from_secs(3)).await, ["wanted"]);
+    });
+    let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
+    assert!(!log.contains("closing the slow client"), "{log}");
+}

@@ -90,6 +90,36 @@ impl Subscription {
     }
 }
 
+impl Subscription {
+    /// [`Subscription::wants`] on a change's `data` object as capture broadcasts it, without
+    /// building the change: it runs for every follower of a table on every change.
+    pub fn wants_data(&self, data: &Value) -> bool {
+        let text = |k: &str| data.get(k).and_then(Value::as_str);
+        let kind = match text("type") {
+            Some("INSERT") => Kind::Insert,
+            Some("UPDATE") => Kind::Update,
+            Some("DELETE") => Kind::Delete,
+            _ => return false,
+        };
+        self.kind.is_none_or(|k| k == kind)
+            && text("schema") == Some(self.schema.as_str())
+            && self
+                .table
+                .as_deref()
+                .is_none_or(|t| text("table") == Some(t))
+            && self.filter.as_ref().is_none_or(|f| {
+                let row = if kind == Kind::Delete {
+                    "old_record"
+                } else {
+                    "record"
+                };
+                data.get(row)
+                    .and_then(Value::as_object)
+                    .is_some_and(|r| f.matches(r))
+            })
+    }
+}
+
 /// A filter's operator (PostgREST's names, as Supabase Realtime accepts them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {

@@ -303,7 +303,17 @@ impl RealtimeChannel {
         }
         let captured = topics.iter().any(|t| t.starts_with("postgres_changes:"));
         for t in topics {
-            ctx.subscribe(&t);
+            if t.starts_with("postgres_changes:") {
+                // Only what some subscription wants reaches this channel's queue.
+                let subs = subs.clone();
+                ctx.subscribe_where(&t, move |b| {
+                    b.payload
+                        .json()
+                        .is_some_and(|d| subs.iter().any(|s| s.wants_data(d)))
+                });
+            } else {
+                ctx.subscribe(&t);
+            }
         }
         if captured {
             // Told when capture loses changes (its slot dropped for holding back too much WAL).

@@ -73,7 +73,15 @@ impl Channel for TableChannel {
             .map_err(refusal)?;
         self.rls = target.rls;
         ctx.leave_own_topic();
-        ctx.subscribe(&target.topic);
+        if target.topic.starts_with("postgres_changes:") {
+            // Only what the filter wants reaches this channel's queue.
+            let s = subscription.clone();
+            ctx.subscribe_where(&target.topic, move |b| {
+                b.payload.json().is_some_and(|d| s.wants_data(d))
+            });
+        } else {
+            ctx.subscribe(&target.topic);
+        }
         self.subscription = Some(subscription);
         Ok(Payload::empty())
     }
