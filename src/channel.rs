@@ -584,11 +584,14 @@ impl Subscriber for FastlaneSubscriber {
 }
 
 /// An extra subscription of a channel: broadcasts go to its `handle_info`.
+/// A subscription's filter, run on the publishing thread.
+type Keep = Box<dyn Fn(&Broadcast) -> bool + Send + Sync>;
+
 struct InfoSubscriber {
     conn: Arc<Connection>,
     channel: ChannelId,
     /// Which broadcasts to queue (all without it); see [`ChannelContext::subscribe_where`].
-    keep: Option<Box<dyn Fn(&Broadcast) -> bool + Send + Sync>>,
+    keep: Option<Keep>,
 }
 
 impl Subscriber for InfoSubscriber {
