@@ -52,19 +52,23 @@ fn app_schema(pg: &support::LogicalPostgres) {
 }
 
 fn serve(dir: &Path, url: &str) -> support::Serve {
-    support::Serve::start(
-        dir,
-        &[
-            "--database-url",
-            url,
-            "--supabase-jwt-secret",
-            SECRET,
-            "--cdc-tables",
-            "public.todos,public.hidden,public.mine",
-            "--cdc-poll-ms",
-            "20",
-        ],
-    )
+    serve_capturing(dir, url, "public.todos,public.hidden,public.mine", &[])
+}
+
+/// `fawkes serve` on `url` capturing `tables`, reading the slot every 20 ms, with `extra` flags.
+fn serve_capturing(dir: &Path, url: &str, tables: &str, extra: &[&str]) -> support::Serve {
+    let mut args = vec![
+        "--database-url",
+        url,
+        "--supabase-jwt-secret",
+        SECRET,
+        "--cdc-tables",
+        tables,
+        "--cdc-poll-ms",
+        "20",
+    ];
+    args.extend_from_slice(extra);
+    support::Serve::start(dir, &args)
 }
 
 #[test]
@@ -216,25 +220,15 @@ fn another_node_takes_over_the_slot_when_its_reader_dies() {
     let node = |name: &str| {
         let d = dir.join(name);
         std::fs::create_dir_all(&d).unwrap();
-        let s = support::Serve::start(
-            &d,
-            &[
-                "--database-url",
-                &pg.url,
-                "--supabase-jwt-secret",
-                SECRET,
-                "--cdc-tables",
-                "public.todos",
-                "--cdc-poll-ms",
-                "20",
-                "--redis-url",
-                &redis_url,
-                "--node-name",
-                name,
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ],
-        );
+        let extra = [
+            "--redis-url",
+            &redis_url,
+            "--node-name",
+            name,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ];
+        let s = serve_capturing(&d, &pg.url, "public.todos", &extra);
         support::wait_linked(&s);
         (s, d)
     };
@@ -295,23 +289,13 @@ fn a_slot_over_its_lag_bound_is_dropped_and_made_again() {
     pg.sql(&["CREATE TABLE filler (x int, pad text)"]);
     let dir = support::temp_dir("cdc-lag");
     let admin = support::create_user(&dir, &pg.url, &["--name", "root", "--admin"]);
-    let server = support::Serve::start(
-        &dir,
-        &[
-            "--database-url",
-            &pg.url,
-            "--supabase-jwt-secret",
-            SECRET,
-            "--cdc-tables",
-            "public.todos",
-            "--cdc-poll-ms",
-            "20",
-            "--cdc-max-lag-bytes",
-            "4000000",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ],
-    );
+    let extra = [
+        "--cdc-max-lag-bytes",
+        "4000000",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    let server = serve_capturing(&dir, &pg.url, "public.todos", &extra);
     let (_, service) = keys();
     let metric = |name: &str| -> i64 {
         let url = server.metrics_url();
@@ -381,21 +365,7 @@ fn a_follower_queues_only_the_changes_its_filter_wants() {
     let pg = support::LogicalPostgres::start();
     app_schema(&pg);
     let dir = support::temp_dir("cdc-filter-side");
-    let server = support::Serve::start(
-        &dir,
-        &[
-            "--database-url",
-            &pg.url,
-            "--supabase-jwt-secret",
-            SECRET,
-            "--cdc-tables",
-            "public.todos",
-            "--cdc-poll-ms",
-            "20",
-            "--max-queue",
-            "50",
-        ],
-    );
+    let server = serve_capturing(&dir, &pg.url, "public.todos", &["--max-queue", "50"]);
     let (_, service) = keys();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

@@ -6,6 +6,7 @@
 //! CPU per change.
 
 use crate::conn::{heartbeat, heartbeat_timer, Incoming, Ws, STEP_TIMEOUT};
+use crate::fanout::now_us;
 use crate::proc::Proc;
 use crate::report::{
     add_latency, merge, new_histogram, note_bench_cpu, per, FailureKind, Failures, Report,
@@ -16,7 +17,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
@@ -47,12 +48,6 @@ impl ChangesArgs {
     pub fn duration(&self) -> Duration {
         Duration::from_secs(self.max_secs + self.drain_secs)
     }
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 struct Seen {

@@ -203,7 +203,7 @@ pub async fn run(bench: &Bench, args: &FanoutArgs) -> Report {
 }
 
 /// Microseconds since the UNIX epoch: the clock `sent_us` is read with on both sides.
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
