@@ -38,7 +38,9 @@
 //!
 //! Store, recorded history and sign-in (they know the engine, nothing of the apps):
 //! - [`store`]: Diesel over SQLite or PostgreSQL, pool, embedded migrations; a write refused
-//!   on purpose says why with its own `store::Refusal`, which REST and channels each map.
+//!   on purpose says why with its own `store::Refusal`, which REST and channels each map;
+//!   `store::cdc`, change capture: the app's own tables' committed changes from a logical
+//!   replication slot, broadcast on the endpoint.
 //! - [`auth`]: Phoenix.Token and JWT verification (whom a token minted elsewhere names); pure.
 //! - [`history`]: recorded topics: per-topic event streams in the database, broadcast in
 //!   commit order, replayed to a client that rejoins with `since`.
@@ -66,10 +68,10 @@
 //! - A **channel kind of its own** per capability, on the engine's [`Channel`] trait and mounted
 //!   through the [`Router`]: Supabase Realtime's `realtime:*` channels (`apps::realtime`, with
 //!   its REST broadcast routes beside it), channels proxied to an app's HTTP backend
-//!   (`apps::proxy` and the server API the backend calls, `apps::server_api`): all three here
-//!   now; live table changes
-//!   (`apps::table_changes`, fed by a change reader in the store layer that reads PostgreSQL's
-//!   logical replication and publishes through the engine).
+//!   (`apps::proxy` and the server API the backend calls, `apps::server_api`), and live table
+//!   changes (`apps::realtime`'s `postgres_changes` and `postgres:` topics, fed by
+//!   `store::cdc`, which reads PostgreSQL's logical replication and publishes through the
+//!   engine): all here now.
 //! - **Sign-in kinds behind one interface**: a new token kind (Supabase's `apikey` and
 //!   `access_token`, a backend's `connect_url` answer) is a verifier in [`auth`] or a step of
 //!   `accounts::sign_in`; every transport and REST route keeps calling `sign_in` once
