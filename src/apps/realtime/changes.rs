@@ -134,7 +134,23 @@ pub enum Op {
     Like,
     Ilike,
     IsDistinct,
+    /// A regular expression (PostgreSQL's `~`; `imatch` is `~*`).
+    Match,
+    Imatch,
 }
+
+/// A compiled `match`/`imatch` pattern; equal when written the same.
+#[derive(Debug, Clone)]
+pub struct Pattern(regex::Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+/// Memory a client's pattern may compile to (it runs on every change of the table).
+const MAX_PATTERN_BYTES: usize = 256 * 1024;
 
 /// `column=op.value` (`in.(a,b)`), optionally `column=not.op.value`.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +159,8 @@ pub struct Filter {
     pub op: Op,
     pub negated: bool,
     pub value: String,
+    /// For `match` and `imatch`.
+    pub pattern: Option<Pattern>,
 }
 
 impl Filter {
@@ -170,9 +188,11 @@ impl Filter {
             "like" => Op::Like,
             "ilike" => Op::Ilike,
             "isdistinct" => Op::IsDistinct,
+            "match" => Op::Match,
+            "imatch" => Op::Imatch,
             other => {
                 return Err(format!(
-                    "unknown filter operator {other:?}: eq, neq, lt, lte, gt, gte, in, is, like, ilike, isdistinct (optionally after not.)"
+                    "unknown filter operator {other:?}: eq, neq, lt, lte, gt, gte, in, is, like, ilike, match, imatch, isdistinct (optionally after not.)"
                 ))
             }
         };
@@ -184,11 +204,23 @@ impl Filter {
                 "is takes null, true, false or unknown, not {value:?}"
             ));
         }
+        let pattern = match op {
+            Op::Match | Op::Imatch => Some(Pattern(
+                regex::RegexBuilder::new(value)
+                    .case_insensitive(op == Op::Imatch)
+                    .size_limit(MAX_PATTERN_BYTES)
+                    .dfa_size_limit(MAX_PATTERN_BYTES)
+                    .build()
+                    .map_err(|e| format!("{column}={op:?}: {value:?} is not a regular expression this server runs: {e}", op = if op == Op::Match { "match" } else { "imatch" }))?,
+            )),
+            _ => None,
+        };
         Ok(Filter {
             column: column.to_owned(),
             op,
             negated,
             value: value.to_owned(),
+            pattern,
         })
     }
 
@@ -215,6 +247,10 @@ impl Filter {
                 compare(cell, v.trim().trim_matches('"')) == Some(std::cmp::Ordering::Equal)
             }),
             Op::Like => like(&text_of(cell), &self.value, false),
+            Op::Match | Op::Imatch => self
+                .pattern
+                .as_ref()
+                .is_some_and(|p| p.0.is_match(&text_of(cell))),
             Op::Ilike => like(&text_of(cell), &self.value, true),
         };
         passes != self.negated
@@ -396,6 +432,18 @@ mod tests {
             ("=eq.1", "is not column=operator.value"),
             ("id=in.1,2", "in takes a list"),
             ("id=is.maybe", "is takes null"),
+            (
+                "name=match.(a",
+                "is not a regular expression this server runs",
+            ),
+            (
+                "name=match.(a)\\1",
+                "is not a regular expression this server runs",
+            ),
+            (
+                "name=match.a{1000}{1000}",
+                "is not a regular expression this server runs",
+            ),
         ] {
             let e = Filter::parse(f).unwrap_err();
             assert!(e.contains(why), "{f}: {e}");
