@@ -67,7 +67,8 @@ test("INSERT, UPDATE and DELETE of an app table reach `*`, typed and filtered li
 })
 
 test("each filter operator picks its rows", async t => {
-  const filters = {eq: "n=eq.5", neq: "n=neq.5", lt: "n=lt.5", gte: "n=gte.5", in: "n=in.(1,9)", is: "done=is.null", title: "title=eq.tea"}
+  const filters = {eq: "n=eq.5", neq: "n=neq.5", lt: "n=lt.5", gte: "n=gte.5", in: "n=in.(1,9)", is: "done=is.null", title: "title=eq.tea",
+    match: "title=match.^t.a$", imatch: "title=imatch.^MI", notmatch: "title=not.match.^(tea|milk)$"}
   const channel = supabase(t, URL).channel(uniqueName())
   const seen = Object.fromEntries(Object.keys(filters).map(k => [k, []]))
   for(const [k, filter] of Object.entries(filters)){
@@ -79,7 +80,8 @@ test("each filter operator picks its rows", async t => {
   await sql(t, `INSERT INTO todos (title, n, done) VALUES ('coffee', 1, NULL), ('tea', 5, true), ('milk', 9, false)`)
   await until(() => seen.neq.length === 2, "the inserts")
   await sleep(QUIET_MS)
-  assert.deepStrictEqual(seen, {eq: [5], neq: [1, 9], lt: [1], gte: [5, 9], in: [1, 9], is: [1], title: [5]})
+  assert.deepStrictEqual(seen, {eq: [5], neq: [1, 9], lt: [1], gte: [5, 9], in: [1, 9], is: [1], title: [5],
+    match: [5], imatch: [9], notmatch: [1]})
 })
 
 test("a table the role may not read, or a filter on a column it lacks, is refused in a system error", async t => {
