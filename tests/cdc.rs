@@ -16,18 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 const SECRET: &str = "a-supabase-project-jwt-secret-of-32-bytes-or-more";
 
 fn keys() -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fawkes"))
-        .args(["supabase", "keys", "--supabase-jwt-secret", SECRET])
-        .output()
-        .unwrap();
-    let out = String::from_utf8(out.stdout).unwrap();
-    let key = |var: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(&format!("{var}=")))
-            .unwrap()
-            .to_owned()
-    };
-    (key("SUPABASE_ANON_KEY"), key("SUPABASE_SERVICE_ROLE_KEY"))
+    support::supabase_keys(SECRET)
 }
 
 /// The app's schema: roles as in a Supabase project, a plain table, one anon may not read,

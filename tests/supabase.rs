@@ -11,32 +11,12 @@ use std::process::Command;
 
 const SECRET: &str = "a-supabase-project-jwt-secret-of-32-bytes-or-more";
 
-/// `fawkes supabase ARGS --supabase-jwt-secret SECRET`: its stdout.
 fn supabase_cli(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_fawkes"))
-        .arg("supabase")
-        .args(args)
-        .args(["--supabase-jwt-secret", SECRET])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    support::supabase_cli(SECRET, args)
 }
 
-/// The anon and service_role keys `fawkes supabase keys` prints.
 fn keys() -> (String, String) {
-    let out = supabase_cli(&["keys"]);
-    let key = |var: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(&format!("{var}=")))
-            .unwrap_or_else(|| panic!("no {var} in {out}"))
-            .to_owned()
-    };
-    (key("SUPABASE_ANON_KEY"), key("SUPABASE_SERVICE_ROLE_KEY"))
+    support::supabase_keys(SECRET)
 }
 
 /// The rules the suites expect: each user's own `room-<sub>`, and `staff-*` that staff read

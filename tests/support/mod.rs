@@ -35,6 +35,34 @@ pub fn create_user(dir: &Path, db: &str, args: &[&str]) -> String {
         .to_owned()
 }
 
+/// `fawkes supabase ARGS --supabase-jwt-secret SECRET`: its stdout.
+pub fn supabase_cli(secret: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fawkes"))
+        .arg("supabase")
+        .args(args)
+        .args(["--supabase-jwt-secret", secret])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The anon and service_role keys `fawkes supabase keys` prints for `secret`.
+pub fn supabase_keys(secret: &str) -> (String, String) {
+    let out = supabase_cli(secret, &["keys"]);
+    let key = |var: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{var}=")))
+            .unwrap_or_else(|| panic!("no {var} in {out}"))
+            .to_owned()
+    };
+    (key("SUPABASE_ANON_KEY"), key("SUPABASE_SERVICE_ROLE_KEY"))
+}
+
 /// A running `fawkes serve`, stopped on drop. Its log is `serve.log` in its directory.
 pub struct Serve {
     child: Child,
