@@ -135,6 +135,10 @@ struct SupabaseArgs {
     /// Largest REST broadcast body, in bytes (413 above it).
     #[arg(long, env = "FAWKES_REALTIME_MAX_REST_BODY_BYTES", default_value_t = RealtimeLimits::default().max_rest_body_bytes)]
     realtime_max_rest_body_bytes: usize,
+    /// Memory one `match`/`imatch` filter of `postgres_changes` may compile to, in bytes (a
+    /// pattern past it is refused naming it).
+    #[arg(long, env = "FAWKES_REALTIME_MAX_FILTER_PATTERN_BYTES", default_value_t = RealtimeLimits::default().max_filter_pattern_bytes)]
+    realtime_max_filter_pattern_bytes: usize,
     /// A TOML or JSON file mapping channel-name patterns (`*` any run, `{sub}` the token's
     /// subject) to who may read, write and track presence on private channels: public,
     /// authenticated, service_role or a list of roles. First match in file order; no match
@@ -201,6 +205,7 @@ impl SupabaseArgs {
             events_per_second: self.realtime_events_per_second,
             max_rest_messages: self.realtime_max_rest_messages.max(1),
             max_rest_body_bytes: self.realtime_max_rest_body_bytes,
+            max_filter_pattern_bytes: self.realtime_max_filter_pattern_bytes,
         };
         Ok(Some(Realtime::new(keys, limits, rules)))
     }

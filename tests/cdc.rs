@@ -241,17 +241,24 @@ fn another_node_takes_over_the_slot_when_its_reader_dies() {
         "both nodes read the slot"
     );
     // The listener on the node that does not read; the reader is killed.
-    let (reader, survivor, survivor_dir) = if reads(&dir_a) {
-        (a, b, dir_b)
+    let (reader, reader_name, survivor, survivor_dir) = if reads(&dir_a) {
+        (a, "a", b, dir_b)
     } else {
-        (b, a, dir_a)
+        (b, "b", a, dir_a)
     };
     let (_, service) = keys();
+    // What the reader publishes on Redis, as a second reader would broadcast it again.
+    let captured = capture_redis(&redis_url);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut ws = follow(&survivor.addr, &service).await;
+        let mut js = follow_topic(&survivor.addr, &service, "postgres:public.todos").await;
         pg.sql(&["INSERT INTO todos (title) VALUES ('one')"]);
         assert_eq!(titles(&mut ws, Duration::from_secs(2)).await, ["one"]);
+        assert_eq!(
+            topic_titles(&mut js, Duration::from_millis(300)).await,
+            ["one"]
+        );
         drop(reader);
         pg.sql(&[
             "INSERT INTO todos (title) VALUES ('two')",
@@ -263,8 +270,101 @@ fn another_node_takes_over_the_slot_when_its_reader_dies() {
             titles(&mut ws, Duration::from_secs(6)).await,
             ["two", "three"]
         );
+        assert_eq!(
+            topic_titles(&mut js, Duration::from_millis(300)).await,
+            ["two", "three"]
+        );
+        // A reader killed between broadcasting a batch and confirming it to the slot leaves the
+        // batch to the next reader, which broadcasts it again: the followers drop the repeat.
+        let again = captured.lock().unwrap().clone();
+        assert!(
+            again.iter().any(|m| m.windows(3).any(|w| w == b"one")),
+            "the reader's broadcast of 'one' was not seen on Redis"
+        );
+        let mut redis = redis::Client::open(redis_url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        for m in &again {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg("phx:Elixir.Fawkes.PubSub.Adapter")
+                .arg(m.as_slice())
+                .query(&mut redis)
+                .unwrap();
+        }
+        assert_eq!(
+            titles(&mut ws, Duration::from_secs(1)).await,
+            [] as [&str; 0]
+        );
+        assert_eq!(
+            topic_titles(&mut js, Duration::from_millis(300)).await,
+            [] as [&str; 0]
+        );
+        pg.sql(&["INSERT INTO todos (title) VALUES ('four')"]);
+        assert_eq!(titles(&mut ws, Duration::from_secs(2)).await, ["four"]);
+        assert_eq!(
+            topic_titles(&mut js, Duration::from_millis(300)).await,
+            ["four"]
+        );
+        // The dead node comes back: it waits for the lock (the survivor keeps reading), and
+        // its own followers get what is written from then on, once, as do the survivor's.
+        let (back, back_dir) = node(reader_name);
+        let mut back_ws = follow(&back.addr, &service).await;
+        pg.sql(&["INSERT INTO todos (title) VALUES ('five')"]);
+        assert_eq!(titles(&mut back_ws, Duration::from_secs(2)).await, ["five"]);
+        assert_eq!(titles(&mut ws, Duration::from_millis(300)).await, ["five"]);
+        assert_eq!(
+            topic_titles(&mut js, Duration::from_millis(300)).await,
+            ["five"]
+        );
+        let logged = std::fs::read_to_string(back_dir.join("serve.log")).unwrap();
+        assert!(
+            !logged.contains("reading slot fawkes_cdc"),
+            "the node back reads the slot although the survivor holds it"
+        );
     });
     assert!(reads(&survivor_dir));
+}
+
+/// Every message published on the Redis channels of Fawkes's PubSub from now on.
+fn capture_redis(url: &str) -> std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        let mut sub = c.as_pubsub();
+        sub.subscribe("phx:Elixir.Fawkes.PubSub.Adapter").unwrap();
+        ready_tx.send(()).unwrap();
+        while let Ok(m) = sub.get_message() {
+            out.lock().unwrap().push(m.get_payload_bytes().to_vec());
+        }
+    });
+    ready.recv().unwrap();
+    seen
+}
+
+/// A phoenix.js-like socket joined to a `postgres:` topic.
+async fn follow_topic(addr: &str, key: &str, topic: &str) -> Ws {
+    let url = format!("ws://{addr}/realtime/v1/websocket?apikey={key}&vsn=2.0.0");
+    let mut ws = tokio_tungstenite::connect_async(url).await.unwrap().0;
+    let join = json!(["1", "1", topic, "phx_join", {}]);
+    ws.send(Message::Text(join.to_string())).await.unwrap();
+    let reply = frame(&mut ws).await;
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    ws
+}
+
+/// The titles of the `change` events that arrive within `quiet` of each other.
+async fn topic_titles(ws: &mut Ws, quiet: Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(quiet, ws.next()).await {
+        let f: Value = serde_json::from_str(&t).unwrap();
+        if f[3] == "change" {
+            out.push(f[4]["record"]["title"].as_str().unwrap().to_owned());
+        }
+    }
+    out
 }
 
 /// A slot that holds back more WAL than `--cdc-max-lag-bytes` (here behind a transaction left
@@ -377,4 +477,63 @@ fn a_follower_queues_only_the_changes_its_filter_wants() {
     });
     let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
     assert!(!log.contains("closing the slow client"), "{log}");
+}
+
+/// The inspector's change-capture section in Chromium
+/// (`protocol_tests/js/test/browser/cdc.test.js`): the slot this node reads, its lag, and the
+/// changes it broadcast as rows are written.
+#[test]
+fn the_inspector_shows_the_slot_in_chromium() {
+    let pg = support::LogicalPostgres::start();
+    app_schema(&pg);
+    let dir = support::temp_dir("cdc-inspector");
+    let admin = support::create_user(&dir, &pg.url, &["--name", "root", "--admin"]);
+    let server = serve_capturing(&dir, &pg.url, "public.todos", &[]);
+    support::node_test(
+        "test/browser/cdc.test.js",
+        &[
+            ("FAWKES_APP_URL", server.url()),
+            ("FAWKES_ADMIN_TOKEN", admin),
+            ("FAWKES_PG_URL", pg.url.clone()),
+        ],
+        1,
+    );
+}
+
+/// A `match` filter whose pattern compiles past `--realtime-max-filter-pattern-bytes` is
+/// refused naming it; the same pattern under the default bound is served.
+#[test]
+fn a_filter_pattern_past_its_bound_is_refused() {
+    let pg = support::LogicalPostgres::start();
+    app_schema(&pg);
+    let (_, service) = keys();
+    let topic = r"postgres:public.todos:title=match.^[a-z]{300}$";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (bound, refused) in [("4096", true), ("262144", false)] {
+        let dir = support::temp_dir("cdc-pattern");
+        let extra = ["--realtime-max-filter-pattern-bytes", bound];
+        let server = serve_capturing(&dir, &pg.url, "public.todos", &extra);
+        rt.block_on(async {
+            let url = format!(
+                "ws://{}/realtime/v1/websocket?apikey={service}&vsn=2.0.0",
+                server.addr
+            );
+            let mut ws = tokio_tungstenite::connect_async(url).await.unwrap().0;
+            let join = json!(["1", "1", topic, "phx_join", {}]);
+            ws.send(Message::Text(join.to_string())).await.unwrap();
+            let reply = frame(&mut ws).await;
+            if refused {
+                assert_eq!(reply[4]["status"], "error", "{reply}");
+                let why = reply[4]["response"]["reason"].as_str().unwrap();
+                assert!(
+                    why.starts_with(
+                        r#"title=match: "^[a-z]{300}$" is not a regular expression this server runs"#
+                    ),
+                    "{why}"
+                );
+            } else {
+                assert_eq!(reply[4]["status"], "ok", "{reply}");
+            }
+        });
+    }
 }

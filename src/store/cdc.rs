@@ -298,7 +298,7 @@ impl Reader {
         let Some(last) = rows.last().map(|r| r.lsn.clone()) else {
             return Ok(0);
         };
-        let mut pending: Vec<(String, Value)> = Vec::new();
+        let mut pending: Vec<Value> = Vec::new();
         for row in &rows {
             let Ok(msg) = serde_json::from_str::<Value>(&row.data) else {
                 log::error!("change capture: undecodable wal2json row at {}", row.lsn);
@@ -306,15 +306,17 @@ impl Reader {
             };
             match msg.get("action").and_then(Value::as_str) {
                 Some("B") => pending.clear(),
-                Some("I" | "U" | "D") => pending.push((row.lsn.clone(), msg)),
+                Some("I" | "U" | "D") => pending.push(msg),
                 Some("C") => {
                     let at = msg
                         .get("timestamp")
                         .and_then(Value::as_str)
                         .map(iso)
                         .unwrap_or_default();
-                    for (i, (lsn, change)) in pending.drain(..).enumerate() {
-                        self.publish(c, &change, &at, &format!("{lsn}#{i}"))?;
+                    // Named by the commit's LSN, which grows in commit order (a change's own
+                    // LSN does not, across interleaved transactions): see [`Seen`].
+                    for (i, change) in pending.drain(..).enumerate() {
+                        self.publish(c, &change, &at, &format!("{}#{i}", row.lsn))?;
                     }
                 }
                 // Truncates and logical messages are not row changes.
@@ -329,7 +331,8 @@ impl Reader {
         Ok(rows.len())
     }
 
-    /// Broadcasts one change; `id` names it uniquely (its LSN and place in the transaction).
+    /// Broadcasts one change; `id` names it uniquely (its commit's LSN and place in the
+    /// transaction).
     fn publish(
         &mut self,
         c: &mut PgConnection,
@@ -425,6 +428,39 @@ impl Reader {
     }
 }
 
+/// Where a follower is in the stream of captured changes, to deliver each once. A reader that
+/// dies between broadcasting a batch and confirming it to the slot leaves that batch to the
+/// next reader, which broadcasts it again; every change carries its commit's LSN and place in
+/// the transaction, which only grow (one reader at a time, in commit order; a slot made again
+/// starts at the WAL's end), so a change at or before the last one delivered is a repeat.
+#[derive(Debug, Default)]
+pub struct Seen(Option<(u64, u32)>);
+
+impl Seen {
+    /// Whether the change `data` (a broadcast payload) comes for the first time; records it.
+    /// A change without a position (the collections' own) always does.
+    pub fn first_time(&mut self, data: &Value) -> bool {
+        let Some(at) = data.get("_id").and_then(Value::as_str).and_then(position) else {
+            return true;
+        };
+        if self.0.is_some_and(|last| at <= last) {
+            return false;
+        }
+        self.0 = Some(at);
+        true
+    }
+}
+
+/// A change id's position: `<commit LSN>#<index>`, the LSN as PostgreSQL prints it (`16/B374D848`).
+fn position(id: &str) -> Option<(u64, u32)> {
+    let (lsn, index) = id.split_once('#')?;
+    let (hi, lo) = lsn.split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    (hi <= u32::MAX as u64 && lo <= u32::MAX as u64)
+        .then_some(((hi << 32) | lo, index.parse().ok()?))
+}
+
 /// The advisory lock's key: a hash of the slot's name.
 fn lock_key(slot: &str) -> i64 {
     use sha2::Digest;
@@ -463,5 +499,26 @@ mod tests {
             "2026-12-07T13:46:15.042Z"
         );
         assert_eq!(iso("2026-12-07 15:46:15.5+02"), "2026-12-07T13:46:15.500Z");
+    }
+
+    #[test]
+    fn a_change_at_or_before_the_last_one_seen_is_a_repeat() {
+        let at = |id: &str| json!({ "_id": id });
+        let mut seen = Seen::default();
+        assert!(seen.first_time(&at("0/16B3748#0")));
+        assert!(seen.first_time(&at("0/16B3748#1")));
+        assert!(!seen.first_time(&at("0/16B3748#1")));
+        assert!(!seen.first_time(&at("0/16B3748#0")));
+        // The LSN's parts are compared as numbers, not text.
+        assert!(seen.first_time(&at("0/16B3750#0")));
+        assert!(seen.first_time(&at("1/0#0")));
+        assert!(!seen.first_time(&at("0/FFFFFFFF#7")));
+        assert!(seen.first_time(&at("A/0#0")));
+        // No position, or one that does not parse: delivered (never dropped by a guess).
+        assert!(seen.first_time(&json!({ "title": "x" })));
+        for bad in ["", "0/1", "x/1#0", "1/100000000#0", "0/1#-1", "0/1#a"] {
+            assert!(seen.first_time(&at(bad)), "{bad}");
+        }
+        assert!(!seen.first_time(&at("A/0#0")));
     }
 }

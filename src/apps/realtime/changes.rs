@@ -45,7 +45,8 @@ pub fn id_of(params: &Value) -> u32 {
 
 impl Subscription {
     /// Reads one entry; the error names what is wrong, for the `system` message.
-    pub fn parse(params: &Value) -> Result<Subscription, String> {
+    /// A `match`/`imatch` pattern may compile to `max_pattern_bytes`.
+    pub fn parse(params: &Value, max_pattern_bytes: usize) -> Result<Subscription, String> {
         let Value::Object(p) = params else {
             return Err("a postgres_changes subscription must be an object".into());
         };
@@ -64,7 +65,9 @@ impl Subscription {
         };
         let schema = text("schema").ok_or("schema is required")?.to_owned();
         let table = text("table").filter(|t| *t != "*").map(str::to_owned);
-        let filter = text("filter").map(Filter::parse).transpose()?;
+        let filter = text("filter")
+            .map(|f| Filter::parse(f, max_pattern_bytes))
+            .transpose()?;
         Ok(Subscription {
             id: id_of(params),
             kind,
@@ -149,9 +152,6 @@ impl PartialEq for Pattern {
     }
 }
 
-/// Memory a client's pattern may compile to (it runs on every change of the table).
-const MAX_PATTERN_BYTES: usize = 256 * 1024;
-
 /// `column=op.value` (`in.(a,b)`), optionally `column=not.op.value`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
@@ -164,7 +164,9 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn parse(text: &str) -> Result<Filter, String> {
+    /// A `match`/`imatch` pattern may compile to `max_pattern_bytes` (it runs on every change
+    /// of the table): `--realtime-max-filter-pattern-bytes`.
+    pub fn parse(text: &str, max_pattern_bytes: usize) -> Result<Filter, String> {
         let (column, rest) = text
             .split_once('=')
             .filter(|(c, _)| !c.is_empty())
@@ -208,10 +210,10 @@ impl Filter {
             Op::Match | Op::Imatch => Some(Pattern(
                 regex::RegexBuilder::new(value)
                     .case_insensitive(op == Op::Imatch)
-                    .size_limit(MAX_PATTERN_BYTES)
-                    .dfa_size_limit(MAX_PATTERN_BYTES)
+                    .size_limit(max_pattern_bytes)
+                    .dfa_size_limit(max_pattern_bytes)
                     .build()
-                    .map_err(|e| format!("{column}={op:?}: {value:?} is not a regular expression this server runs: {e}", op = if op == Op::Match { "match" } else { "imatch" }))?,
+                    .map_err(|e| format!("{column}={op}: {value:?} is not a regular expression this server runs: {e}", op = if op == Op::Match { "match" } else { "imatch" }))?,
             )),
             _ => None,
         };
@@ -375,6 +377,21 @@ impl Change {
 mod tests {
     use super::*;
 
+    const MAX: usize = 256 * 1024;
+
+    #[test]
+    fn a_pattern_past_the_bound_is_refused_naming_it() {
+        assert!(Filter::parse(r"title=match.^[a-z]{300}$", MAX).is_ok());
+        let e = Filter::parse(r"title=match.^[a-z]{300}$", 4096).unwrap_err();
+        assert!(
+            e.starts_with(
+                r#"title=match: "^[a-z]{300}$" is not a regular expression this server runs"#
+            ),
+            "{e}"
+        );
+        assert!(Filter::parse("title=imatch.^tea$", 4096).is_ok());
+    }
+
     fn row(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
     }
@@ -382,7 +399,7 @@ mod tests {
     #[test]
     fn filters_compare_in_the_cells_type() {
         let r = row(json!({"id": 7, "name": "tea", "done": true, "note": null, "price": 2.5}));
-        let yes = |f: &str| Filter::parse(f).unwrap().matches(&r);
+        let yes = |f: &str| Filter::parse(f, MAX).unwrap().matches(&r);
         for f in [
             // Numbers compare as numbers, not as text ("10" < "7" as text).
             "id=eq.7",
@@ -445,16 +462,18 @@ mod tests {
                 "is not a regular expression this server runs",
             ),
         ] {
-            let e = Filter::parse(f).unwrap_err();
+            let e = Filter::parse(f, MAX).unwrap_err();
             assert!(e.contains(why), "{f}: {e}");
         }
-        let e = Subscription::parse(&json!({"event": "UPSERT", "schema": "public"})).unwrap_err();
+        let e =
+            Subscription::parse(&json!({"event": "UPSERT", "schema": "public"}), MAX).unwrap_err();
         assert!(e.contains("unknown event \"UPSERT\""), "{e}");
-        assert!(Subscription::parse(&json!({"event": "*"}))
+        assert!(Subscription::parse(&json!({"event": "*"}), MAX)
             .unwrap_err()
             .contains("schema"));
         let s = Subscription::parse(
             &json!({"event": "insert", "schema": "public", "table": "todos", "filter": "id=eq.1"}),
+            MAX,
         )
         .unwrap();
         assert_eq!(
@@ -483,7 +502,7 @@ mod tests {
                 "record": {"id": 7, "done": true}, "old_record": {"id": 7}, "errors": null
             }})
         );
-        let sub = |v: Value| Subscription::parse(&v).unwrap();
+        let sub = |v: Value| Subscription::parse(&v, MAX).unwrap();
         assert_eq!(
             Change::from_data(&change.payload(&[])["data"]),
             Some(change.clone())

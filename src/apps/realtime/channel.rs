@@ -46,6 +46,8 @@ pub struct RealtimeChannel {
     confirm: Option<tokio::task::AbortHandle>,
     /// The join's `postgres_changes` subscriptions, or why they cannot be served.
     changes: Result<Vec<Subscription>, String>,
+    /// The last captured change delivered, so that none comes twice.
+    seen: cdc::Seen,
 }
 
 /// Sent to the channel itself: push `presence_state` (after the join reply).
@@ -72,6 +74,7 @@ fn flag(v: Option<&Value>) -> Option<bool> {
 /// parse to (or why one does not).
 fn postgres_changes(
     config: &Map<String, Value>,
+    max_pattern_bytes: usize,
 ) -> (Vec<Value>, Result<Vec<Subscription>, String>) {
     let Some(Value::Array(list)) = config.get("postgres_changes") else {
         return (Vec::new(), Ok(Vec::new()));
@@ -88,7 +91,7 @@ fn postgres_changes(
     let parsed = list
         .iter()
         .filter(|p| p.is_object())
-        .map(Subscription::parse)
+        .map(|p| Subscription::parse(p, max_pattern_bytes))
         .collect();
     (echoed, parsed)
 }
@@ -112,6 +115,7 @@ impl RealtimeChannel {
             rls_tables: Vec::new(),
             confirm: None,
             changes: Ok(Vec::new()),
+            seen: cdc::Seen::default(),
         }
     }
 
@@ -431,7 +435,8 @@ impl Channel for RealtimeChannel {
             ctx.leave_own_topic();
             self.room_sub = Some(ctx.subscribe(&self.room.clone()));
         }
-        let (changes, parsed) = postgres_changes(config);
+        let (changes, parsed) =
+            postgres_changes(config, self.realtime.limits.max_filter_pattern_bytes);
         self.changes = parsed;
         if !changes.is_empty() {
             // As Realtime: joined at once, then told with a `system` message whether the
@@ -481,6 +486,9 @@ impl Channel for RealtimeChannel {
                 let Some(data) = b.payload.json() else {
                     return Flow::Continue;
                 };
+                if !self.seen.first_time(data) {
+                    return Flow::Continue;
+                }
                 let change = changes::Change::from_data(data);
                 if let Some(c) = &change {
                     if !self.may_see(c, data).await {

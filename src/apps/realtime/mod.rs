@@ -50,6 +50,9 @@ pub struct RealtimeLimits {
     pub max_rest_messages: usize,
     /// Largest REST broadcast body, in bytes (413 above it).
     pub max_rest_body_bytes: usize,
+    /// Memory a `match`/`imatch` filter's pattern may compile to, in bytes (it runs on every
+    /// change of its table); a larger one is refused naming it.
+    pub max_filter_pattern_bytes: usize,
 }
 
 impl Default for RealtimeLimits {
@@ -59,6 +62,7 @@ impl Default for RealtimeLimits {
             events_per_second: 100,
             max_rest_messages: 100,
             max_rest_body_bytes: 1024 * 1024,
+            max_filter_pattern_bytes: 256 * 1024,
         }
     }
 }

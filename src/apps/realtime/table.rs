@@ -10,6 +10,7 @@ use super::{collections, follow, now, ApiKey, Realtime};
 use crate::auth::supabase::{role, Claims};
 use crate::channel::{Channel, ChannelContext, Flow, Info, Reply};
 use crate::protocol::Payload;
+use crate::store::cdc;
 use async_trait::async_trait;
 use serde_json::json;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ pub struct TableChannel {
     subscription: Option<Subscription>,
     claims: Claims,
     rls: bool,
+    seen: cdc::Seen,
 }
 
 fn refusal(why: impl std::fmt::Display) -> Payload {
@@ -32,6 +34,7 @@ impl TableChannel {
             subscription: None,
             claims: Claims::new(),
             rls: false,
+            seen: cdc::Seen::default(),
         }
     }
 }
@@ -67,7 +70,9 @@ impl Channel for TableChannel {
             .verify(token, now())
             .map_err(|e| refusal(format!("access_token: {e}")))?;
         let params = json!({"event": "*", "schema": schema, "table": table, "filter": filter});
-        let subscription = Subscription::parse(&params).map_err(refusal)?;
+        let subscription =
+            Subscription::parse(&params, self.realtime.limits.max_filter_pattern_bytes)
+                .map_err(refusal)?;
         let target = follow::target(&self.realtime, &subscription, role(&self.claims))
             .await
             .map_err(refusal)?;
@@ -93,6 +98,9 @@ impl Channel for TableChannel {
         let Some(data) = b.payload.json() else {
             return Flow::Continue;
         };
+        if !self.seen.first_time(data) {
+            return Flow::Continue;
+        }
         let change = match b.topic.strip_prefix("collection:") {
             Some(name) => collections::change(name, data),
             None => Change::from_data(data),
