@@ -400,7 +400,7 @@ pub fn set_community_member(
 /// CLI): it watches the table, since that is what both share. It follows revocation numbers,
 /// not clocks, so none committed after a poll is missed.
 pub fn watch_revocations(store: Store, endpoint: Endpoint) {
-    actix_rt::spawn(async move {
+    crate::task::spawn(async move {
         let mut since = None;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {

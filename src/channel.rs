@@ -290,7 +290,7 @@ impl ChannelContext {
     ) -> tokio::task::AbortHandle {
         let conn = Arc::downgrade(&self.socket.conn);
         let channel = self.id;
-        let task = actix_rt::spawn(async move {
+        let task = crate::task::spawn(async move {
             tokio::time::sleep(delay).await;
             if let Some(conn) = conn.upgrade() {
                 conn.mail(

@@ -167,6 +167,12 @@ impl Connection {
     }
 
     /// What the inspector shows of this connection.
+    /// Bytes waiting in its queue and mailbox.
+    pub fn queued_bytes(&self) -> usize {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.queued_bytes + s.mail_bytes
+    }
+
     pub fn summary(&self) -> ConnectionSummary {
         let (transport, socket_id) = self
             .described

@@ -731,7 +731,7 @@ impl History {
     /// Sweeps expired events every `every`, for as long as the server runs.
     pub fn sweep_every(&self, every: Duration) {
         let store = self.store.clone();
-        actix_rt::spawn(async move {
+        crate::task::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
@@ -808,7 +808,7 @@ impl History {
             Ok(value)
         };
         let conn = crate::pubsub::current_origin();
-        actix_rt::spawn(crate::pubsub::Origin { conn, fut: task })
+        crate::task::spawn(crate::pubsub::Origin { conn, fut: task })
             .await
             .map_err(|e| StoreError::Pool(format!("write task: {e}")))?
     }

@@ -81,6 +81,16 @@ impl Endpoint {
     }
 
     /// Every live connection, for the inspector (walks them all: not for hot paths).
+    /// Bytes waiting in all connections' queues and mailboxes (read at scrape time: the hot
+    /// path keeps no global sum).
+    pub fn queued_bytes(&self) -> usize {
+        self.inner
+            .conns
+            .iter()
+            .map(|c| c.value().queued_bytes())
+            .sum()
+    }
+
     pub fn connections(&self) -> Vec<ConnectionSummary> {
         let mut all: Vec<_> = self
             .inner

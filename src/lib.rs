@@ -102,6 +102,7 @@ pub mod pubsub;
 pub mod server;
 pub(crate) mod socket;
 pub mod store;
+pub mod task;
 pub mod transport;
 
 pub use channel::{Assigns, Channel, ChannelContext, Flow, Info, Reply, Router, StopReason};

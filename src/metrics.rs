@@ -66,6 +66,8 @@ pub struct Engine {
     pub costly_pushes_refused: AtomicU64,
     /// LongPoll sessions alive.
     pub longpoll_sessions: AtomicI64,
+    /// Tasks alive that the server spawned (see [`crate::task`]).
+    pub tasks: AtomicI64,
     /// Bytes held for WebSocket messages being put together from fragments.
     pub assembling_bytes: AtomicI64,
     /// Joins by topic prefix: (prefix, accepted, refused).
@@ -99,6 +101,7 @@ impl Engine {
             costly_pushes_refused: ZERO,
             writes_refused: ZERO,
             longpoll_sessions: ZERO_I,
+            tasks: ZERO_I,
             assembling_bytes: ZERO_I,
             joins: Mutex::new(Vec::new()),
         }
@@ -521,6 +524,21 @@ pub static DB_POOL_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
 /// Records a duration in a histogram.
 pub fn observe(h: &Histogram, d: Duration) {
     h.observe(d.as_secs_f64());
+}
+
+/// Bytes the allocator has handed out and not had back (glibc's `mallinfo2`: arena chunks in
+/// use plus mmapped ones); `None` where the allocator does not say.
+pub fn heap_bytes() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's own statistics.
+        let m = unsafe { libc::mallinfo2() };
+        Some((m.uordblks + m.hblkhd) as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
 }
 
 #[cfg(test)]

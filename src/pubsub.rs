@@ -362,7 +362,7 @@ impl PubSub {
         };
         WORKER.with(|c| c.set(Some((self.inner.id, index))));
         let ps = self.clone();
-        actix_rt::spawn(async move {
+        crate::task::spawn(async move {
             while let Some(job) = rx.recv().await {
                 ps.run_job(&job, Some(index));
                 if rx.is_empty() {

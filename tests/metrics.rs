@@ -313,3 +313,134 @@ fn metrics_are_off_by_default() {
     );
     assert_eq!(http(&server.addr, "GET", "/metrics", &[], "").0, 404);
 }
+
+/// The gauges a soak watches: open descriptors, tasks, resident and heap memory follow the
+/// connections up and back down; bytes queued for a client that stopped reading show in
+/// `fawkes_queued_bytes` and are gone once it is.
+#[test]
+fn process_gauges_follow_connections_and_queued_bytes() {
+    let dir = support::temp_dir("metrics-gauges");
+    let db = dir.join("fawkes.db");
+    let db = db.to_str().unwrap();
+    let alice = support::create_user(&dir, db, &["--name", "alice", "--community-member"]);
+    let server = support::Serve::start(
+        &dir,
+        &[
+            "--database-url",
+            db,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--max-queue-bytes",
+            "33554432",
+        ],
+    );
+    let metrics_url = server.metrics_url();
+    let addr = metrics_url
+        .strip_prefix("http://")
+        .and_then(|r| r.strip_suffix("/metrics"))
+        .unwrap()
+        .to_owned();
+    let m = Scraper { addr };
+    let before = m.scrape();
+    for g in [
+        "process_open_fds",
+        "process_resident_memory_bytes",
+        "process_threads",
+        "fawkes_heap_bytes",
+    ] {
+        assert!(get(&before, g) > 0.0, "{g} in {before:?}");
+    }
+    assert_eq!(get(&before, "fawkes_queued_bytes"), 0.0);
+
+    const N: usize = 40;
+    // More than the kernel's buffers hold for the stalled client (up to 4 MiB of send buffer
+    // here), less than its queue bound.
+    const POSTS: usize = 300;
+    const TEXT: usize = 30_000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!(
+            "ws://{}/socket/websocket?token={alice}&vsn=2.0.0",
+            server.addr
+        );
+        let join = r#"["1","1","collection:gauges","phx_join",{}]"#;
+        let mut open = Vec::new();
+        for _ in 0..N {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+            ws.send(Message::Text(join.into())).await.unwrap();
+            assert!(recv(&mut ws).await.contains(r#""status":"ok""#));
+            open.push(ws);
+        }
+        // One more that reads nothing, on a socket with a small receive buffer: what the
+        // kernel cannot take waits in the server's queue for it.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(server.addr.parse().unwrap()).await.unwrap();
+        let (mut stalled, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+            .await
+            .unwrap();
+        stalled.send(Message::Text(join.into())).await.unwrap();
+        assert!(recv(&mut stalled).await.contains(r#""status":"ok""#));
+        let during = m.scrape();
+        assert!(
+            get(&during, "process_open_fds") >= get(&before, "process_open_fds") + N as f64,
+            "fds {} -> {}",
+            get(&before, "process_open_fds"),
+            get(&during, "process_open_fds")
+        );
+        assert!(
+            get(&during, "fawkes_tasks") >= get(&before, "fawkes_tasks") + N as f64,
+            "tasks {} -> {}",
+            get(&before, "fawkes_tasks"),
+            get(&during, "fawkes_tasks")
+        );
+
+        for ws in &mut open {
+            ws.close(None).await.unwrap();
+        }
+        drop(open);
+        // Writes to the stalled client alone.
+        let auth = format!("Bearer {alice}");
+        let text = "x".repeat(TEXT);
+        let host = server.addr.clone();
+        let posts = tokio::task::spawn_blocking(move || {
+            for _ in 0..POSTS {
+                let (status, body) = http(
+                    &host,
+                    "POST",
+                    "/api/collections/gauges/records",
+                    &[
+                        ("Authorization", &auth),
+                        ("Content-Type", "application/json"),
+                    ],
+                    &format!(r#"{{"text":"{text}"}}"#),
+                );
+                assert_eq!(status, 201, "{body}");
+            }
+        });
+        posts.await.unwrap();
+        let queued = get(&m.scrape(), "fawkes_queued_bytes");
+        assert!(queued > 0.0, "nothing queued for the stalled client");
+        assert!(
+            queued <= (POSTS * (TEXT + 300)) as f64,
+            "{queued} bytes queued"
+        );
+        drop(stalled);
+    });
+    // Back down once the server has seen every socket go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = m.scrape();
+        let settled = get(&after, "fawkes_queued_bytes") == 0.0
+            && get(&after, "process_open_fds") <= get(&before, "process_open_fds") + 2.0
+            && get(&after, "fawkes_tasks") <= get(&before, "fawkes_tasks") + 2.0;
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gauges did not come back: before {before:?}, after {after:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

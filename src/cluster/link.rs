@@ -168,7 +168,7 @@ pub(super) fn start(
         order,
         unsent,
     };
-    actix_rt::spawn(link.run(rx));
+    crate::task::spawn(link.run(rx));
 }
 
 /// The Fawkes nodes' channel for "topic T reached seq S" (see [`Unsent`]): JSON

@@ -226,7 +226,7 @@ impl Order {
 
     /// Releases what has waited long enough, filling gaps; runs for as long as the server does.
     pub fn run(self: Arc<Self>, ps: PubSub) {
-        actix_rt::spawn(async move {
+        crate::task::spawn(async move {
             let mut tick = tokio::time::interval((self.hold / 4).max(Duration::from_millis(5)));
             loop {
                 tick.tick().await;
@@ -239,7 +239,7 @@ impl Order {
                 {
                     let me = self.clone();
                     let ps = ps.clone();
-                    actix_rt::spawn(async move { me.fill(&ps, topic, after, upto, held).await });
+                    crate::task::spawn(async move { me.fill(&ps, topic, after, upto, held).await });
                 }
             }
         });
@@ -429,7 +429,7 @@ impl Order {
             }
         };
         let (me, ps, topic) = (self.clone(), ps.clone(), topic.to_owned());
-        actix_rt::spawn(async move { me.fill(&ps, topic, last, Some(seq), held).await });
+        crate::task::spawn(async move { me.fill(&ps, topic, last, Some(seq), held).await });
     }
 
     /// Catches up every topic with subscribers here from the change log: what was written
@@ -458,7 +458,7 @@ impl Order {
             due.len()
         );
         let (me, ps) = (self.clone(), ps.clone());
-        actix_rt::spawn(async move {
+        crate::task::spawn(async move {
             for (topic, last, held) in due {
                 me.fill(&ps, topic, last, None, held).await;
             }

@@ -157,7 +157,7 @@ pub(super) fn start(
     // against its 30 s.
     let beat =
         (config.presence_down_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(3));
-    actix_rt::spawn(async move {
+    crate::task::spawn(async move {
         let mut tick = tokio::time::interval(beat);
         loop {
             tokio::select! {

@@ -195,6 +195,31 @@ pub fn render(endpoint: &Endpoint) -> String {
     );
     gauge(
         &r,
+        "fawkes_queued_bytes",
+        "Bytes waiting in clients' outbound queues and mailboxes",
+        endpoint.queued_bytes() as i64,
+    );
+    gauge(
+        &r,
+        "fawkes_tasks",
+        "Tasks alive that the server spawned (one per connection, channel task, timer, ...)",
+        e.tasks.load(Relaxed),
+    );
+    if let Some(bytes) = crate::metrics::heap_bytes() {
+        gauge(
+            &r,
+            "fawkes_heap_bytes",
+            "Bytes allocated and not freed, as the allocator reports them",
+            bytes as i64,
+        );
+    }
+    // process_resident_memory_bytes, process_open_fds, process_threads and the rest, on Linux.
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .expect("unique metric");
+    gauge(
+        &r,
         "fawkes_assembling_bytes",
         "Bytes held for WebSocket messages being put together from fragments",
         e.assembling_bytes.load(Relaxed),

@@ -306,7 +306,7 @@ impl Running {
     /// Serves until stopped; SIGTERM or SIGINT stops it gracefully.
     pub async fn run(self) -> std::io::Result<()> {
         let stop = self.handle();
-        actix_rt::spawn(async move {
+        crate::task::spawn(async move {
             wait_for_signal().await;
             stop.stop().await;
         });

@@ -380,7 +380,7 @@ mod tests {
         let writers: Vec<_> = (0..8)
             .map(|_| {
                 let store = store.clone();
-                actix_rt::spawn(async move {
+                crate::task::spawn(async move {
                     store
                         .write(|_| {
                             std::thread::sleep(Duration::from_millis(300));
@@ -428,7 +428,7 @@ mod tests {
             .flat_map(|(s, store)| {
                 (0..10).map(move |i| {
                     let store = store.clone();
-                    actix_rt::spawn(async move {
+                    crate::task::spawn(async move {
                         store
                             .write(move |c| {
                                 // Read first, then write: the pattern a deferred transaction

@@ -275,7 +275,7 @@ async fn open(req: &HttpRequest, mount: &Mount) -> HttpResponse {
     mount.sessions.map.insert(id, session.clone());
     conn.describe(Transport::LongPoll, connected.id.clone());
     let state = SocketState::new(endpoint.clone(), mount.socket.clone(), conn, connected);
-    actix_rt::spawn(run(
+    crate::task::spawn(run(
         state,
         rx,
         session,

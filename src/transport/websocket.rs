@@ -145,7 +145,7 @@ where
     );
     // The connection gets a task of its own, sized for the connection loop alone: this
     // handshake's future, and the HTTP dispatcher's task holding it, end here.
-    actix_rt::spawn(ws_io::run(state, io, endpoint));
+    crate::task::spawn(ws_io::run(state, io, endpoint));
     Ok(())
 }
 
@@ -196,7 +196,7 @@ pub async fn handle(req: HttpRequest, body: web::Payload, mount: web::Data<Mount
         accepted.connected,
     );
     let reader = reader(&endpoint, &[]);
-    actix_rt::spawn(ws_io::run(
+    crate::task::spawn(ws_io::run(
         state,
         Payload {
             body: body.into_inner(),

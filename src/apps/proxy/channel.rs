@@ -205,7 +205,7 @@ impl Channel for ProxyChannel {
         };
         let body = self.request(ctx, "phx_leave", &json!({ "reason": why }));
         let timeout = self.declared.timeout;
-        actix_rt::spawn(async move {
+        crate::task::spawn(async move {
             let backend: &Backend = &route.backend;
             let _ = backend.post(&route.url, body, timeout, |_| Ok(())).await;
         });

@@ -74,7 +74,7 @@ impl RowSecurity {
                     let this = self.clone();
                     let (id, sql) = (row.id.to_owned(), select_by_key(row));
                     let key: Vec<Value> = row.key.to_vec();
-                    actix_rt::spawn(async move {
+                    crate::task::spawn(async move {
                         tokio::time::sleep(GATHER).await;
                         let asks = {
                             let mut b = this.batches.lock().unwrap_or_else(|e| e.into_inner());
