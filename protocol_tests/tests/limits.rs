@@ -346,7 +346,17 @@ fn shutdown_stops_accepting_before_it_closes_sockets() {
         std::thread::spawn(move || actix_rt::System::new().block_on(stop.stop()));
         // The idle socket is told to go at once; the busy one keeps the grace period open.
         idle.expect_close(1001).await.unwrap();
-        // A client reconnecting now must not get in: this node no longer accepts.
+        // A client reconnecting now must not get in: this node no longer listens, and says so
+        // at once (a connect refused), not by leaving it in the listen backlog.
+        let refused = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(server.addr),
+        )
+        .await;
+        assert!(
+            matches!(&refused, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+            "a stopping node took a connection: {refused:?}"
+        );
         let again = tokio::time::timeout(
             Duration::from_secs(1),
             Client::connect("again", &server.url(), V2),

@@ -172,9 +172,11 @@ impl Server {
         }
         let shutdown = builder.graceful_shutdown_signal();
         let mut addrs = Vec::new();
+        let mut listeners = Vec::new();
         for addr in addr.to_socket_addrs()? {
             let listener = listen(addr)?;
             let local = listener.local_addr()?;
+            listeners.push(socket2::Socket::from(listener.try_clone()?));
             addrs.push(local);
             let (ep, mounts, routes, shutdown) = (
                 endpoint.clone(),
@@ -239,6 +241,7 @@ impl Server {
         }
         Ok(Running {
             addrs,
+            listeners: Arc::new(listeners),
             server: builder.run(),
             endpoint,
         })
@@ -282,6 +285,9 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// A bound server.
 pub struct Running {
     addrs: Vec<SocketAddr>,
+    /// The listening sockets (the same sockets as actix's, by other descriptors), to stop
+    /// listening the moment a stop begins.
+    listeners: Arc<Vec<socket2::Socket>>,
     server: actix_server::Server,
     endpoint: Endpoint,
 }
@@ -299,6 +305,7 @@ impl Running {
     pub fn handle(&self) -> StopHandle {
         StopHandle {
             server: self.server.handle(),
+            listeners: self.listeners.clone(),
             endpoint: self.endpoint.clone(),
         }
     }
@@ -318,6 +325,7 @@ impl Running {
 #[derive(Clone)]
 pub struct StopHandle {
     server: actix_server::ServerHandle,
+    listeners: Arc<Vec<socket2::Socket>>,
     endpoint: Endpoint,
 }
 
@@ -327,6 +335,14 @@ impl StopHandle {
     pub async fn stop(&self) {
         // First, so that clients told to go away cannot come straight back to this node.
         self.server.pause().await;
+        // A paused listener still completes handshakes into its backlog (and drops SYNs once
+        // that is full, which clients retry only after a second): a reconnect storm would wait
+        // there until the process exits. Shutting the sockets' read side takes them out of
+        // LISTEN on Linux, so a connect is refused at once and the client's backoff retries
+        // it against the next process.
+        for l in self.listeners.iter() {
+            let _ = l.shutdown(std::net::Shutdown::Read);
+        }
         log::info!(
             "shutting down: no longer accepting; closing {} connections with 1001",
             self.endpoint.connection_count()
