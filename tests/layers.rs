@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("wire", &["protocol", "etf"]),
     (
-        "engine: limits and counters",
-        &["config", "metrics", "budget"],
+        "engine: limits, counters and counted tasks",
+        &["config", "metrics", "budget", "task"],
     ),
     ("engine: topics", &["pubsub", "presence"]),
     (

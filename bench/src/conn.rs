@@ -134,10 +134,15 @@ impl Target {
     /// Opens connection `i`: TCP from its source address, then the WebSocket upgrade with
     /// `token=bench<i>` (unless anonymous) and the V2 serializer.
     pub async fn connect(&self, i: usize) -> Result<Ws, String> {
-        self.connect_to(i % self.nodes.len(), i).await
+        self.connect_to(i % self.nodes.len(), i, "2.0.0").await
     }
 
-    async fn connect_to(&self, node: usize, i: usize) -> Result<Ws, String> {
+    /// [`Target::connect`] with serializer `vsn` (`1.0.0` or `2.0.0`).
+    pub async fn connect_vsn(&self, i: usize, vsn: &str) -> Result<Ws, String> {
+        self.connect_to(i % self.nodes.len(), i, vsn).await
+    }
+
+    async fn connect_to(&self, node: usize, i: usize, vsn: &str) -> Result<Ws, String> {
         let (addr, endpoint) = &self.nodes[node];
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -159,9 +164,9 @@ impl Target {
             .set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
         let url = match &self.dialect {
-            Dialect::Phoenix if self.anonymous => format!("{endpoint}?vsn=2.0.0"),
-            Dialect::Phoenix => format!("{endpoint}?token=bench{i}&vsn=2.0.0"),
-            Dialect::Supabase { apikey } => format!("{endpoint}?apikey={apikey}&vsn=2.0.0"),
+            Dialect::Phoenix if self.anonymous => format!("{endpoint}?vsn={vsn}"),
+            Dialect::Phoenix => format!("{endpoint}?token=bench{i}&vsn={vsn}"),
+            Dialect::Supabase { apikey } => format!("{endpoint}?apikey={apikey}&vsn={vsn}"),
         };
         let (ws, _) = tokio_tungstenite::client_async(url, stream)
             .await
@@ -176,7 +181,7 @@ impl Target {
 
     /// [`Target::open`] on a given node (a publisher on the first, say).
     pub async fn open_on(&self, node: usize, i: usize) -> Result<Ws, (FailureKind, String)> {
-        let mut ws = match timeout(STEP_TIMEOUT, self.connect_to(node, i)).await {
+        let mut ws = match timeout(STEP_TIMEOUT, self.connect_to(node, i, "2.0.0")).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => return Err((FailureKind::Connect, e)),
             Err(_) => return Err((FailureKind::Connect, "connect timed out".into())),

@@ -2,7 +2,7 @@
 //! (`community:feed`: `new_post` broadcasts to every joined socket, `ping` echoes).
 //!
 //! - [`conn`]: opening connections (rotating loopback source addresses), joining, heartbeats.
-//! - [`conns`], [`fanout`], [`echo`], [`storm`]: the four modes for any Phoenix server;
+//! - [`conns`], [`fanout`], [`echo`], [`storm`], [`soak`]: the modes for any Phoenix server;
 //!   [`changes`]: Postgres changes followed as supabase-js follows them (Fawkes with `--cdc-tables`).
 //! - [`proc`]: readings from `/proc` (memory, CPU) and the open-files limit.
 //! - [`report`]: failures, latency summaries, the human and JSON output.
@@ -14,6 +14,7 @@ pub mod echo;
 pub mod fanout;
 pub mod proc;
 pub mod report;
+pub mod soak;
 pub mod storm;
 
 use std::sync::Arc;

@@ -17,6 +17,7 @@ use fawkes_bench::echo::{self, EchoArgs};
 use fawkes_bench::fanout::{self, FanoutArgs};
 use fawkes_bench::proc::{raise_nofile_limit, Proc};
 use fawkes_bench::report::Report;
+use fawkes_bench::soak::{self, SoakArgs};
 use fawkes_bench::storm::{self, StormArgs};
 use fawkes_bench::Bench;
 use std::sync::Arc;
@@ -73,6 +74,10 @@ enum Mode {
     Storm(StormArgs),
     /// N supabase-js-like followers of a captured table's inserts, a writer command inserting.
     Changes(ChangesArgs),
+    /// Hours of churn (V1 and V2 clients leaving abruptly, cleanly or silently, new ones
+    /// joining and tracking presence) under steady broadcasts: gauges sampled, deliveries
+    /// accounted, a verdict last.
+    Soak(SoakArgs),
 }
 
 impl Mode {
@@ -83,6 +88,7 @@ impl Mode {
             Mode::Echo(_) => "echo",
             Mode::Storm(_) => "storm",
             Mode::Changes(_) => "changes",
+            Mode::Soak(_) => "soak",
         }
     }
 
@@ -94,6 +100,7 @@ impl Mode {
             Mode::Echo(a) => a.duration(),
             Mode::Storm(a) => a.duration(),
             Mode::Changes(a) => a.duration(),
+            Mode::Soak(a) => a.duration(),
         }
     }
 }
@@ -122,6 +129,13 @@ fn main() {
         .expect("a tokio runtime");
     let report = runtime.block_on(run(&cli, nofile_limit));
     print(&report, cli.json);
+    // The soak's verdict is its last line (on stderr with --json, whose stdout is one line).
+    if let Some(v) = report.extra_value("verdict").and_then(|v| v.as_str()) {
+        match cli.json {
+            true => eprintln!("verdict: {v}"),
+            false => println!("verdict: {v}"),
+        }
+    }
     // Exit without dropping the runtime: thousands of sockets close with the process at once.
     std::process::exit(if report.failed() { 1 } else { 0 });
 }
@@ -164,6 +178,7 @@ async fn run(cli: &Cli, nofile_limit: Option<u64>) -> Report {
         Mode::Echo(args) => echo::run(&bench, args).await,
         Mode::Storm(args) => storm::run(&bench, args).await,
         Mode::Changes(args) => changes::run(&bench, args).await,
+        Mode::Soak(args) => soak::run(&bench, args).await,
     }
 }
 

@@ -33,6 +33,18 @@ impl Proc {
         Some(kib * 1024)
     }
 
+    /// Open file descriptors (entries of `fd/`).
+    pub fn open_fds(&self) -> Option<u64> {
+        Some(fs::read_dir(format!("{}/fd", self.dir)).ok()?.count() as u64)
+    }
+
+    /// Threads (`Threads:` of `status`).
+    pub fn threads(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("{}/status", self.dir)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// CPU time used so far, user + system, in seconds (all threads).
     pub fn cpu_secs(&self) -> Option<f64> {
         let stat = fs::read_to_string(format!("{}/stat", self.dir)).ok()?;

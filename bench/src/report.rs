@@ -170,6 +170,11 @@ impl Report {
         self.extras.insert(key.into(), value);
     }
 
+    /// A JSON-only field set with [`Report::extra`].
+    pub fn extra_value(&self, key: &str) -> Option<&Value> {
+        self.extras.get(key)
+    }
+
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
     }

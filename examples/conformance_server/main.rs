@@ -16,6 +16,9 @@ struct Args {
     /// Worker threads (default: one per core); several nodes on one machine share its cores.
     #[arg(long)]
     workers: Option<usize>,
+    /// Serve Prometheus metrics at `/metrics` on the same listener (for `bench soak`).
+    #[arg(long)]
+    metrics: bool,
     #[command(flatten)]
     cluster: fawkes::cluster::ClusterArgs,
 }
@@ -28,7 +31,16 @@ async fn main() -> std::io::Result<()> {
     if let Some(c) = args.cluster.config().map_err(std::io::Error::other)? {
         fawkes::cluster::Cluster::start(&endpoint, c, None);
     }
+    let metrics = fawkes::server::exposition::MetricsConfig {
+        endpoint: endpoint.clone(),
+        token: None,
+    };
     let mut server = Server::new(endpoint).socket("/socket", fixture::socket());
+    if args.metrics {
+        server = server.routes(move |cfg| {
+            fawkes::server::exposition::routes(cfg, metrics.clone());
+        });
+    }
     if let Some(n) = args.workers {
         server = server.workers(n);
     }

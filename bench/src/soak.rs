@@ -1,0 +1,848 @@
+//! `soak`: hours of churn against a server running the conformance fixture, watching that
+//! nothing grows and nothing is lost.
+//!
+//! A steady population of `--clients` WebSocket clients, half V1 and half V2, each joined to
+//! `community:feed` (where one publisher pushes `new_post` with a sequence number at `--rate`
+//! per second) and to a presence room `channel:soak<k>`. Each second `--churn-percent` of them
+//! leave, in turn abruptly (a TCP reset), cleanly (a close frame) or by going silent (no
+//! heartbeat: the server must close them at its idle timeout), and as many new ones connect,
+//! join and track presence. Every `--sample-secs` the server's memory, descriptors, threads
+//! (from `/proc`, with `--server-pid`) and its gauges (from `--metrics-url`: connections,
+//! topics, presence entries, queued bytes, tasks, heap) are sampled and printed as a table row.
+//!
+//! Deliveries are accounted per client: the sequence numbers of `new_post` must arrive without
+//! a gap or a repeat, from the first one published after its join until it leaves (or the end).
+//! The last line is the verdict: `verdict: pass`, or `verdict: fail: <what>` when a gauge's
+//! last third is more than 5 % (or its noise floor) above or below its first third, a delivery
+//! was lost or repeated, or an error happened that the churn did not cause.
+
+use crate::conn::{heartbeat, Incoming, Ws};
+use crate::report::Report;
+use crate::Bench;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(clap::Args, Debug)]
+pub struct SoakArgs {
+    /// How long the soak runs, in minutes.
+    #[arg(long, default_value_t = 30.0)]
+    pub minutes: f64,
+    /// Clients joined at any time.
+    #[arg(long, default_value_t = 5000)]
+    pub clients: usize,
+    /// Share of the clients that leave (and are replaced) each second, in percent.
+    #[arg(long, default_value_t = 1.0)]
+    pub churn_percent: f64,
+    /// `new_post` broadcasts per second on `community:feed`.
+    #[arg(long, default_value_t = 10)]
+    pub rate: u32,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 60)]
+    pub sample_secs: u64,
+    /// Presence rooms (`channel:soak<k>`) the clients are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// A server node's `/metrics` URL (`http://host:port/metrics`), for its gauges; repeat for
+    /// each node (the sums are sampled).
+    #[arg(long)]
+    pub metrics_url: Vec<String>,
+    /// Seconds a silent client waits for the server to close it (the server's idle timeout,
+    /// 60 s for Phoenix and Fawkes, plus slack) before that counts as an error.
+    #[arg(long, default_value_t = 90)]
+    pub idle_close_secs: u64,
+}
+
+impl SoakArgs {
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.minutes.max(0.0) * 60.0)
+            + Duration::from_secs(self.idle_close_secs + 30)
+    }
+}
+
+/// How a client leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// The TCP connection reset, no close frame (a phone losing its network).
+    Abrupt,
+    /// A close frame, answered (a tab closed).
+    Clean,
+    /// Nothing sent any more, the socket left open: the server's idle timeout must close it.
+    Silent,
+}
+
+const LEAVES: [Leave; 3] = [Leave::Abrupt, Leave::Clean, Leave::Silent];
+
+/// What all clients add up.
+#[derive(Default)]
+struct Tally {
+    /// `new_post` frames received in sequence.
+    delivered: AtomicU64,
+    /// Sequence numbers that never came (gaps, a late first one, a missing tail).
+    lost: AtomicU64,
+    /// Sequence numbers that came again.
+    repeated: AtomicU64,
+    /// Presence frames received (`presence_state`, `presence_diff`).
+    presence: AtomicU64,
+    joins: AtomicU64,
+    leaves: [AtomicU64; 3],
+    /// Errors the churn did not cause, with the first few reasons.
+    errors: AtomicU64,
+    reasons: Mutex<Vec<String>>,
+    /// Clients joined now.
+    live: AtomicU64,
+    /// Silent clients still waiting for the server to close them.
+    leaving: AtomicU64,
+}
+
+impl Tally {
+    fn error(&self, why: String) {
+        self.errors.fetch_add(1, Relaxed);
+        let mut r = self.reasons.lock().unwrap();
+        if r.len() < 10 {
+            r.push(why);
+        }
+    }
+}
+
+/// The publisher's progress: the last sequence number sent (before its push is written, so a
+/// client joined after reading it gets everything above it).
+#[derive(Default)]
+struct Published(AtomicU64);
+
+/// One client's place in the broadcast sequence.
+struct Sequence {
+    /// The last sequence number published before the join was confirmed: everything after it
+    /// must come.
+    floor: u64,
+    last: Option<u64>,
+}
+
+impl Sequence {
+    /// Records `seq`; returns (lost, repeated) it reveals.
+    fn receive(&mut self, seq: u64) -> (u64, u64) {
+        let expected = self.last.map_or(self.floor + 1, |l| l + 1);
+        if seq < expected {
+            // At or before what came: a repeat, unless it was published before the join (the
+            // very first frames may still be on their way).
+            return match self.last {
+                Some(_) => (0, 1),
+                None => (0, 0),
+            };
+        }
+        self.last = Some(seq);
+        (seq - expected, 0)
+    }
+
+    /// What is missing from the end, once the publisher stopped at `final_seq`.
+    fn tail(&self, final_seq: u64) -> u64 {
+        final_seq.saturating_sub(self.last.unwrap_or(self.floor))
+    }
+}
+
+/// A sample of the gauges, and when.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    at_secs: f64,
+    live: u64,
+    gauges: Vec<(&'static str, Option<f64>)>,
+}
+
+/// Gauges sampled, with their noise floor: a difference below it never fails the verdict
+/// (a few descriptors or kilobytes come and go with the churn itself).
+const GAUGES: [(&str, f64); 9] = [
+    ("rss_mib", 2.0),
+    ("heap_mib", 2.0),
+    ("fds", 20.0),
+    ("threads", 2.0),
+    ("connections", 0.0),
+    ("topics", 0.0),
+    ("presence", 0.0),
+    ("queued_kib", 256.0),
+    ("tasks", 0.0),
+];
+
+pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
+    let mut report = Report::new("soak");
+    bench.describe(&mut report);
+    let tally = Arc::new(Tally::default());
+    let published = Arc::new(Published::default());
+    let run_for = Duration::from_secs_f64(args.minutes.max(0.0) * 60.0);
+    let stop = Arc::new(tokio::sync::Notify::new());
+
+    // The publisher: never churned.
+    let publisher = match bench.target.open(0).await {
+        Ok(ws) => ws,
+        Err((_, why)) => {
+            report.fail(format!("the publisher could not join: {why}"));
+            return report;
+        }
+    };
+    let pub_task = tokio::spawn(publish(
+        publisher,
+        args.rate,
+        published.clone(),
+        stop.clone(),
+    ));
+
+    // The population: one task per slot, each living through generations of clients.
+    let (mut leave_tx, mut slots) = (Vec::new(), tokio::task::JoinSet::new());
+    let started = Instant::now();
+    for slot in 0..args.clients {
+        let (tx, rx) = mpsc::channel(4);
+        leave_tx.push(tx);
+        let ctx = SlotCtx {
+            bench_target: bench.target.clone(),
+            slot,
+            rooms: args.rooms.max(1),
+            clients: args.clients,
+            tally: tally.clone(),
+            published: published.clone(),
+            idle_close: Duration::from_secs(args.idle_close_secs),
+        };
+        slots.spawn(ctx.run(rx));
+        // Open at a steady pace, not all at once: the churn comes after.
+        if slot % bench.batch.max(1) == bench.batch.max(1) - 1 {
+            while tally.live.load(Relaxed) + (bench.batch as u64) < slot as u64 {
+                if started.elapsed() > bench.join_budget {
+                    report.fail("joins stalled before the population was complete");
+                    return report;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    while tally.live.load(Relaxed) < args.clients as u64 {
+        if started.elapsed() > bench.join_budget {
+            report.fail(format!(
+                "only {} of {} clients joined in {} s",
+                tally.live.load(Relaxed),
+                args.clients,
+                bench.join_budget.as_secs()
+            ));
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "  {} clients joined in {:.1} s; soaking for {:.1} min",
+        args.clients,
+        started.elapsed().as_secs_f64(),
+        args.minutes
+    );
+
+    // Churn and samples until the time is up.
+    let begin = Instant::now();
+    let per_second = (args.clients as f64 * args.churn_percent / 100.0).round() as usize;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut next_sample = begin;
+    let (mut cursor, mut leave_turn) = (0usize, 0usize);
+    let mut samples = Vec::new();
+    println!("{}", header());
+    while begin.elapsed() < run_for {
+        tick.tick().await;
+        for _ in 0..per_second {
+            let how = LEAVES[leave_turn % LEAVES.len()];
+            leave_turn += 1;
+            // A slot still between generations (its client connecting) is skipped this turn.
+            let _ = leave_tx[cursor % args.clients].try_send(how);
+            cursor += 1;
+        }
+        if Instant::now() >= next_sample {
+            next_sample += Duration::from_secs(args.sample_secs.max(1));
+            let s = sample(bench, args, &tally, begin).await;
+            println!("{}", row(&s, &tally));
+            samples.push(s);
+        }
+    }
+    // Publishing stops; what was published must arrive everywhere.
+    stop.notify_waiters();
+    let final_seq = pub_task.await.unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(leave_tx);
+    // Each slot ends its client and reports the tail it missed.
+    let mut tails = 0;
+    while let Some(done) = slots.join_next().await {
+        if let Ok(Some(seq)) = done {
+            tails += seq.tail(final_seq);
+        }
+    }
+    tally.lost.fetch_add(tails, Relaxed);
+    // The last silent clients must still be closed by the server.
+    let deadline = Instant::now() + Duration::from_secs(args.idle_close_secs + 5);
+    while tally.leaving.load(Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let t = &tally;
+    report.num("published", "broadcasts published", final_seq, "");
+    report.num("delivered", "deliveries", t.delivered.load(Relaxed), "");
+    report.num("lost", "deliveries lost", t.lost.load(Relaxed), "");
+    report.num(
+        "repeated",
+        "deliveries repeated",
+        t.repeated.load(Relaxed),
+        "",
+    );
+    report.num(
+        "presence_frames",
+        "presence frames",
+        t.presence.load(Relaxed),
+        "",
+    );
+    report.num("joins", "clients joined", t.joins.load(Relaxed), "");
+    for (i, l) in LEAVES.iter().enumerate() {
+        let key = format!("left_{l:?}").to_lowercase();
+        report.num(
+            &key,
+            &format!("left {l:?}").to_lowercase(),
+            t.leaves[i].load(Relaxed),
+            "",
+        );
+    }
+    report.num("errors", "errors not injected", t.errors.load(Relaxed), "");
+    for r in t.reasons.lock().unwrap().iter() {
+        report.note(format!("error: {r}"));
+    }
+    report.extra(
+        "samples",
+        samples
+            .iter()
+            .map(|s| {
+                let mut o = serde_json::Map::new();
+                o.insert("at_secs".into(), s.at_secs.into());
+                o.insert("live".into(), s.live.into());
+                for (k, v) in &s.gauges {
+                    o.insert((*k).into(), serde_json::json!(v));
+                }
+                Value::Object(o)
+            })
+            .collect(),
+    );
+    let verdict = verdict(&samples, args.idle_close_secs as f64, t);
+    report.extra("verdict", verdict.clone().into());
+    if verdict != "pass" {
+        report.fail(verdict);
+    }
+    report
+}
+
+/// Pushes `new_post {"seq": n}` at `rate` per second until stopped; returns the last n.
+async fn publish(
+    mut ws: Ws,
+    rate: u32,
+    published: Arc<Published>,
+    stop: Arc<tokio::sync::Notify>,
+) -> u64 {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+    let mut hb = tokio::time::interval(crate::conn::HEARTBEAT_EVERY);
+    let (mut seq, mut hbs) = (0u64, 0u64);
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return seq,
+            _ = tick.tick() => {
+                seq += 1;
+                published.0.store(seq, Relaxed);
+                let frame = format!(r#"["1","p{seq}","community:feed","new_post",{{"seq":{seq}}}]"#);
+                if ws.send(Message::Text(frame)).await.is_err() {
+                    return seq - 1;
+                }
+            }
+            _ = hb.tick() => {
+                hbs += 1;
+                let _ = ws.send(heartbeat(hbs)).await;
+            }
+            // Its own broadcasts and replies: read and dropped.
+            m = ws.next() => if let Incoming::Closed(_) = Incoming::from(m) { return seq },
+        }
+    }
+}
+
+struct SlotCtx {
+    bench_target: Arc<crate::conn::Target>,
+    slot: usize,
+    rooms: usize,
+    clients: usize,
+    tally: Arc<Tally>,
+    published: Arc<Published>,
+    idle_close: Duration,
+}
+
+impl SlotCtx {
+    /// Generations of clients in this slot until the run ends (the channel closes); returns
+    /// the last one's sequence, for the tail it missed.
+    async fn run(self, mut leave: mpsc::Receiver<Leave>) -> Option<Sequence> {
+        let mut generation = 0usize;
+        loop {
+            // Each generation its own connection index, so its source address rotates.
+            let i = self.slot + generation * self.clients;
+            generation += 1;
+            let (mut ws, floor) = match self.open(i).await {
+                Ok(x) => x,
+                Err(why) => {
+                    self.tally.error(why);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            self.tally.joins.fetch_add(1, Relaxed);
+            self.tally.live.fetch_add(1, Relaxed);
+            let mut seq = Sequence { floor, last: None };
+            let how = self.live(&mut ws, &mut seq, &mut leave).await;
+            self.tally.live.fetch_sub(1, Relaxed);
+            match how {
+                // The run is over: the channel closed.
+                None => return Some(seq),
+                Some(Ok(how)) => {
+                    let i = LEAVES.iter().position(|l| *l == how).unwrap_or(0);
+                    self.tally.leaves[i].fetch_add(1, Relaxed);
+                    self.leave(ws, how);
+                }
+                Some(Err(why)) => self.tally.error(why),
+            }
+        }
+    }
+
+    /// Half the clients speak V1 (the even slots).
+    fn v1(&self) -> bool {
+        self.slot.is_multiple_of(2)
+    }
+
+    /// Connects (V1 or V2 by slot), joins the feed and a presence room.
+    async fn open(&self, i: usize) -> Result<(Ws, u64), String> {
+        let v1 = self.v1();
+        let vsn = if v1 { "1.0.0" } else { "2.0.0" };
+        let mut ws = timeout(
+            crate::conn::STEP_TIMEOUT,
+            self.bench_target.connect_vsn(i, vsn),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())??;
+        let room = format!("channel:soak{}", self.slot % self.rooms);
+        let user = format!(r#"{{"user_id":"u{i}"}}"#);
+        for (r, topic, payload) in [("1", "community:feed", "{}"), ("2", room.as_str(), &user)] {
+            let frame = if v1 {
+                format!(
+                    r#"{{"topic":"{topic}","event":"phx_join","payload":{payload},"ref":"{r}","join_ref":"{r}"}}"#
+                )
+            } else {
+                format!(r#"["{r}","{r}","{topic}","phx_join",{payload}]"#)
+            };
+            ws.send(Message::Text(frame))
+                .await
+                .map_err(|e| format!("send join: {e}"))?;
+        }
+        let mut floor = None;
+        let mut replies = 0;
+        let deadline = tokio::time::Instant::now() + crate::conn::STEP_TIMEOUT;
+        while replies < 2 {
+            let text = tokio::time::timeout_at(deadline, crate::conn::next_text(&mut ws))
+                .await
+                .map_err(|_| "no join replies in time".to_string())??;
+            let f = Frame::parse(&text).ok_or_else(|| format!("not a frame: {text}"))?;
+            if f.event == "phx_reply" && matches!(f.ref_.as_deref(), Some("1" | "2")) {
+                if f.payload.get("status").and_then(Value::as_str) != Some("ok") {
+                    return Err(format!("join refused: {text}"));
+                }
+                if f.ref_.as_deref() == Some("1") {
+                    floor = Some(self.published.0.load(Relaxed));
+                }
+                replies += 1;
+            }
+        }
+        Ok((ws, floor.unwrap_or(0)))
+    }
+
+    /// Reads and heartbeats until told to leave (`Some(Ok)`), the run ends (`None`), or
+    /// something goes wrong (`Some(Err)`).
+    async fn live(
+        &self,
+        ws: &mut Ws,
+        seq: &mut Sequence,
+        leave: &mut mpsc::Receiver<Leave>,
+    ) -> Option<Result<Leave, String>> {
+        let mut hb = crate::conn::heartbeat_timer(self.slot);
+        let mut hbs = 0u64;
+        loop {
+            tokio::select! {
+                how = leave.recv() => return how.map(Ok),
+                _ = hb.tick() => {
+                    hbs += 1;
+                    let beat = match self.v1() {
+                        true => Message::Text(format!(
+                            r#"{{"topic":"phoenix","event":"heartbeat","payload":{{}},"ref":"hb{hbs}"}}"#
+                        )),
+                        false => heartbeat(hbs),
+                    };
+                    if let Err(e) = ws.send(beat).await {
+                        return Some(Err(format!("heartbeat: {e}")));
+                    }
+                }
+                m = ws.next() => match Incoming::from(m) {
+                    Incoming::Text(t) => {
+                        if let Err(why) = self.on_frame(&t, seq) {
+                            return Some(Err(why));
+                        }
+                    }
+                    Incoming::Closed(why) => return Some(Err(format!("client {}: {why}", self.slot))),
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    fn on_frame(&self, text: &str, seq: &mut Sequence) -> Result<(), String> {
+        let f = Frame::parse(text).ok_or_else(|| format!("not a frame: {text}"))?;
+        match f.event.as_str() {
+            "new_post" => {
+                let n = f.payload.get("seq").and_then(Value::as_u64).unwrap_or(0);
+                let (lost, repeated) = seq.receive(n);
+                self.tally.delivered.fetch_add(1, Relaxed);
+                self.tally.lost.fetch_add(lost, Relaxed);
+                self.tally.repeated.fetch_add(repeated, Relaxed);
+            }
+            "presence_state" | "presence_diff" => {
+                self.tally.presence.fetch_add(1, Relaxed);
+            }
+            "phx_reply" => {}
+            "phx_error" | "phx_close" => return Err(format!("unexpected {text}")),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Ends a client as `how` says, in the background (a silent one waits for the server).
+    fn leave(&self, mut ws: Ws, how: Leave) {
+        let tally = self.tally.clone();
+        let idle_close = self.idle_close;
+        tokio::spawn(async move {
+            match how {
+                Leave::Abrupt => {
+                    // SO_LINGER 0: the close sends a reset, as a dropped network would look
+                    // once the server next writes.
+                    reset_on_close(ws.get_ref());
+                }
+                Leave::Clean => {
+                    let _ = timeout(Duration::from_secs(10), async {
+                        let _ = ws.close(None).await;
+                        while ws.next().await.is_some() {}
+                    })
+                    .await;
+                }
+                Leave::Silent => {
+                    tally.leaving.fetch_add(1, Relaxed);
+                    // Reads (and drops) until the server gives up on it.
+                    let closed = timeout(idle_close, async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    })
+                    .await;
+                    if closed.is_err() {
+                        tally.error(format!(
+                            "a silent client was not closed by the server within {} s",
+                            idle_close.as_secs()
+                        ));
+                    }
+                    tally.leaving.fetch_sub(1, Relaxed);
+                }
+            }
+        });
+    }
+}
+
+/// SO_LINGER with a zero timeout: closing the socket sends a reset, not a FIN (a zero
+/// timeout never blocks the close). Best effort.
+fn reset_on_close(tcp: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid descriptor, and an option value of the size we pass.
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// A server frame, V1 (an object) or V2 (an array).
+struct Frame {
+    ref_: Option<String>,
+    event: String,
+    payload: Value,
+}
+
+impl Frame {
+    fn parse(text: &str) -> Option<Frame> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        let s = |v: &Value| v.as_str().map(str::to_owned);
+        match v {
+            Value::Array(mut a) if a.len() == 5 => Some(Frame {
+                ref_: s(&a[1]),
+                event: s(&a[3])?,
+                payload: a[4].take(),
+            }),
+            Value::Object(mut o) => Some(Frame {
+                ref_: o.get("ref").and_then(s),
+                event: o.get("event").and_then(s)?,
+                payload: o.remove("payload")?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+async fn sample(bench: &Bench, args: &SoakArgs, tally: &Tally, begin: Instant) -> Sample {
+    let sum = |f: &dyn Fn(&crate::proc::Proc) -> Option<u64>| -> Option<f64> {
+        (!bench.server.is_empty())
+            .then(|| bench.server.iter().map(f).sum::<Option<u64>>())
+            .flatten()
+            .map(|v| v as f64)
+    };
+    let mib = |v: Option<f64>| v.map(|b| b / (1024.0 * 1024.0));
+    let mut scraped: Vec<std::collections::HashMap<String, f64>> = Vec::new();
+    for url in &args.metrics_url {
+        scraped.push(scrape(url).await.unwrap_or_default());
+    }
+    let metric = |name: &str| -> Option<f64> {
+        if scraped.is_empty() {
+            return None;
+        }
+        let mut total = 0.0;
+        for m in &scraped {
+            let mut found = false;
+            for (k, v) in m {
+                if k == name || k.starts_with(&format!("{name}{{")) {
+                    total += v;
+                    found = true;
+                }
+            }
+            if !found {
+                return None;
+            }
+        }
+        Some(total)
+    };
+    Sample {
+        at_secs: begin.elapsed().as_secs_f64(),
+        live: tally.live.load(Relaxed),
+        gauges: vec![
+            ("rss_mib", mib(sum(&|p| p.rss_bytes()))),
+            ("heap_mib", mib(metric("fawkes_heap_bytes"))),
+            ("fds", sum(&|p| p.open_fds())),
+            ("threads", sum(&|p| p.threads())),
+            ("connections", metric("fawkes_connections")),
+            ("topics", metric("fawkes_topics")),
+            ("presence", metric("fawkes_presence_entries")),
+            (
+                "queued_kib",
+                metric("fawkes_queued_bytes").map(|b| b / 1024.0),
+            ),
+            ("tasks", metric("fawkes_tasks")),
+        ],
+    }
+}
+
+/// `GET` a Prometheus text exposition over plain HTTP/1.0; its samples by name with labels.
+async fn scrape(url: &str) -> Option<std::collections::HashMap<String, f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut tcp = timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(host))
+        .await
+        .ok()?
+        .ok()?;
+    let req = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.ok()?;
+    let mut body = Vec::new();
+    timeout(Duration::from_secs(5), tcp.read_to_end(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&body);
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+fn header() -> String {
+    let mut h = format!("{:>7} {:>6}", "minute", "live");
+    for (g, _) in GAUGES {
+        h += &format!(" {g:>11}");
+    }
+    h + &format!(
+        " {:>10} {:>5} {:>5} {:>6}",
+        "delivered", "lost", "rep", "errors"
+    )
+}
+
+fn row(s: &Sample, t: &Tally) -> String {
+    let mut r = format!("{:>7.1} {:>6}", s.at_secs / 60.0, s.live);
+    for (_, v) in &s.gauges {
+        r += &match v {
+            Some(v) => format!(" {v:>11.1}"),
+            None => format!(" {:>11}", "n/a"),
+        };
+    }
+    r + &format!(
+        " {:>10} {:>5} {:>5} {:>6}",
+        t.delivered.load(Relaxed),
+        t.lost.load(Relaxed),
+        t.repeated.load(Relaxed),
+        t.errors.load(Relaxed)
+    )
+}
+
+/// `pass`, or `fail: <what>`: every gauge's mean over the last third of the samples within
+/// 5 % (or its noise floor) of the first third's, nothing lost or repeated, no error. Samples
+/// before `warm_up` are left out: silent clients pile up until the first of them are closed
+/// at the server's idle timeout, and only then is the population steady.
+fn verdict(samples: &[Sample], warm_up: f64, t: &Tally) -> String {
+    let samples: Vec<Sample> = samples
+        .iter()
+        .filter(|s| s.at_secs >= warm_up)
+        .cloned()
+        .collect();
+    let mut fails = Vec::new();
+    if samples.len() < 3 {
+        fails.push(format!(
+            "{} samples after the warm-up, at least 3 needed to compare thirds",
+            samples.len()
+        ));
+    } else {
+        let third = samples.len() / 3;
+        let (first, last) = (&samples[..third], &samples[samples.len() - third..]);
+        for (i, (name, floor)) in GAUGES.iter().enumerate() {
+            let mean = |part: &[Sample]| -> Option<f64> {
+                let vals: Option<Vec<f64>> = part.iter().map(|s| s.gauges[i].1).collect();
+                let vals = vals.filter(|v| !v.is_empty());
+                vals.map(|v| v.iter().sum::<f64>() / v.len() as f64)
+            };
+            if let (Some(a), Some(b)) = (mean(first), mean(last)) {
+                if (b - a).abs() > (a.abs() * 0.05).max(*floor) {
+                    fails.push(format!("{name} {a:.1} -> {b:.1}"));
+                }
+            }
+        }
+    }
+    for (what, n) in [
+        ("lost", t.lost.load(Relaxed)),
+        ("repeated", t.repeated.load(Relaxed)),
+        ("errors", t.errors.load(Relaxed)),
+    ] {
+        if n > 0 {
+            fails.push(format!("{n} {what}"));
+        }
+    }
+    if fails.is_empty() {
+        "pass".into()
+    } else {
+        format!("fail: {}", fails.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sequence_counts_gaps_repeats_and_the_tail() {
+        let mut s = Sequence {
+            floor: 10,
+            last: None,
+        };
+        // Published before the join: not owed, not a repeat.
+        assert_eq!(s.receive(10), (0, 0));
+        assert_eq!(s.receive(11), (0, 0));
+        assert_eq!(s.receive(14), (2, 0));
+        assert_eq!(s.receive(14), (0, 1));
+        assert_eq!(s.receive(12), (0, 1));
+        assert_eq!(s.tail(20), 6);
+        let late = Sequence {
+            floor: 5,
+            last: None,
+        };
+        assert_eq!(late.tail(8), 3);
+        let mut first_late = Sequence {
+            floor: 5,
+            last: None,
+        };
+        assert_eq!(first_late.receive(9), (3, 0));
+    }
+
+    #[test]
+    fn frames_of_both_serializers() {
+        let v2 = Frame::parse(r#"[null,null,"community:feed","new_post",{"seq":3}]"#).unwrap();
+        assert_eq!(
+            (v2.event.as_str(), v2.payload["seq"].as_u64()),
+            ("new_post", Some(3))
+        );
+        let v1 = Frame::parse(
+            r#"{"topic":"t","event":"phx_reply","payload":{"status":"ok"},"ref":"2","join_ref":"2"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (v1.ref_.as_deref(), v1.event.as_str()),
+            (Some("2"), "phx_reply")
+        );
+        assert!(Frame::parse("[1,2]").is_none());
+    }
+
+    #[test]
+    fn the_verdict_compares_thirds_against_each_floor() {
+        let s = |rss: f64, tasks: f64| Sample {
+            at_secs: 0.0,
+            live: 0,
+            gauges: GAUGES
+                .iter()
+                .map(|(n, _)| {
+                    (
+                        *n,
+                        match *n {
+                            "rss_mib" => Some(rss),
+                            "tasks" => Some(tasks),
+                            _ => None,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let t = Tally::default();
+        let flat = [s(100.0, 1000.0), s(101.0, 1000.0), s(101.5, 1000.0)];
+        assert_eq!(verdict(&flat, 0.0, &t), "pass");
+        let growing = [s(100.0, 1000.0), s(110.0, 1000.0), s(120.0, 1100.0)];
+        assert_eq!(
+            verdict(&growing, 0.0, &t),
+            "fail: rss_mib 100.0 -> 120.0, tasks 1000.0 -> 1100.0"
+        );
+        t.lost.fetch_add(2, Relaxed);
+        assert_eq!(verdict(&flat, 0.0, &t), "fail: 2 lost");
+        assert!(verdict(&flat[..2], 0.0, &Tally::default()).starts_with("fail: 2 samples"));
+        // The ramp before the warm-up is not compared.
+        let mut ramp = vec![s(50.0, 500.0)];
+        ramp.extend(flat.iter().cloned().map(|mut x| {
+            x.at_secs = 100.0;
+            x
+        }));
+        assert!(verdict(&ramp, 0.0, &Tally::default()).starts_with("fail: rss_mib 50.0"));
+        assert_eq!(verdict(&ramp, 90.0, &Tally::default()), "pass");
+    }
+}
