@@ -26,7 +26,9 @@ async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let endpoint = Endpoint::new(Config::default());
     if let Some(c) = args.cluster.config().map_err(std::io::Error::other)? {
-        fawkes::cluster::Cluster::start(&endpoint, c, None);
+        fawkes::cluster::Cluster::start(&endpoint, c, None)
+            .await
+            .map_err(std::io::Error::other)?;
     }
     let mut server = Server::new(endpoint).socket("/socket", fixture::socket());
     if let Some(n) = args.workers {
