@@ -976,6 +976,9 @@ fn print_config(
         };
         let shown = if values.is_empty() {
             "(unset)".to_owned()
+        } else if long == "redis-url" {
+            // Where Redis is, without its password.
+            fawkes::cluster::redis_server::mask_password(&values.join(","))
         } else if fawkes::config_file::is_secret(long, arg.is_hide_env_values_set()) {
             "***".to_owned()
         } else if long == "database-url" {
@@ -1101,7 +1104,10 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
             change_log: std::sync::Arc::new(fawkes::history::ChangeLog(state.store.clone())),
             key: fawkes::cluster::SealKey::new(key),
         };
-        fawkes::cluster::Cluster::start(&endpoint, c, Some(recorded));
+        // Before listening: a node whose Redis it cannot trust or sign in to does not start.
+        fawkes::cluster::Cluster::start(&endpoint, c, Some(recorded))
+            .await
+            .map_err(std::io::Error::other)?;
     }
     let proxied = state.proxy.patterns();
     let state = actix_web::web::Data::new(state);

@@ -16,6 +16,8 @@ fn fawkes(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, Str
         "FAWKES_MAX_CHANNELS",
         "FAWKES_PORT",
         "FAWKES_LOG_FORMAT",
+        "FAWKES_REDIS_URL",
+        "FAWKES_REDIS_CA_FILE",
     ] {
         cmd.env_remove(var);
     }
@@ -81,6 +83,30 @@ port = 1111
         !out.contains("file-secret") && !out.contains(":pw@"),
         "{out}"
     );
+}
+
+/// The Redis settings: the URL shown without its password, the CA file as any path.
+#[test]
+fn config_print_shows_the_redis_url_with_its_password_masked_and_the_ca_file() {
+    let dir = support::temp_dir("config-redis");
+    std::fs::write(
+        dir.join("fawkes.toml"),
+        "redis-url = \"rediss://app:pw-in-file@redis.example:6380/1\"\n\
+         redis-ca-file = \"managed-ca.pem\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = fawkes(&dir, &["config", "print"], &[]);
+    assert!(ok, "{err}");
+    for line in [
+        "redis-url = rediss://app:***@redis.example:6380/1  # file",
+        "redis-ca-file = managed-ca.pem  # file",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+    assert!(!out.contains("pw-in-file"), "{out}");
 }
 
 #[test]

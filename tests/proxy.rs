@@ -1023,98 +1023,15 @@ fn connect_url_down_refuses_connects_fast() {
     );
 }
 
-/// A CA (`name.pem`, `name.key`) made with the openssl command.
-fn make_ca(dir: &Path, name: &str) {
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args([
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=Fawkes test {name}"),
-        ])
-        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        .arg("-keyout")
-        .arg(dir.join(format!("{name}.key")))
-        .arg("-out")
-        .arg(dir.join(format!("{name}.pem")))
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl must be installed")
-        .success();
-    assert!(ok, "openssl req -x509 failed");
-}
-
-/// A certificate for 127.0.0.1 (`server.pem`, `server.key`) signed by the CA `ca`.
-fn make_server_cert(dir: &Path, ca: &str) {
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let run = |args: &[&str]| {
-        let ok = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "openssl {args:?} failed");
-    };
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        &ca_pem,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.pem",
-    ]);
-}
-
 /// An https backend whose certificate a private CA signed: trusted with --backend-ca-file
 /// naming that CA (joins and pushes work as over http); not trusted with the system's roots
 /// nor with another CA's file: `backend unavailable`, counted as unreachable, never a hang.
 #[test]
 fn https_backends_are_checked_against_the_ca_file() {
     let dir = support::temp_dir("proxy-https");
-    make_ca(&dir, "ca");
-    make_ca(&dir, "other");
-    make_server_cert(&dir, "ca");
+    support::make_ca(&dir, "ca");
+    support::make_ca(&dir, "other");
+    support::make_server_cert(&dir, "ca");
     let script = dir.join("backend.py");
     std::fs::write(&script, BACKEND).unwrap();
     let b = Backend::start_with(

@@ -29,7 +29,9 @@ async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let endpoint = Endpoint::new(Config::default());
     if let Some(c) = args.cluster.config().map_err(std::io::Error::other)? {
-        fawkes::cluster::Cluster::start(&endpoint, c, None);
+        fawkes::cluster::Cluster::start(&endpoint, c, None)
+            .await
+            .map_err(std::io::Error::other)?;
     }
     let metrics = fawkes::server::exposition::MetricsConfig {
         endpoint: endpoint.clone(),

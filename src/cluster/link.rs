@@ -1,7 +1,8 @@
 //! The Redis link: one connection subscribed to the PubSub and presence channels, one that
 //! publishes, and the loop that reconnects them with capped backoff. While Redis is away each
 //! node keeps serving its own clients; what it cannot publish is counted, and the outage is
-//! logged once when it starts and once when it ends.
+//! logged once when it starts and once when it ends. The first attempt's outcome is reported
+//! to the start: one that waiting cannot mend (TLS, credentials) ends the link there.
 
 use super::message::{self, Inbound, Remote};
 use super::order::Order;
@@ -16,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// A message to publish.
 pub(super) struct Outgoing {
@@ -120,12 +121,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages published in one round trip.
 const BATCH: usize = 256;
 
+/// The first attempt's outcome: `Err` with why the node is not to start.
+pub(super) type FirstAttempt = oneshot::Receiver<Result<(), String>>;
+
 pub(super) fn start(
     endpoint: &Endpoint,
     config: Arc<ClusterConfig>,
     stats: Arc<Stats>,
     recorded: Option<Recorded>,
-) {
+) -> FirstAttempt {
     let ps = endpoint.pubsub().clone();
     let (tx, rx) = mpsc::channel::<Outgoing>(config.publish_queue.max(1));
     let recorded = recorded.map(Arc::new);
@@ -168,7 +172,9 @@ pub(super) fn start(
         order,
         unsent,
     };
-    crate::task::spawn(link.run(rx));
+    let (first_tx, first) = oneshot::channel();
+    crate::task::spawn(link.run(rx, first_tx));
+    first
 }
 
 /// The Fawkes nodes' channel for "topic T reached seq S" (see [`Unsent`]): JSON
@@ -188,27 +194,37 @@ struct Link {
 }
 
 impl Link {
-    async fn run(mut self, mut out: mpsc::Receiver<Outgoing>) {
-        let client = match redis::Client::open(self.config.redis_url.as_str()) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("cluster: bad Redis URL: {e}");
-                return;
-            }
-        };
+    async fn run(
+        mut self,
+        mut out: mpsc::Receiver<Outgoing>,
+        first: oneshot::Sender<Result<(), String>>,
+    ) {
+        let config = self.config.clone();
+        let (client, shown) = (&config.redis.client, &config.redis.shown);
         let presence: Arc<str> = tracker::redis_channel(&self.config.pubsub_name).into();
         let mut backoff = FIRST_BACKOFF;
         let mut down_since: Option<Instant> = None;
         let mut ever_up = false;
+        let mut first = Some(first);
         loop {
-            match self.connect(&client, &presence).await {
+            let attempt = self.connect(client, &presence).await;
+            if let Some(first) = first.take() {
+                if let Err(Failed::Redis(e)) = &attempt {
+                    if let Some(why) = config.redis.refusal(e) {
+                        let _ = first.send(Err(why));
+                        return;
+                    }
+                }
+                let _ = first.send(Ok(()));
+            }
+            match attempt {
                 Ok((sub, mut publisher)) => {
                     match down_since.take() {
                         Some(t) => log::warn!(
                             "cluster: Redis link back after {:.1} s",
                             t.elapsed().as_secs_f64()
                         ),
-                        None if !ever_up => log::info!("cluster: connected to Redis"),
+                        None if !ever_up => log::info!("cluster: connected to Redis at {shown}"),
                         None => {}
                     }
                     ever_up = true;
@@ -231,7 +247,7 @@ impl Link {
                 Err(e) => {
                     if down_since.is_none() {
                         down_since = Some(Instant::now());
-                        log::error!("cluster: cannot reach Redis ({e}); this node goes on alone and retries");
+                        log::error!("cluster: cannot reach Redis at {shown} ({e}); this node goes on alone and retries");
                     }
                     // Wait out the backoff; what comes to publish meanwhile is lost, counted.
                     let wait = tokio::time::sleep(backoff);
@@ -258,7 +274,7 @@ impl Link {
         &self,
         client: &redis::Client,
         presence: &Arc<str>,
-    ) -> Result<(redis::aio::PubSub, redis::aio::MultiplexedConnection), String> {
+    ) -> Result<(redis::aio::PubSub, redis::aio::MultiplexedConnection), Failed> {
         let setup = async {
             let mut sub = client.get_async_pubsub().await?;
             sub.subscribe(&*self.inbound.phx).await?;
@@ -268,8 +284,8 @@ impl Link {
             Ok::<_, redis::RedisError>((sub, publisher))
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("timed out".into()),
+            Ok(r) => r.map_err(Failed::Redis),
+            Err(_) => Err(Failed::TimedOut),
         }
     }
 
@@ -357,6 +373,21 @@ impl Link {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Why connecting failed.
+enum Failed {
+    Redis(redis::RedisError),
+    TimedOut,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Redis(e) => e.fmt(f),
+            Failed::TimedOut => f.write_str("timed out"),
         }
     }
 }

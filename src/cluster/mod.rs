@@ -8,13 +8,15 @@
 //! too long counted as down ([`tracker`]). Recorded broadcasts, which several nodes number from
 //! one database, are delivered in seq order, a gap filled from the change log ([`order`]), and
 //! their seqs are believed only when a node of the cluster signed them ([`seal`]).
-//! [`link`] owns the Redis connections and survives Redis going away.
+//! [`link`] owns the Redis connections and survives Redis going away; [`redis_server`] is
+//! how they are opened (TLS, credentials) and which failures stop a node at start.
 //!
 //! Without a Redis URL none of this runs: one node needs nothing but itself.
 
 pub mod link;
 pub mod message;
 pub mod order;
+pub mod redis_server;
 pub mod seal;
 pub mod term;
 pub mod tracker;
@@ -23,6 +25,7 @@ pub mod tracker;
 /// them without importing the cluster.
 pub use crate::metrics::ClusterStats as Stats;
 pub use order::Backfill;
+pub use redis_server::RedisServer;
 pub use seal::SealKey;
 
 use crate::hub::Endpoint;
@@ -32,8 +35,8 @@ use std::time::Duration;
 /// How a node joins the others.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// `redis://[user:password@]host:port[/db]`.
-    pub redis_url: String,
+    /// The Redis server, from `redis[s]://[user:password@]host:port[/db]` and the CA file.
+    pub redis: RedisServer,
     /// This node's name, unique in the cluster: Phoenix nodes drop what they sent by it.
     pub node_name: String,
     /// The PubSub server's name; `MyApp.PubSub` joins the Phoenix app whose PubSub it is.
@@ -53,9 +56,9 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    pub fn new(redis_url: impl Into<String>) -> ClusterConfig {
+    pub fn new(redis: RedisServer) -> ClusterConfig {
         ClusterConfig {
-            redis_url: redis_url.into(),
+            redis,
             node_name: default_node_name(),
             pubsub_name: DEFAULT_PUBSUB_NAME.to_owned(),
             presence_down_after: Duration::from_secs(30),
@@ -87,9 +90,15 @@ pub fn default_node_name() -> String {
 /// The `--redis-url` family of flags, shared by `fawkes serve` and the conformance fixture.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClusterArgs {
-    /// Join other nodes over Redis: `redis://[user:password@]host:port[/db]`. Unset: one node.
+    /// Join other nodes over Redis: `redis://[user:password@]host:port[/db]`, or `rediss://`
+    /// for TLS. Unset: one node. A node whose Redis certificate does not verify, or that
+    /// refuses the credentials, does not start.
     #[arg(long, env = "FAWKES_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// A PEM file of the CAs a `rediss://` server's certificate must chain to (a managed
+    /// Redis's private CA), instead of the system's root certificates.
+    #[arg(long, env = "FAWKES_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// This node's name, unique among the nodes (default: host name and a random suffix).
     #[arg(long, env = "FAWKES_NODE_NAME")]
     pub node_name: Option<String>,
@@ -121,10 +130,13 @@ impl ClusterArgs {
     /// The configuration, or `None` without a Redis URL.
     pub fn config(&self) -> Result<Option<ClusterConfig>, String> {
         let Some(url) = &self.redis_url else {
+            if self.redis_ca_file.is_some() {
+                return Err("--redis-ca-file is given without --redis-url".into());
+            }
             return Ok(None);
         };
-        redis::Client::open(url.as_str()).map_err(|e| format!("--redis-url: {e}"))?;
-        let mut c = ClusterConfig::new(url.clone());
+        let redis = RedisServer::open(url, self.redis_ca_file.as_deref())?;
+        let mut c = ClusterConfig::new(redis);
         if let Some(n) = &self.node_name {
             if n.is_empty() || n.len() > 255 {
                 return Err("--node-name must be 1 to 255 bytes".into());
@@ -174,21 +186,36 @@ impl Cluster {
     /// order on every node (without it no broadcast from another node carries a seq, and a gap
     /// in this node's own is waited out, then skipped). Call from within the server's runtime;
     /// the link runs as its tasks and keeps retrying while Redis is away.
-    pub fn start(
+    ///
+    /// Returns once the first connection is made or has failed (within the link's connect
+    /// timeout). A failure that waiting cannot mend ([`RedisServer::refusal`]: a certificate
+    /// that does not verify, refused credentials) is the error, and the link stops: the node
+    /// is not to start. Redis merely down or unreachable is no error: the node starts alone
+    /// and the link retries.
+    pub async fn start(
         endpoint: &Endpoint,
         config: ClusterConfig,
         recorded: Option<Recorded>,
-    ) -> Cluster {
+    ) -> Result<Cluster, String> {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
         log::info!(
-            "cluster: node {} on {} (PubSub {})",
+            "cluster: node {} on {} (PubSub {}), Redis at {}",
             config.node_name,
             message::redis_channel(&config.pubsub_name),
-            config.pubsub_name
+            config.pubsub_name,
+            config.redis.shown
         );
         endpoint.set_cluster_stats(stats.clone());
-        link::start(endpoint, config.clone(), stats.clone(), recorded);
-        Cluster { config, stats }
+        let first = link::start(endpoint, config.clone(), stats.clone(), recorded);
+        match first.await {
+            Ok(Ok(())) => Ok(Cluster { config, stats }),
+            Ok(Err(why)) => Err(format!(
+                "cluster: Redis at {}: {why}; the node does not start (this is no outage \
+                 to wait out)",
+                config.redis.shown
+            )),
+            Err(_) => Err("cluster: the Redis link stopped before it first connected".into()),
+        }
     }
 }

@@ -300,6 +300,90 @@ pub fn admin_stats(addr: &str, token: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// A CA (`name.pem`, `name.key`) made with the openssl command (tests of TLS to backends and
+/// to Redis).
+pub fn make_ca(dir: &Path, name: &str) {
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=Fawkes test {name}"),
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.pem")))
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl must be installed")
+        .success();
+    assert!(ok, "openssl req -x509 failed");
+}
+
+/// A certificate for 127.0.0.1 (`server.pem`, `server.key`) signed by the CA `ca`.
+pub fn make_server_cert(dir: &Path, ca: &str) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl {args:?} failed");
+    };
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
 /// A redis-server on a free port, killed on drop.
 pub struct Redis {
     child: Child,
@@ -308,13 +392,55 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
+        Redis::spawn(port, &["--port", &port.to_string()])
+    }
+
+    /// A redis-server with more settings (`--requirepass PW`, `--user …`).
+    pub fn start_with(args: &[&str]) -> Redis {
+        let port = free_port();
+        let mut all = vec!["--port".to_owned(), port.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Redis::spawn(port, &all.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// A redis-server speaking only TLS, with a certificate for 127.0.0.1 that a CA made here
+    /// signed (`dir/ca.pem`), and a password: its URL is `rediss://:PASSWORD@127.0.0.1:PORT`.
+    pub fn start_tls(dir: &Path, password: &str) -> Redis {
+        make_ca(dir, "ca");
+        Redis::start_tls_on(dir, password, free_port())
+    }
+
+    /// As [`Redis::start_tls`], on `port`, with the CA already in `dir` (`ca.pem`, `ca.key`);
+    /// its certificate is `dir/server.pem`. Clients show none.
+    pub fn start_tls_on(dir: &Path, password: &str, port: u16) -> Redis {
+        make_server_cert(dir, "ca");
+        let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+        Redis::spawn(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &file("server.pem"),
+                "--tls-key-file",
+                &file("server.key"),
+                "--tls-ca-cert-file",
+                &file("ca.pem"),
+                "--tls-auth-clients",
+                "no",
+                "--requirepass",
+                password,
+            ],
+        )
+    }
+
+    fn spawn(port: u16, args: &[&str]) -> Redis {
         let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::piped())
             .spawn()
@@ -338,6 +464,15 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A port free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until the node's link to Redis is up (`fawkes_redis_up 1`), subscribed.
