@@ -710,8 +710,8 @@ struct ServeArgs {
     /// Most users --demo creates while the server runs.
     #[arg(long, env = "FAWKES_DEMO_MAX_USERS", default_value_t = 1000)]
     demo_max_users: usize,
-    /// Milliseconds between two samples of the gauges the inspector charts over the last 15
-    /// minutes (the window keeps 15 min / this many samples).
+    /// Milliseconds between two samples of the gauges the inspector charts (100 to 60,000); the
+    /// last 15 minutes of samples are kept.
     #[arg(long, env = "FAWKES_INSPECTOR_SAMPLE_MS", default_value_t = fawkes::inspector::gauges::DEFAULT_PERIOD_MS,
           value_parser = clap::value_parser!(u64).range(fawkes::inspector::gauges::MIN_PERIOD_MS..=fawkes::inspector::gauges::MAX_PERIOD_MS))]
     inspector_sample_ms: u64,
