@@ -9,6 +9,10 @@
 //! Every state-changing request is a POST that must carry the session's CSRF token in
 //! `X-CSRF-Token` (or the form) and, when the browser sends one, an `Origin` of this host. Anonymous page requests are
 //! redirected to the sign-in form, anonymous API calls get 401, signed-in non-admins 403.
+//!
+//! The page also charts this process's gauges over the last 15 minutes ([`gauges`]).
+
+pub mod gauges;
 
 use crate::accounts::{self, SignInError};
 use crate::apps::AppState;
@@ -50,9 +54,10 @@ struct Session {
     expires: Instant,
 }
 
-/// The inspector's state: sessions and the one topic being watched.
+/// The inspector's state: sessions, the one topic being watched, and the sampled gauges.
 pub struct Inspector {
     endpoint: Endpoint,
+    gauges: Arc<gauges::Gauges>,
     /// Whether the server speaks TLS (the cookie is then `Secure`).
     secure: bool,
     sessions: Mutex<HashMap<String, Session>>,
@@ -60,8 +65,11 @@ pub struct Inspector {
 }
 
 impl Inspector {
-    pub fn new(endpoint: Endpoint, secure: bool) -> Inspector {
+    /// The inspector of `endpoint`; starts sampling its gauges every `sample_every` on the
+    /// current actix runtime.
+    pub fn new(endpoint: Endpoint, secure: bool, sample_every: Duration) -> Inspector {
         Inspector {
+            gauges: gauges::Gauges::start(endpoint.clone(), sample_every),
             endpoint,
             secure,
             sessions: Mutex::new(HashMap::new()),
@@ -488,6 +496,34 @@ fn change_capture(state: &crate::apps::AppState) -> Value {
 }
 
 #[derive(serde::Deserialize)]
+struct GaugesQuery {
+    /// Only samples taken after this (ms since the epoch): what the page has not got yet.
+    #[serde(default)]
+    after: u64,
+}
+
+/// `GET /admin/api/gauges?after=MS`: the sampled gauges, oldest first, over the last 15 minutes
+/// (those after `after`), and the period they are sampled at.
+async fn gauges(
+    req: HttpRequest,
+    q: web::Query<GaugesQuery>,
+    ins: web::Data<Inspector>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(res) = admin_api(&req, &ins, &state, None).await {
+        return res;
+    }
+    let samples = ins.gauges.ring().after(q.after);
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({
+            "period_ms": ins.gauges.period().as_millis() as u64,
+            "window_ms": gauges::WINDOW.as_millis() as u64,
+            "samples": samples,
+        }))
+}
+
+#[derive(serde::Deserialize)]
 struct FramesQuery {
     topic: String,
     #[serde(default)]
@@ -560,6 +596,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, inspector: web::Data<Inspector>) {
         .service(web::resource("/admin/sign-out").route(web::post().to(sign_out)))
         .service(web::resource("/admin/inspector.js").route(web::get().to(script)))
         .service(web::resource("/admin/api/stats").route(web::get().to(stats)))
+        .service(web::resource("/admin/api/gauges").route(web::get().to(gauges)))
         .service(web::resource("/admin/api/frames").route(web::get().to(frames)))
         .service(web::resource("/admin/api/disconnect").route(web::post().to(disconnect)));
 }

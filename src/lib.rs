@@ -60,7 +60,8 @@
 //!
 //! The binary's faces (and `main.rs`):
 //! - [`demo`]: the demo pages at `/` (feed, chat, café orders) on the built-in phoenix.js.
-//! - [`inspector`]: `/admin`, live counts, topics and frames, and disconnects, for admins.
+//! - [`inspector`]: `/admin`, live counts, charts of the gauges, topics and frames, and
+//!   disconnects, for admins.
 //! - [`config_file`]: `fawkes.toml`, whose keys are the flags' names.
 //!
 //! # Where the next capabilities go

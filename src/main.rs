@@ -710,6 +710,11 @@ struct ServeArgs {
     /// Most users --demo creates while the server runs.
     #[arg(long, env = "FAWKES_DEMO_MAX_USERS", default_value_t = 1000)]
     demo_max_users: usize,
+    /// Milliseconds between two samples of the gauges the inspector charts (100 to 60,000); the
+    /// last 15 minutes of samples are kept.
+    #[arg(long, env = "FAWKES_INSPECTOR_SAMPLE_MS", default_value_t = fawkes::inspector::gauges::DEFAULT_PERIOD_MS,
+          value_parser = clap::value_parser!(u64).range(fawkes::inspector::gauges::MIN_PERIOD_MS..=fawkes::inspector::gauges::MAX_PERIOD_MS))]
+    inspector_sample_ms: u64,
 }
 
 impl ServeArgs {
@@ -1126,8 +1131,11 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
     let demo = actix_web::web::Data::new(
         fawkes::demo::DemoConfig::new(args.demo, args.demo_max_users).with_proxied(proxied),
     );
-    let inspector =
-        actix_web::web::Data::new(fawkes::inspector::Inspector::new(endpoint.clone(), tls));
+    let inspector = actix_web::web::Data::new(fawkes::inspector::Inspector::new(
+        endpoint.clone(),
+        tls,
+        Duration::from_millis(args.inspector_sample_ms),
+    ));
     let main_metrics = metrics.clone();
     let realtime_rest = realtime.as_ref().map(|r| {
         actix_web::web::Data::new(realtime::rest::Rest {

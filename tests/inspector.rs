@@ -211,3 +211,128 @@ fn a_session_ends_with_its_token() {
     let (status, _, page) = http(addr, "GET", "/admin", &[("Cookie", &by_phoenix_token)], "");
     assert_eq!(status, 303, "{page}");
 }
+
+/// `GET /admin/api/gauges`: for admins only; samples this process every `--inspector-sample-ms`,
+/// oldest first, with the values of that moment (a WebSocket client counts while it is open),
+/// deliveries as a rate from the second sample on, and with `after` only newer samples. The
+/// period's bounds are enforced at start.
+#[test]
+fn the_gauges_api_samples_this_process() {
+    use serde_json::Value;
+    use std::time::{Duration, Instant};
+    let dir = support::temp_dir("inspector-gauges");
+    let db = dir.join("fawkes.db");
+    let db = db.to_str().unwrap();
+    let admin = support::create_user(&dir, db, &["--name", "root", "--admin"]);
+    let server = support::Serve::start(
+        &dir,
+        &["--database-url", db, "--inspector-sample-ms", "100"],
+    );
+    let addr = server.addr.as_str();
+    assert_eq!(http(addr, "GET", "/admin/api/gauges", &[], "").0, 401);
+    let cookie = session(addr, &admin);
+    let gauges = |after: u64| -> Value {
+        let path = format!("/admin/api/gauges?after={after}");
+        let (status, _, body) = http(addr, "GET", &path, &[("Cookie", &cookie)], "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    // Waits for a sample after `after` whose `key` is `value`; returns the samples up to it.
+    let until = |key: &str, value: i64, after: u64| -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let samples = gauges(after)["samples"].as_array().unwrap().clone();
+            if let Some(i) = samples.iter().position(|s| s[key] == value) {
+                return samples[..=i].to_vec();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {key} = {value} in {} samples; the last: {:?}",
+                samples.len(),
+                samples.last()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let g = gauges(0);
+    assert_eq!(g["period_ms"], 100);
+    assert_eq!(g["window_ms"], 900_000);
+    // Three samples of an idle server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let idle = loop {
+        let samples = gauges(0)["samples"].as_array().unwrap().clone();
+        if samples.len() >= 3 {
+            break samples;
+        }
+        assert!(Instant::now() < deadline, "{samples:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut keys: Vec<&str> = idle[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "at_ms",
+            "connections",
+            "deliveries_per_second",
+            "open_fds",
+            "presence_entries",
+            "queued_bytes",
+            "resident_bytes",
+            "tasks"
+        ]
+    );
+    assert!(idle[0]["deliveries_per_second"].is_null(), "{idle:?}");
+    for pair in idle.windows(2) {
+        assert!(
+            pair[0]["at_ms"].as_u64() < pair[1]["at_ms"].as_u64(),
+            "{idle:?}"
+        );
+        assert_eq!(pair[1]["deliveries_per_second"], 0.0, "{idle:?}");
+    }
+    for s in &idle {
+        assert_eq!(s["connections"], 0, "{s}");
+        assert_eq!(s["presence_entries"], 0, "{s}");
+        assert_eq!(s["queued_bytes"], 0, "{s}");
+        assert!(s["resident_bytes"].as_u64().unwrap() > 1 << 20, "{s}");
+        assert!(s["open_fds"].as_u64().unwrap() > 3, "{s}");
+        // The sampler is a task of its own.
+        assert!(s["tasks"].as_i64().unwrap() >= 1, "{s}");
+    }
+
+    // `after` gives only what came later.
+    let last = idle.last().unwrap()["at_ms"].as_u64().unwrap();
+    for s in gauges(last)["samples"].as_array().unwrap() {
+        assert!(s["at_ms"].as_u64().unwrap() > last, "{s}");
+    }
+
+    // A WebSocket client counts while it is open.
+    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0");
+    let (ws, _) = tokio_tungstenite::tungstenite::connect(url).unwrap();
+    let open = until("connections", 1, last);
+    let opened_at = open.last().unwrap()["at_ms"].as_u64().unwrap();
+    drop(ws);
+    until("connections", 0, opened_at);
+
+    // The period's bounds.
+    for ms in ["99", "60001"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fawkes"))
+            .args(["serve", "--port", "0", "--database-url", db])
+            .args(["--inspector-sample-ms", ms])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--inspector-sample-ms") && err.contains("100..=60000"),
+            "{err}"
+        );
+    }
+}
