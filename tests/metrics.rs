@@ -65,6 +65,17 @@ struct Scraper {
 }
 
 impl Scraper {
+    /// The `--metrics-addr` listener a server printed in its banner.
+    fn of(server: &support::Serve) -> Scraper {
+        let url = server.metrics_url();
+        let addr = url
+            .strip_prefix("http://")
+            .and_then(|r| r.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("metrics URL in {:?}", server.banner))
+            .to_owned();
+        Scraper { addr }
+    }
+
     fn scrape(&self) -> HashMap<String, f64> {
         let (status, body) = http(&self.addr, "GET", "/metrics", &[], "");
         assert_eq!(status, 200, "{body}");
@@ -102,15 +113,9 @@ fn counters_move_by_exactly_the_load() {
         &dir,
         &["--database-url", db, "--metrics-addr", "127.0.0.1:0"],
     );
-    let metrics_url = server.metrics_url();
-    let addr = metrics_url
-        .strip_prefix("http://")
-        .and_then(|r| r.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("metrics URL in {:?}", server.banner))
-        .to_owned();
     // Not on the main listener: it has a listener of its own.
     assert_eq!(http(&server.addr, "GET", "/metrics", &[], "").0, 404);
-    let m = Scraper { addr };
+    let m = Scraper::of(&server);
     let before = m.scrape();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -334,13 +339,7 @@ fn process_gauges_follow_connections_and_queued_bytes() {
             "33554432",
         ],
     );
-    let metrics_url = server.metrics_url();
-    let addr = metrics_url
-        .strip_prefix("http://")
-        .and_then(|r| r.strip_suffix("/metrics"))
-        .unwrap()
-        .to_owned();
-    let m = Scraper { addr };
+    let m = Scraper::of(&server);
     let before = m.scrape();
     for g in [
         "process_open_fds",
