@@ -134,15 +134,29 @@ impl Target {
     /// Opens connection `i`: TCP from its source address, then the WebSocket upgrade with
     /// `token=bench<i>` (unless anonymous) and the V2 serializer.
     pub async fn connect(&self, i: usize) -> Result<Ws, String> {
-        self.connect_to(i % self.nodes.len(), i, "2.0.0").await
+        self.connect_query(i, &self.query(i, "2.0.0")).await
     }
 
-    /// [`Target::connect`] with serializer `vsn` (`1.0.0` or `2.0.0`).
-    pub async fn connect_vsn(&self, i: usize, vsn: &str) -> Result<Ws, String> {
-        self.connect_to(i % self.nodes.len(), i, vsn).await
+    /// The query string connection `i` connects with, serializer `vsn` (`1.0.0` or `2.0.0`).
+    pub fn query(&self, i: usize, vsn: &str) -> String {
+        match &self.dialect {
+            Dialect::Phoenix if self.anonymous => format!("vsn={vsn}"),
+            Dialect::Phoenix => format!("token=bench{i}&vsn={vsn}"),
+            Dialect::Supabase { apikey } => format!("apikey={apikey}&vsn={vsn}"),
+        }
     }
 
-    async fn connect_to(&self, node: usize, i: usize, vsn: &str) -> Result<Ws, String> {
+    /// [`Target::connect`] with a query string of the caller's (`token=…&vsn=…`).
+    pub async fn connect_query(&self, i: usize, query: &str) -> Result<Ws, String> {
+        self.connect_to(i % self.nodes.len(), i, query).await
+    }
+
+    /// Node `node`'s address (its REST API is on the same listener).
+    pub fn node_addr(&self, node: usize) -> SocketAddr {
+        self.nodes[node % self.nodes.len()].0
+    }
+
+    async fn connect_to(&self, node: usize, i: usize, query: &str) -> Result<Ws, String> {
         let (addr, endpoint) = &self.nodes[node];
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -163,11 +177,7 @@ impl Target {
         stream
             .set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
-        let url = match &self.dialect {
-            Dialect::Phoenix if self.anonymous => format!("{endpoint}?vsn={vsn}"),
-            Dialect::Phoenix => format!("{endpoint}?token=bench{i}&vsn={vsn}"),
-            Dialect::Supabase { apikey } => format!("{endpoint}?apikey={apikey}&vsn={vsn}"),
-        };
+        let url = format!("{endpoint}?{query}");
         let (ws, _) = tokio_tungstenite::client_async(url, stream)
             .await
             .map_err(|e| format!("upgrade: {e}"))?;
@@ -181,7 +191,12 @@ impl Target {
 
     /// [`Target::open`] on a given node (a publisher on the first, say).
     pub async fn open_on(&self, node: usize, i: usize) -> Result<Ws, (FailureKind, String)> {
-        let mut ws = match timeout(STEP_TIMEOUT, self.connect_to(node, i, "2.0.0")).await {
+        let mut ws = match timeout(
+            STEP_TIMEOUT,
+            self.connect_to(node, i, &self.query(i, "2.0.0")),
+        )
+        .await
+        {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => return Err((FailureKind::Connect, e)),
             Err(_) => return Err((FailureKind::Connect, "connect timed out".into())),

@@ -10,6 +10,11 @@
 //! (from `/proc`, with `--server-pid`) and its gauges (from `--metrics-url`: connections,
 //! topics, presence entries, queued bytes, tasks, heap) are sampled and printed as a table row.
 //!
+//! With `--demo-users N` it drives `fawkes serve --demo` instead: N users made through
+//! `POST /demo/users`, clients connecting with their tokens, the broadcasts feed posts written
+//! over REST (`new_post` on `community:feed`) with as many collection records (`change` on
+//! `collection:soak`, the clients' second topic in place of the presence rooms).
+//!
 //! Deliveries are accounted per client: the sequence numbers of `new_post` must arrive without
 //! a gap or a repeat, from the first one published after its join until it leaves (or the end).
 //! The last line is the verdict: `verdict: pass`, or `verdict: fail: <what>` when a gauge's
@@ -52,6 +57,13 @@ pub struct SoakArgs {
     /// each node (the sums are sampled).
     #[arg(long)]
     pub metrics_url: Vec<String>,
+    /// Drive `fawkes serve --demo` instead of the conformance fixture: create this many users
+    /// through `POST /demo/users` and connect with their tokens; broadcasts are feed posts
+    /// written through `POST /api/community/posts` (each a `new_post` to every client), and as
+    /// many collection records through `POST /api/collections/soak/records` (each a `change`
+    /// on `collection:soak`, which every client joins instead of a presence room).
+    #[arg(long, default_value_t = 0)]
+    pub demo_users: usize,
     /// Seconds a silent client waits for the server to close it (the server's idle timeout,
     /// 60 s for Phoenix and Fawkes, plus slack) before that counts as an error.
     #[arg(long, default_value_t = 90)]
@@ -89,6 +101,8 @@ struct Tally {
     repeated: AtomicU64,
     /// Presence frames received (`presence_state`, `presence_diff`).
     presence: AtomicU64,
+    /// Collection `change` events received (on `fawkes serve`).
+    changes: AtomicU64,
     joins: AtomicU64,
     leaves: [AtomicU64; 3],
     /// Errors the churn did not cause, with the first few reasons.
@@ -175,20 +189,29 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
     let run_for = Duration::from_secs_f64(args.minutes.max(0.0) * 60.0);
     let stop = Arc::new(tokio::sync::Notify::new());
 
-    // The publisher: never churned.
-    let publisher = match bench.target.open(0).await {
-        Ok(ws) => ws,
-        Err((_, why)) => {
-            report.fail(format!("the publisher could not join: {why}"));
+    let app = match App::new(bench, args).await {
+        Ok(app) => Arc::new(app),
+        Err(why) => {
+            report.fail(why);
             return report;
         }
     };
-    let pub_task = tokio::spawn(publish(
-        publisher,
-        args.rate,
-        published.clone(),
-        stop.clone(),
-    ));
+    // The publisher: never churned.
+    let pub_task = match &app.rest {
+        Some(_) => tokio::spawn(publish_rest(
+            app.clone(),
+            args.rate,
+            published.clone(),
+            stop.clone(),
+        )),
+        None => match bench.target.open(0).await {
+            Ok(ws) => tokio::spawn(publish(ws, args.rate, published.clone(), stop.clone())),
+            Err((_, why)) => {
+                report.fail(format!("the publisher could not join: {why}"));
+                return report;
+            }
+        },
+    };
 
     // The population: one task per slot, each living through generations of clients.
     let (mut leave_tx, mut slots) = (Vec::new(), tokio::task::JoinSet::new());
@@ -198,6 +221,7 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
         leave_tx.push(tx);
         let ctx = SlotCtx {
             bench_target: bench.target.clone(),
+            app: app.clone(),
             slot,
             rooms: args.rooms.max(1),
             clients: args.clients,
@@ -295,6 +319,8 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
         t.presence.load(Relaxed),
         "",
     );
+    let changes = t.changes.load(Relaxed);
+    report.num("collection_changes", "collection changes", changes, "");
     report.num("joins", "clients joined", t.joins.load(Relaxed), "");
     for (i, l) in LEAVES.iter().enumerate() {
         let key = format!("left_{l:?}").to_lowercase();
@@ -332,6 +358,123 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
     report
 }
 
+/// The collection `fawkes serve`'s soak writes to.
+const COLLECTION: &str = "soak";
+
+/// What the soak drives: the conformance fixture, or `fawkes serve --demo` through REST.
+struct App {
+    rest: Option<Rest>,
+}
+
+/// `fawkes serve`'s REST API: where it is, and the demo users' tokens.
+struct Rest {
+    addr: std::net::SocketAddr,
+    tokens: Vec<String>,
+}
+
+impl App {
+    async fn new(bench: &Bench, args: &SoakArgs) -> Result<App, String> {
+        if args.demo_users == 0 {
+            return Ok(App { rest: None });
+        }
+        let addr = bench.target.node_addr(0);
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut tokens = Vec::with_capacity(args.demo_users);
+        for u in 0..args.demo_users {
+            let body = format!(r#"{{"name":"soak{run}x{u}"}}"#);
+            let (status, text) = http(addr, "POST", "/demo/users", None, &body).await?;
+            if status != 201 {
+                return Err(format!(
+                    "POST /demo/users answered {status} {text} (is it fawkes serve --demo?)"
+                ));
+            }
+            let v: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+            let token = v["token"].as_str().ok_or(format!("no token in {text}"))?;
+            tokens.push(token.to_owned());
+        }
+        Ok(App {
+            rest: Some(Rest { addr, tokens }),
+        })
+    }
+}
+
+/// Writes feed posts `soak <n>` and as many collection records at `rate` per second, each as
+/// one of the demo users in turn, until stopped; returns the last n whose post was accepted.
+async fn publish_rest(
+    app: Arc<App>,
+    rate: u32,
+    published: Arc<Published>,
+    stop: Arc<tokio::sync::Notify>,
+) -> u64 {
+    let Some(rest) = &app.rest else { return 0 };
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+    let records = format!("/api/collections/{COLLECTION}/records");
+    let mut seq = 0u64;
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return seq,
+            _ = tick.tick() => {
+                seq += 1;
+                published.0.store(seq, Relaxed);
+                let token = rest.tokens[seq as usize % rest.tokens.len()].as_str();
+                let post = format!(r#"{{"body":"soak {seq}"}}"#);
+                let record = format!(r#"{{"n":{seq}}}"#);
+                for (path, body) in [("/api/community/posts", &post), (records.as_str(), &record)] {
+                    match http(rest.addr, "POST", path, Some(token), body).await {
+                        Ok((201, _)) => {}
+                        Ok((status, text)) => {
+                            eprintln!("  POST {path}: {status} {text}");
+                            return seq - 1;
+                        }
+                        Err(e) => {
+                            eprintln!("  POST {path}: {e}");
+                            return seq - 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 request on a connection of its own; (status, body).
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let out = timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| format!("{method} {path}: no answer in 10 s"))?
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let text = String::from_utf8_lossy(&out);
+    let status = (text.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{method} {path}: not an HTTP answer"))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_owned()))
+}
+
 /// Pushes `new_post {"seq": n}` at `rate` per second until stopped; returns the last n.
 async fn publish(
     mut ws: Ws,
@@ -367,6 +510,7 @@ async fn publish(
 
 struct SlotCtx {
     bench_target: Arc<crate::conn::Target>,
+    app: Arc<App>,
     slot: usize,
     rooms: usize,
     clients: usize,
@@ -419,15 +563,26 @@ impl SlotCtx {
     async fn open(&self, i: usize) -> Result<(Ws, u64), String> {
         let v1 = self.v1();
         let vsn = if v1 { "1.0.0" } else { "2.0.0" };
-        let mut ws = timeout(
-            crate::conn::STEP_TIMEOUT,
-            self.bench_target.connect_vsn(i, vsn),
-        )
-        .await
-        .map_err(|_| "connect timed out".to_string())??;
-        let room = format!("channel:soak{}", self.slot % self.rooms);
-        let user = format!(r#"{{"user_id":"u{i}"}}"#);
-        for (r, topic, payload) in [("1", "community:feed", "{}"), ("2", room.as_str(), &user)] {
+        let query = match &self.app.rest {
+            Some(rest) => format!("token={}&vsn={vsn}", rest.tokens[i % rest.tokens.len()]),
+            None => self.bench_target.query(i, vsn),
+        };
+        let connect = self.bench_target.connect_query(i, &query);
+        let mut ws = timeout(crate::conn::STEP_TIMEOUT, connect)
+            .await
+            .map_err(|_| "connect timed out".to_string())??;
+        // The fixture's presence rooms; on `fawkes serve`, the collection its writes go to.
+        let (second, params) = match self.app.rest {
+            Some(_) => (format!("collection:{COLLECTION}"), "{}".to_owned()),
+            None => (
+                format!("channel:soak{}", self.slot % self.rooms),
+                format!(r#"{{"user_id":"u{i}"}}"#),
+            ),
+        };
+        for (r, topic, payload) in [
+            ("1", "community:feed", "{}"),
+            ("2", second.as_str(), params.as_str()),
+        ] {
             let frame = if v1 {
                 format!(
                     r#"{{"topic":"{topic}","event":"phx_join","payload":{payload},"ref":"{r}","join_ref":"{r}"}}"#
@@ -439,7 +594,6 @@ impl SlotCtx {
                 .await
                 .map_err(|e| format!("send join: {e}"))?;
         }
-        let mut floor = None;
         let mut replies = 0;
         let deadline = tokio::time::Instant::now() + crate::conn::STEP_TIMEOUT;
         while replies < 2 {
@@ -451,13 +605,12 @@ impl SlotCtx {
                 if f.payload.get("status").and_then(Value::as_str) != Some("ok") {
                     return Err(format!("join refused: {text}"));
                 }
-                if f.ref_.as_deref() == Some("1") {
-                    floor = Some(self.published.0.load(Relaxed));
-                }
                 replies += 1;
             }
         }
-        Ok((ws, floor.unwrap_or(0)))
+        // Read once both replies are in: a `new_post` that came between them was dropped above,
+        // and its number is at most this (the publisher counts a post before sending it).
+        Ok((ws, self.published.0.load(Relaxed)))
     }
 
     /// Reads and heartbeats until told to leave (`Some(Ok)`), the run ends (`None`), or
@@ -502,7 +655,13 @@ impl SlotCtx {
         let f = Frame::parse(text).ok_or_else(|| format!("not a frame: {text}"))?;
         match f.event.as_str() {
             "new_post" => {
-                let n = f.payload.get("seq").and_then(Value::as_u64).unwrap_or(0);
+                // The fixture's `{"seq": n}`, or a feed post's body `soak n`.
+                let n = (f.payload.get("seq").and_then(Value::as_u64))
+                    .or_else(|| {
+                        let body = f.payload.get("body")?.as_str()?;
+                        body.strip_prefix("soak ")?.parse().ok()
+                    })
+                    .unwrap_or(0);
                 let (lost, repeated) = seq.receive(n);
                 self.tally.delivered.fetch_add(1, Relaxed);
                 self.tally.lost.fetch_add(lost, Relaxed);
@@ -510,6 +669,9 @@ impl SlotCtx {
             }
             "presence_state" | "presence_diff" => {
                 self.tally.presence.fetch_add(1, Relaxed);
+            }
+            "change" => {
+                self.tally.changes.fetch_add(1, Relaxed);
             }
             "phx_reply" => {}
             "phx_error" | "phx_close" => return Err(format!("unexpected {text}")),
