@@ -366,9 +366,9 @@ struct App {
     rest: Option<Rest>,
 }
 
-/// `fawkes serve`'s REST API: where it is, and the demo users' tokens.
+/// `fawkes serve`'s REST API: where it is (`host:port`), and the demo users' tokens.
 struct Rest {
-    addr: std::net::SocketAddr,
+    addr: String,
     tokens: Vec<String>,
 }
 
@@ -377,14 +377,14 @@ impl App {
         if args.demo_users == 0 {
             return Ok(App { rest: None });
         }
-        let addr = bench.target.node_addr(0);
+        let addr = bench.target.node_addr(0).to_string();
         let run = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut tokens = Vec::with_capacity(args.demo_users);
         for u in 0..args.demo_users {
             let body = format!(r#"{{"name":"soak{run}x{u}"}}"#);
-            let (status, text) = http(addr, "POST", "/demo/users", None, &body).await?;
+            let (status, text) = http(&addr, "POST", "/demo/users", None, &body).await?;
             if status != 201 {
                 return Err(format!(
                     "POST /demo/users answered {status} {text} (is it fawkes serve --demo?)"
@@ -424,7 +424,7 @@ async fn publish_rest(
                 let post = format!(r#"{{"body":"soak {seq}"}}"#);
                 let record = format!(r#"{{"n":{seq}}}"#);
                 for (path, body) in [("/api/community/posts", &post), (records.as_str(), &record)] {
-                    match http(rest.addr, "POST", path, Some(token), body).await {
+                    match http(&rest.addr, "POST", path, Some(token), body).await {
                         Ok((201, _)) => {}
                         Ok((status, text)) => {
                             eprintln!("  POST {path}: {status} {text}");
@@ -441,9 +441,10 @@ async fn publish_rest(
     }
 }
 
-/// One HTTP/1.1 request on a connection of its own; (status, body).
+/// One HTTP/1.1 request on a connection of its own, to `addr` (`host:port`); (status, body).
+/// For REST writes and `/metrics` scrapes.
 async fn http(
-    addr: std::net::SocketAddr,
+    addr: &str,
     method: &str,
     path: &str,
     token: Option<&str>,
@@ -818,31 +819,20 @@ async fn sample(bench: &Bench, args: &SoakArgs, tally: &Tally, begin: Instant) -
 
 /// `GET` a Prometheus text exposition over plain HTTP/1.0; its samples by name with labels.
 async fn scrape(url: &str) -> Option<std::collections::HashMap<String, f64>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut tcp = timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(host))
+    let (status, body) = http(host, "GET", &format!("/{path}"), None, "")
         .await
-        .ok()?
         .ok()?;
-    let req = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.ok()?;
-    let mut body = Vec::new();
-    timeout(Duration::from_secs(5), tcp.read_to_end(&mut body))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&body);
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    Some(
+    (status == 200).then(|| {
         body.lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| {
                 let (k, v) = l.rsplit_once(' ')?;
                 Some((k.to_owned(), v.parse().ok()?))
             })
-            .collect(),
-    )
+            .collect()
+    })
 }
 
 fn header() -> String {
