@@ -80,7 +80,6 @@ impl Endpoint {
         self.inner.conns.len()
     }
 
-    /// Every live connection, for the inspector (walks them all: not for hot paths).
     /// Bytes waiting in all connections' queues and mailboxes (read at scrape time: the hot
     /// path keeps no global sum).
     pub fn queued_bytes(&self) -> usize {
@@ -91,6 +90,7 @@ impl Endpoint {
             .sum()
     }
 
+    /// Every live connection, for the inspector (walks them all: not for hot paths).
     pub fn connections(&self) -> Vec<ConnectionSummary> {
         let mut all: Vec<_> = self
             .inner

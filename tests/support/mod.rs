@@ -15,40 +15,33 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// `fawkes users create --database-url DB ARGS...`: the token it prints last.
-pub fn create_user(dir: &Path, db: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_fawkes"))
-        .args(["users", "create", "--database-url", db])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned()
-}
-
-/// `fawkes supabase ARGS --supabase-jwt-secret SECRET`: its stdout.
-pub fn supabase_cli(secret: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_fawkes"))
-        .arg("supabase")
-        .args(args)
-        .args(["--supabase-jwt-secret", secret])
-        .output()
-        .unwrap();
+/// The `fawkes` command with `args`, which must succeed: its stdout.
+fn fawkes_cli(args: &[&str], dir: Option<&Path>) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fawkes"));
+    c.args(args);
+    if let Some(dir) = dir {
+        c.current_dir(dir);
+    }
+    let out = c.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// `fawkes users create --database-url DB ARGS...`: the token it prints last.
+pub fn create_user(dir: &Path, db: &str, args: &[&str]) -> String {
+    let args = [&["users", "create", "--database-url", db], args].concat();
+    let out = fawkes_cli(&args, Some(dir));
+    out.lines().last().unwrap().to_owned()
+}
+
+/// `fawkes supabase ARGS --supabase-jwt-secret SECRET`: its stdout.
+pub fn supabase_cli(secret: &str, args: &[&str]) -> String {
+    let args = [&["supabase"], args, &["--supabase-jwt-secret", secret]].concat();
+    fawkes_cli(&args, None)
 }
 
 /// The anon and service_role keys `fawkes supabase keys` prints for `secret`.
