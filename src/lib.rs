@@ -115,3 +115,11 @@ pub use server::Server;
 
 /// Re-exported so apps implement [`Channel`] with the same macro.
 pub use async_trait::async_trait;
+
+/// jemalloc for every program built on this crate (feature `jemalloc`, on by default; turn it
+/// off with `default-features = false` to keep the system allocator). glibc's malloc strands
+/// freed memory in its per-thread arenas: under churn, `fawkes serve`'s RSS kept climbing over
+/// a flat heap (README, "Soak").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

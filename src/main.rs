@@ -645,6 +645,10 @@ struct ServeArgs {
     /// Worker threads (default: one per core).
     #[arg(long, env = "FAWKES_WORKERS")]
     workers: Option<usize>,
+    /// Threads each worker may run database calls on at once; more wait their turn without a
+    /// thread. The SQLite store has 4 pooled connections, the PostgreSQL one 16.
+    #[arg(long, env = "FAWKES_BLOCKING_THREADS", default_value_t = 16)]
+    blocking_threads: usize,
     /// Largest client WebSocket message, in bytes (closed with 1009 above it).
     #[arg(long, env = "FAWKES_MAX_FRAME_SIZE", default_value_t = Limits::default().max_frame_size)]
     max_frame_size: usize,
@@ -1166,6 +1170,7 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
     if let Some(n) = args.workers {
         server = server.workers(n);
     }
+    server = server.blocking_threads(args.blocking_threads);
     let (http, ws) = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             server = server.tls(fawkes::server::tls_config(cert, key)?);

@@ -526,16 +526,28 @@ pub fn observe(h: &Histogram, d: Duration) {
     h.observe(d.as_secs_f64());
 }
 
-/// Bytes the allocator has handed out and not had back (glibc's `mallinfo2`: arena chunks in
-/// use plus mmapped ones); `None` where the allocator does not say.
+/// Bytes the allocator has handed out and not had back: jemalloc's `stats.allocated` (feature
+/// `jemalloc`), else glibc's `mallinfo2` (arena chunks in use plus mmapped ones); `None` where
+/// the allocator does not say.
 pub fn heap_bytes() -> Option<u64> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(feature = "jemalloc")]
+    {
+        // The statistics are a snapshot taken at the last epoch: advance it first.
+        tikv_jemalloc_ctl::epoch::advance().ok()?;
+        tikv_jemalloc_ctl::stats::allocated::read()
+            .ok()
+            .map(|b| b as u64)
+    }
+    #[cfg(all(not(feature = "jemalloc"), target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallinfo2 only reads the allocator's own statistics.
         let m = unsafe { libc::mallinfo2() };
         Some((m.uordblks + m.hblkhd) as u64)
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    #[cfg(all(
+        not(feature = "jemalloc"),
+        not(all(target_os = "linux", target_env = "gnu"))
+    ))]
     {
         None
     }

@@ -443,3 +443,104 @@ fn process_gauges_follow_connections_and_queued_bytes() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A burst of sign-ins and REST writes at once runs on at most `--blocking-threads` threads per
+/// worker; none of it is refused or lost. Before the bound, each database call in line (and
+/// each writer waiting for SQLite's write lock) held a thread of its own: hundreds of threads
+/// after a burst, each with its stack and allocator cache, which kept a soak's RSS growing.
+#[test]
+fn a_burst_of_database_calls_stays_within_the_blocking_threads() {
+    const WORKERS: usize = 2;
+    const BLOCKING: usize = 3;
+    const CONNECTS: usize = 200;
+    const POSTS: usize = 150;
+    let dir = support::temp_dir("metrics-blocking");
+    let db = dir.join("fawkes.db");
+    let db = db.to_str().unwrap();
+    let alice = support::create_user(&dir, db, &["--name", "alice", "--community-member"]);
+    let server = support::Serve::start(
+        &dir,
+        &[
+            "--database-url",
+            db,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--workers",
+            &WORKERS.to_string(),
+            "--blocking-threads",
+            &BLOCKING.to_string(),
+        ],
+    );
+    let m = Scraper::of(&server);
+    let idle = get(&m.scrape(), "process_threads");
+    assert!(idle > 0.0);
+
+    // Threads sampled every 10 ms until the burst is over.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (addr, done) = (m.addr.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut most = 0.0f64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let (_, body) = http(&addr, "GET", "/metrics", &[], "");
+                most = most.max(get(&parse(&body), "process_threads"));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            most
+        })
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (joined, created) = rt.block_on(async {
+        let url = format!(
+            "ws://{}/socket/websocket?token={alice}&vsn=2.0.0",
+            server.addr
+        );
+        // Each connect signs alice in (a read); each post is a write.
+        let connects = (0..CONNECTS).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+                ws.send(Message::Text(
+                    r#"["1","1","community:feed","phx_join",{}]"#.into(),
+                ))
+                .await
+                .unwrap();
+                recv(&mut ws).await.contains(r#""status":"ok""#)
+            })
+        });
+        let posts = (0..POSTS).map(|i| {
+            let (addr, auth) = (server.addr.clone(), format!("Bearer {alice}"));
+            tokio::task::spawn_blocking(move || {
+                let body = format!(r#"{{"body":"burst {i}"}}"#);
+                let (status, _, _) = support::http_raw(
+                    &addr,
+                    "POST",
+                    "/api/community/posts",
+                    &[
+                        ("Authorization", &auth),
+                        ("Content-Type", "application/json"),
+                    ],
+                    &body,
+                );
+                status
+            })
+        });
+        let (connects, posts): (Vec<_>, Vec<_>) = (connects.collect(), posts.collect());
+        let mut joined = 0;
+        for c in connects {
+            joined += c.await.unwrap() as usize;
+        }
+        let mut created = 0;
+        for p in posts {
+            created += (p.await.unwrap() == 201) as usize;
+        }
+        (joined, created)
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    assert_eq!((joined, created), (CONNECTS, POSTS));
+    assert!(
+        most <= idle + (WORKERS * BLOCKING) as f64,
+        "threads went from {idle} to {most}, past {WORKERS} workers x {BLOCKING}"
+    );
+}

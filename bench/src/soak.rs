@@ -15,6 +15,10 @@
 //! over REST (`new_post` on `community:feed`) with as many collection records (`change` on
 //! `collection:soak`, the clients' second topic in place of the presence rooms).
 //!
+//! With `--restart-cmd`, one node is restarted every `--restart-every-secs`, each in turn (a
+//! rolling deploy): the clients a restart closes and the connects refused while it runs count as
+//! its drops, not errors, and the REST writes go to the next node when one does not take them.
+//!
 //! Deliveries are accounted per client: the sequence numbers of `new_post` must arrive without
 //! a gap or a repeat, from the first one published after its join until it leaves (or the end).
 //! The last line is the verdict: `verdict: pass`, or `verdict: fail: <what>` when a gauge's
@@ -68,6 +72,16 @@ pub struct SoakArgs {
     /// 60 s for Phoenix and Fawkes, plus slack) before that counts as an error.
     #[arg(long, default_value_t = 90)]
     pub idle_close_secs: u64,
+    /// A command that restarts one node (stops it, starts it again and returns once it
+    /// listens), run every `--restart-every-secs` for each node in turn; `{node}` in it becomes
+    /// the node's index (0, 1, ...). Clients the restart closes and connects refused meanwhile
+    /// are counted as restart drops, not errors. Without `--server-pid`, RSS, descriptors and
+    /// threads then come from each node's `/metrics` (`process_*`), which survive the restart.
+    #[arg(long)]
+    pub restart_cmd: Option<String>,
+    /// Seconds between two restarts (the first one after as long).
+    #[arg(long, default_value_t = 600)]
+    pub restart_every_secs: u64,
 }
 
 impl SoakArgs {
@@ -112,9 +126,28 @@ struct Tally {
     live: AtomicU64,
     /// Silent clients still waiting for the server to close them.
     leaving: AtomicU64,
+    /// Node restarts done, and the clients they closed or kept from connecting.
+    restarts: AtomicU64,
+    restart_drops: AtomicU64,
+    /// A restart running, or the end of the last one (its closes may still be arriving).
+    restart: Mutex<(bool, Option<Instant>)>,
 }
 
+/// How long after a restart's command returned its closes still count as the restart's.
+const RESTART_SETTLE: Duration = Duration::from_secs(15);
+
 impl Tally {
+    /// A client closed or refused: the restart's doing while one runs (or just ran), else an
+    /// error.
+    fn dropped(&self, why: String) {
+        let (running, ended) = *self.restart.lock().unwrap();
+        if running || ended.is_some_and(|e| e.elapsed() < RESTART_SETTLE) {
+            self.restart_drops.fetch_add(1, Relaxed);
+        } else {
+            self.error(why);
+        }
+    }
+
     fn error(&self, why: String) {
         self.errors.fetch_add(1, Relaxed);
         let mut r = self.reasons.lock().unwrap();
@@ -267,6 +300,9 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
     let mut next_sample = begin;
     let (mut cursor, mut leave_turn) = (0usize, 0usize);
     let mut samples = Vec::new();
+    let restart_every = Duration::from_secs(args.restart_every_secs.max(1));
+    let (mut next_restart, mut restarted) = (begin + restart_every, 0usize);
+    let mut restart_task: Option<tokio::task::JoinHandle<()>> = None;
     println!("{}", header());
     while begin.elapsed() < run_for {
         tick.tick().await;
@@ -277,12 +313,28 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
             let _ = leave_tx[cursor % args.clients].try_send(how);
             cursor += 1;
         }
+        if let Some(cmd) = &args.restart_cmd {
+            let idle = restart_task.as_ref().is_none_or(|t| t.is_finished());
+            if Instant::now() >= next_restart && idle {
+                next_restart += restart_every;
+                let node = restarted % bench.target.node_count();
+                restarted += 1;
+                restart_task = Some(tokio::spawn(restart(
+                    cmd.replace("{node}", &node.to_string()),
+                    node,
+                    tally.clone(),
+                )));
+            }
+        }
         if Instant::now() >= next_sample {
             next_sample += Duration::from_secs(args.sample_secs.max(1));
             let s = sample(bench, args, &tally, begin).await;
             println!("{}", row(&s, &tally));
             samples.push(s);
         }
+    }
+    if let Some(t) = restart_task {
+        let _ = t.await;
     }
     // Publishing stops; what was published must arrive everywhere.
     stop.notify_waiters();
@@ -331,6 +383,15 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
             "",
         );
     }
+    if args.restart_cmd.is_some() {
+        report.num("restarts", "node restarts", t.restarts.load(Relaxed), "");
+        report.num(
+            "restart_drops",
+            "clients closed or refused by restarts",
+            t.restart_drops.load(Relaxed),
+            "",
+        );
+    }
     report.num("errors", "errors not injected", t.errors.load(Relaxed), "");
     for r in t.reasons.lock().unwrap().iter() {
         report.note(format!("error: {r}"));
@@ -358,6 +419,25 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
     report
 }
 
+/// Runs one node's restart command; while it runs (and [`RESTART_SETTLE`] after), closes and
+/// refused connects are the restart's. A command that fails is an error.
+async fn restart(cmd: String, node: usize, tally: Arc<Tally>) {
+    *tally.restart.lock().unwrap() = (true, None);
+    eprintln!("  restarting node {node}: {cmd}");
+    let run = cmd.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh").arg("-c").arg(run).status()
+    })
+    .await;
+    match status {
+        Ok(Ok(s)) if s.success() => {
+            tally.restarts.fetch_add(1, Relaxed);
+        }
+        other => tally.error(format!("restart of node {node} ({cmd}): {other:?}")),
+    }
+    *tally.restart.lock().unwrap() = (false, Some(Instant::now()));
+}
+
 /// The collection `fawkes serve`'s soak writes to.
 const COLLECTION: &str = "soak";
 
@@ -366,9 +446,10 @@ struct App {
     rest: Option<Rest>,
 }
 
-/// `fawkes serve`'s REST API: where it is (`host:port`), and the demo users' tokens.
+/// `fawkes serve`'s REST API: its nodes (`host:port`; the users are made on the first), and
+/// the demo users' tokens.
 struct Rest {
-    addr: String,
+    addrs: Vec<String>,
     tokens: Vec<String>,
 }
 
@@ -377,14 +458,17 @@ impl App {
         if args.demo_users == 0 {
             return Ok(App { rest: None });
         }
-        let addr = bench.target.node_addr(0).to_string();
+        let addrs: Vec<String> = (0..bench.target.node_count())
+            .map(|n| bench.target.node_addr(n).to_string())
+            .collect();
+        let addr = &addrs[0];
         let run = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut tokens = Vec::with_capacity(args.demo_users);
         for u in 0..args.demo_users {
             let body = format!(r#"{{"name":"soak{run}x{u}"}}"#);
-            let (status, text) = http(&addr, "POST", "/demo/users", None, &body).await?;
+            let (status, text) = http(addr, "POST", "/demo/users", None, &body).await?;
             if status != 201 {
                 return Err(format!(
                     "POST /demo/users answered {status} {text} (is it fawkes serve --demo?)"
@@ -395,13 +479,15 @@ impl App {
             tokens.push(token.to_owned());
         }
         Ok(App {
-            rest: Some(Rest { addr, tokens }),
+            rest: Some(Rest { addrs, tokens }),
         })
     }
 }
 
 /// Writes feed posts `soak <n>` and as many collection records at `rate` per second, each as
 /// one of the demo users in turn, until stopped; returns the last n whose post was accepted.
+/// The nodes take the writes in turn; a write a node does not take (it is restarting) goes to
+/// the next, and the run's publishing ends only when none takes it.
 async fn publish_rest(
     app: Arc<App>,
     rate: u32,
@@ -424,16 +510,22 @@ async fn publish_rest(
                 let post = format!(r#"{{"body":"soak {seq}"}}"#);
                 let record = format!(r#"{{"n":{seq}}}"#);
                 for (path, body) in [("/api/community/posts", &post), (records.as_str(), &record)] {
-                    match http(&rest.addr, "POST", path, Some(token), body).await {
-                        Ok((201, _)) => {}
-                        Ok((status, text)) => {
-                            eprintln!("  POST {path}: {status} {text}");
-                            return seq - 1;
+                    let mut last = String::new();
+                    let nodes = rest.addrs.len();
+                    let taken = 'nodes: {
+                        for k in 0..nodes {
+                            let addr = &rest.addrs[(seq as usize + k) % nodes];
+                            match http(addr, "POST", path, Some(token), body).await {
+                                Ok((201, _)) => break 'nodes true,
+                                Ok((status, text)) => last = format!("{status} {text}"),
+                                Err(e) => last = e,
+                            }
                         }
-                        Err(e) => {
-                            eprintln!("  POST {path}: {e}");
-                            return seq - 1;
-                        }
+                        false
+                    };
+                    if !taken {
+                        eprintln!("  POST {path}: {last}");
+                        return seq - 1;
                     }
                 }
             }
@@ -532,7 +624,7 @@ impl SlotCtx {
             let (mut ws, floor) = match self.open(i).await {
                 Ok(x) => x,
                 Err(why) => {
-                    self.tally.error(why);
+                    self.tally.dropped(why);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -550,7 +642,7 @@ impl SlotCtx {
                     self.tally.leaves[i].fetch_add(1, Relaxed);
                     self.leave(ws, how);
                 }
-                Some(Err(why)) => self.tally.error(why),
+                Some(Err(why)) => self.tally.dropped(why),
             }
         }
     }
@@ -801,10 +893,16 @@ async fn sample(bench: &Bench, args: &SoakArgs, tally: &Tally, begin: Instant) -
         at_secs: begin.elapsed().as_secs_f64(),
         live: tally.live.load(Relaxed),
         gauges: vec![
-            ("rss_mib", mib(sum(&|p| p.rss_bytes()))),
+            (
+                "rss_mib",
+                mib(sum(&|p| p.rss_bytes())).or(mib(metric("process_resident_memory_bytes"))),
+            ),
             ("heap_mib", mib(metric("fawkes_heap_bytes"))),
-            ("fds", sum(&|p| p.open_fds())),
-            ("threads", sum(&|p| p.threads())),
+            ("fds", sum(&|p| p.open_fds()).or(metric("process_open_fds"))),
+            (
+                "threads",
+                sum(&|p| p.threads()).or(metric("process_threads")),
+            ),
             ("connections", metric("fawkes_connections")),
             ("topics", metric("fawkes_topics")),
             ("presence", metric("fawkes_presence_entries")),
@@ -883,10 +981,10 @@ fn verdict(samples: &[Sample], warm_up: f64, t: &Tally) -> String {
         let third = samples.len() / 3;
         let (first, last) = (&samples[..third], &samples[samples.len() - third..]);
         for (i, (name, floor)) in GAUGES.iter().enumerate() {
+            // Over the samples that have the gauge (a node restarting answers no scrape).
             let mean = |part: &[Sample]| -> Option<f64> {
-                let vals: Option<Vec<f64>> = part.iter().map(|s| s.gauges[i].1).collect();
-                let vals = vals.filter(|v| !v.is_empty());
-                vals.map(|v| v.iter().sum::<f64>() / v.len() as f64)
+                let vals: Vec<f64> = part.iter().filter_map(|s| s.gauges[i].1).collect();
+                (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
             };
             if let (Some(a), Some(b)) = (mean(first), mean(last)) {
                 if (b - a).abs() > (a.abs() * 0.05).max(*floor) {
@@ -996,5 +1094,41 @@ mod tests {
         }));
         assert!(verdict(&ramp, 0.0, &Tally::default()).starts_with("fail: rss_mib 50.0"));
         assert_eq!(verdict(&ramp, 90.0, &Tally::default()), "pass");
+        // A sample without the gauge (a node restarting answered no scrape) is left out of
+        // its third's mean, not the whole gauge.
+        let mut gap: Vec<Sample> = [100.0, 100.0, 110.0, 110.0, 130.0, 130.0]
+            .iter()
+            .map(|&rss| s(rss, 1000.0))
+            .collect();
+        gap[0].gauges[0].1 = None;
+        assert_eq!(
+            verdict(&gap, 0.0, &Tally::default()),
+            "fail: rss_mib 100.0 -> 130.0"
+        );
+    }
+
+    #[test]
+    fn closes_during_a_restart_are_its_drops_not_errors() {
+        let t = Tally::default();
+        t.dropped("closed".into());
+        assert_eq!(
+            (t.errors.load(Relaxed), t.restart_drops.load(Relaxed)),
+            (1, 0)
+        );
+        *t.restart.lock().unwrap() = (true, None);
+        t.dropped("closed".into());
+        // Just after it ended, its closes are still arriving.
+        *t.restart.lock().unwrap() = (false, Some(Instant::now()));
+        t.dropped("refused".into());
+        assert_eq!(
+            (t.errors.load(Relaxed), t.restart_drops.load(Relaxed)),
+            (1, 2)
+        );
+        *t.restart.lock().unwrap() = (false, Instant::now().checked_sub(RESTART_SETTLE * 2));
+        t.dropped("closed".into());
+        assert_eq!(
+            (t.errors.load(Relaxed), t.restart_drops.load(Relaxed)),
+            (2, 2)
+        );
     }
 }

@@ -38,6 +38,7 @@ pub struct Server {
     mounts: Vec<(String, Socket)>,
     routes: Vec<Routes>,
     workers: Option<usize>,
+    blocking_threads: Option<usize>,
     tls: Option<rustls::ServerConfig>,
 }
 
@@ -124,6 +125,7 @@ impl Server {
             mounts: Vec::new(),
             routes: Vec::new(),
             workers: None,
+            blocking_threads: None,
             tls: None,
         }
     }
@@ -152,6 +154,15 @@ impl Server {
         self
     }
 
+    /// Threads each worker may run blocking work on (the store's database calls, through
+    /// `web::block`); work past it waits its turn without a thread. actix's default is 512
+    /// shared out over the workers: a burst of sign-ins then left hundreds of threads, each
+    /// with its stack and its allocator cache, waiting for a few pooled connections.
+    pub fn blocking_threads(mut self, n: usize) -> Server {
+        self.blocking_threads = Some(n.max(1));
+        self
+    }
+
     /// Binds the listening socket. Call from within an actix system.
     pub fn bind(self, addr: impl ToSocketAddrs) -> std::io::Result<Running> {
         raise_fd_limit();
@@ -160,6 +171,7 @@ impl Server {
             mounts,
             routes,
             workers,
+            blocking_threads,
             tls,
         } = self;
         let mounts = Arc::new(self::mounts(&endpoint, &mounts));
@@ -169,6 +181,9 @@ impl Server {
             .shutdown_timeout(endpoint.config().shutdown_timeout.as_secs().max(1));
         if let Some(n) = workers {
             builder = builder.workers(n);
+        }
+        if let Some(n) = blocking_threads {
+            builder = builder.worker_max_blocking_threads(n);
         }
         let shutdown = builder.graceful_shutdown_signal();
         let mut addrs = Vec::new();

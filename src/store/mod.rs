@@ -113,8 +113,10 @@ pub struct Store {
     pool: Pool<ConnectionManager<DbConnection>>,
     /// SQLite: one writing transaction at a time in this process. A transaction that reads
     /// before it writes cannot then be refused its write because another one committed
-    /// in between (SQLite's BUSY_SNAPSHOT); PostgreSQL locks rows instead.
-    write_lock: Option<Arc<Mutex<()>>>,
+    /// in between (SQLite's BUSY_SNAPSHOT); PostgreSQL locks rows instead. Awaited before the
+    /// job takes a blocking thread: writers in line hold no thread (the workers have only so
+    /// many, `Server::blocking_threads`), and so never keep reads from running.
+    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +171,8 @@ impl Store {
         let pool = builder
             .build(manager)
             .map_err(|e| StoreError::Pool(e.to_string()))?;
-        let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let write_lock =
+            (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         let store = Store { pool, write_lock };
         store.migrate()?;
         Ok(store)
@@ -253,14 +256,15 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     {
+        // The write lock first, then a thread and a connection: writers in line hold neither,
+        // so reads (sign-ins among them) always find both.
+        let one_writer = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
         let store = self.clone();
         actix_web::web::block(move || {
-            // The write lock first, then a connection: writers queued on the lock hold no
-            // pooled connection, so reads (sign-ins among them) always find one.
-            let _one_writer = store
-                .write_lock
-                .as_ref()
-                .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+            let _one_writer = one_writer;
             let mut conn = store.conn()?;
             let start = std::time::Instant::now();
             let result = job(&mut conn);
