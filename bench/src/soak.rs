@@ -446,11 +446,13 @@ struct App {
     rest: Option<Rest>,
 }
 
-/// `fawkes serve`'s REST API: its nodes (`host:port`; the users are made on the first), and
-/// the demo users' tokens.
+/// `fawkes serve`'s REST API: its nodes (`host:port`; the users are made on the first), the
+/// demo users' tokens, and this run's mark: its posts read `soak <run> <n>`, so that posts
+/// of an earlier run in the same database (a join may bring recent ones) are not counted.
 struct Rest {
     addrs: Vec<String>,
     tokens: Vec<String>,
+    run: u64,
 }
 
 impl App {
@@ -479,7 +481,7 @@ impl App {
             tokens.push(token.to_owned());
         }
         Ok(App {
-            rest: Some(Rest { addrs, tokens }),
+            rest: Some(Rest { addrs, tokens, run }),
         })
     }
 }
@@ -507,7 +509,7 @@ async fn publish_rest(
                 seq += 1;
                 published.0.store(seq, Relaxed);
                 let token = rest.tokens[seq as usize % rest.tokens.len()].as_str();
-                let post = format!(r#"{{"body":"soak {seq}"}}"#);
+                let post = format!(r#"{{"body":"soak {} {seq}"}}"#, rest.run);
                 let record = format!(r#"{{"n":{seq}}}"#);
                 for (path, body) in [("/api/community/posts", &post), (records.as_str(), &record)] {
                     let mut last = String::new();
@@ -748,13 +750,15 @@ impl SlotCtx {
         let f = Frame::parse(text).ok_or_else(|| format!("not a frame: {text}"))?;
         match f.event.as_str() {
             "new_post" => {
-                // The fixture's `{"seq": n}`, or a feed post's body `soak n`.
-                let n = (f.payload.get("seq").and_then(Value::as_u64))
-                    .or_else(|| {
-                        let body = f.payload.get("body")?.as_str()?;
-                        body.strip_prefix("soak ")?.parse().ok()
-                    })
-                    .unwrap_or(0);
+                // The fixture's `{"seq": n}`, or a feed post's body `soak <run> <n>`; another
+                // run's post is not this run's to count.
+                let n = match &self.app.rest {
+                    None => f.payload.get("seq").and_then(Value::as_u64),
+                    Some(rest) => (f.payload.get("body").and_then(Value::as_str))
+                        .and_then(|b| b.strip_prefix(&format!("soak {} ", rest.run)))
+                        .and_then(|n| n.parse().ok()),
+                };
+                let Some(n) = n else { return Ok(()) };
                 let (lost, repeated) = seq.receive(n);
                 self.tally.delivered.fetch_add(1, Relaxed);
                 self.tally.lost.fetch_add(lost, Relaxed);
