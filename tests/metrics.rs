@@ -84,6 +84,21 @@ impl Scraper {
     }
 }
 
+/// `fawkes serve` on a fresh SQLite file with `/metrics` on a listener of its own, and the
+/// token of alice, a community member.
+fn serve_with_alice(name: &str, args: &[&str]) -> (support::Serve, String) {
+    let dir = support::temp_dir(name);
+    let db = dir.join("fawkes.db");
+    let db = db.to_str().unwrap();
+    let alice = support::create_user(&dir, db, &["--name", "alice", "--community-member"]);
+    let args = [
+        &["--database-url", db, "--metrics-addr", "127.0.0.1:0"][..],
+        args,
+    ]
+    .concat();
+    (support::Serve::start(&dir, &args), alice)
+}
+
 fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key).unwrap_or(&0.0)
 }
@@ -324,21 +339,7 @@ fn metrics_are_off_by_default() {
 /// `fawkes_queued_bytes` and are gone once it is.
 #[test]
 fn process_gauges_follow_connections_and_queued_bytes() {
-    let dir = support::temp_dir("metrics-gauges");
-    let db = dir.join("fawkes.db");
-    let db = db.to_str().unwrap();
-    let alice = support::create_user(&dir, db, &["--name", "alice", "--community-member"]);
-    let server = support::Serve::start(
-        &dir,
-        &[
-            "--database-url",
-            db,
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--max-queue-bytes",
-            "33554432",
-        ],
-    );
+    let (server, alice) = serve_with_alice("metrics-gauges", &["--max-queue-bytes", "33554432"]);
     let m = Scraper::of(&server);
     let before = m.scrape();
     for g in [
@@ -454,17 +455,9 @@ fn a_burst_of_database_calls_stays_within_the_blocking_threads() {
     const BLOCKING: usize = 3;
     const CONNECTS: usize = 200;
     const POSTS: usize = 150;
-    let dir = support::temp_dir("metrics-blocking");
-    let db = dir.join("fawkes.db");
-    let db = db.to_str().unwrap();
-    let alice = support::create_user(&dir, db, &["--name", "alice", "--community-member"]);
-    let server = support::Serve::start(
-        &dir,
+    let (server, alice) = serve_with_alice(
+        "metrics-blocking",
         &[
-            "--database-url",
-            db,
-            "--metrics-addr",
-            "127.0.0.1:0",
             "--workers",
             &WORKERS.to_string(),
             "--blocking-threads",

@@ -357,40 +357,27 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
 
     let t = &tally;
     report.num("published", "broadcasts published", final_seq, "");
-    report.num("delivered", "deliveries", t.delivered.load(Relaxed), "");
-    report.num("lost", "deliveries lost", t.lost.load(Relaxed), "");
-    report.num(
-        "repeated",
-        "deliveries repeated",
-        t.repeated.load(Relaxed),
-        "",
-    );
-    report.num(
-        "presence_frames",
-        "presence frames",
-        t.presence.load(Relaxed),
-        "",
-    );
-    let changes = t.changes.load(Relaxed);
-    report.num("collection_changes", "collection changes", changes, "");
-    report.num("joins", "clients joined", t.joins.load(Relaxed), "");
-    for (i, l) in LEAVES.iter().enumerate() {
-        let key = format!("left_{l:?}").to_lowercase();
-        report.num(
-            &key,
-            &format!("left {l:?}").to_lowercase(),
-            t.leaves[i].load(Relaxed),
-            "",
-        );
-    }
+    let mut counts = vec![
+        ("delivered", "deliveries", &t.delivered),
+        ("lost", "deliveries lost", &t.lost),
+        ("repeated", "deliveries repeated", &t.repeated),
+        ("presence_frames", "presence frames", &t.presence),
+        ("collection_changes", "collection changes", &t.changes),
+        ("joins", "clients joined", &t.joins),
+        ("left_abrupt", "left abrupt", &t.leaves[0]),
+        ("left_clean", "left clean", &t.leaves[1]),
+        ("left_silent", "left silent", &t.leaves[2]),
+    ];
     if args.restart_cmd.is_some() {
-        report.num("restarts", "node restarts", t.restarts.load(Relaxed), "");
-        report.num(
+        counts.push(("restarts", "node restarts", &t.restarts));
+        counts.push((
             "restart_drops",
             "clients closed or refused by restarts",
-            t.restart_drops.load(Relaxed),
-            "",
-        );
+            &t.restart_drops,
+        ));
+    }
+    for (key, label, n) in counts {
+        report.num(key, label, n.load(Relaxed), "");
     }
     report.num("errors", "errors not injected", t.errors.load(Relaxed), "");
     for r in t.reasons.lock().unwrap().iter() {
