@@ -127,8 +127,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's options, read before `main`: background threads return freed pages to the
 /// system after a second (its default is ten, and only when the arena that freed them next
 /// allocates), so what a burst freed does not stay resident. In a `fawkes serve` soak the
-/// pages freed and kept went from 17 to 68 MiB over 15 minutes at ten seconds, and stayed
-/// under 1 MiB at one. `MALLOC_CONF`-style settings in `_RJEM_MALLOC_CONF` still apply on top.
+/// pages freed and kept went from 17 to 65 MiB over 15 minutes at ten seconds; at one they
+/// read 0.1 to 22 MiB. `MALLOC_CONF`-style settings in `_RJEM_MALLOC_CONF` still apply on top.
 #[cfg(feature = "jemalloc")]
 #[export_name = "_rjem_malloc_conf"]
 #[allow(non_upper_case_globals)]

@@ -438,8 +438,8 @@ struct App {
 }
 
 /// `fawkes serve`'s REST API: its nodes (`host:port`; the users are made on the first), the
-/// demo users' tokens, and this run's mark: its posts read `soak <run> <n>`, so that posts
-/// of an earlier run in the same database (a join may bring recent ones) are not counted.
+/// demo users' tokens, and this run's mark: its posts read `soak <run> <n>`, and no other
+/// post is counted (a database may hold an earlier run's).
 struct Rest {
     addrs: Vec<String>,
     tokens: Vec<String>,
