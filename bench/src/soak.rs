@@ -13,7 +13,8 @@
 //! With `--demo-users N` it drives `fawkes serve --demo` instead: N users made through
 //! `POST /demo/users`, clients connecting with their tokens, the broadcasts feed posts written
 //! over REST (`new_post` on `community:feed`) with as many collection records (`change` on
-//! `collection:soak`, the clients' second topic in place of the presence rooms).
+//! `collection:soak`, the clients' second topic in place of the presence rooms), the oldest
+//! deleted past 500 so that the collection, which each join receives whole, stays one size.
 //!
 //! With `--restart-cmd`, one node is restarted every `--restart-every-secs`, each in turn (a
 //! rolling deploy): the clients a restart closes and the connects refused while it runs count as
@@ -479,10 +480,14 @@ impl App {
     }
 }
 
-/// Writes feed posts `soak <n>` and as many collection records at `rate` per second, each as
-/// one of the demo users in turn, until stopped; returns the last n whose post was accepted.
-/// The nodes take the writes in turn; a write a node does not take (it is restarting) goes to
-/// the next, and the run's publishing ends only when none takes it.
+/// Records the soak's collection keeps: each new one past it deletes the oldest. A collection
+/// that only grows makes every join's reply (the whole collection) grow with it, and past
+/// `--collection-join-limit` (10,000 records) joins are refused.
+const KEEP_RECORDS: usize = 500;
+
+/// Writes feed posts `soak <run> <n>` and as many collection records at `rate` per second
+/// (deleting the oldest record past [`KEEP_RECORDS`]), each as one of the demo users in turn,
+/// until stopped; returns the last n whose post was accepted.
 async fn publish_rest(
     app: Arc<App>,
     rate: u32,
@@ -492,6 +497,7 @@ async fn publish_rest(
     let Some(rest) = &app.rest else { return 0 };
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
     let records = format!("/api/collections/{COLLECTION}/records");
+    let mut kept = std::collections::VecDeque::new();
     let mut seq = 0u64;
     let stopped = stop.notified();
     tokio::pin!(stopped);
@@ -504,34 +510,99 @@ async fn publish_rest(
                 let token = rest.tokens[seq as usize % rest.tokens.len()].as_str();
                 let post = format!(r#"{{"body":"soak {} {seq}"}}"#, rest.run);
                 let record = format!(r#"{{"n":{seq}}}"#);
-                for (path, body) in [("/api/community/posts", &post), (records.as_str(), &record)] {
-                    let mut last = String::new();
-                    let nodes = rest.addrs.len();
-                    let mut maybe_taken = false;
-                    let taken = 'nodes: {
-                        for k in 0..nodes {
-                            let addr = &rest.addrs[(seq as usize + k) % nodes];
-                            match http(addr, "POST", path, Some(token), body).await {
-                                Ok((201, _)) => break 'nodes true,
-                                Ok((status, text)) => last = format!("{status} {text}"),
-                                Err(e) => {
-                                    maybe_taken |= e.sent;
-                                    last = e.why;
-                                }
-                            }
-                        }
-                        false
-                    };
-                    if taken && maybe_taken {
+                let posted = rest.write(seq, "POST", "/api/community/posts", token, &post, 201).await;
+                match posted {
+                    Ok(twice) if twice => {
                         published.1.lock().unwrap().insert(seq);
                     }
-                    if !taken {
-                        eprintln!("  POST {path}: {last}");
+                    Ok(_) => {}
+                    Err(why) => {
+                        eprintln!("  {why}");
+                        return seq - 1;
+                    }
+                }
+                match rest.write_answer(seq, "POST", &records, token, &record, 201).await {
+                    Ok(text) => {
+                        let id = serde_json::from_str::<Value>(&text).ok().and_then(|v| match &v["id"] {
+                            Value::String(s) => Some(s.clone()),
+                            Value::Number(n) => Some(n.to_string()),
+                            _ => None,
+                        });
+                        kept.extend(id);
+                    }
+                    Err(why) => {
+                        eprintln!("  {why}");
+                        return seq - 1;
+                    }
+                }
+                if kept.len() > KEEP_RECORDS {
+                    let oldest = kept.pop_front().unwrap_or_default();
+                    let path = format!("{records}/{oldest}");
+                    if let Err(why) = rest.write(seq, "DELETE", &path, token, "", 204).await {
+                        eprintln!("  {why}");
                         return seq - 1;
                     }
                 }
             }
         }
+    }
+}
+
+impl Rest {
+    /// One write, to the nodes in turn from `seq`'s until one answers `expect` (a node that is
+    /// restarting does not); `Ok(true)` when an earlier node may have taken it too (its answer
+    /// was lost after the request went out).
+    async fn write(
+        &self,
+        seq: u64,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &str,
+        expect: u16,
+    ) -> Result<bool, String> {
+        self.attempts(seq, method, path, token, body, expect)
+            .await
+            .map(|(twice, _)| twice)
+    }
+
+    /// [`Rest::write`], for the answer's body.
+    async fn write_answer(
+        &self,
+        seq: u64,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &str,
+        expect: u16,
+    ) -> Result<String, String> {
+        self.attempts(seq, method, path, token, body, expect)
+            .await
+            .map(|(_, text)| text)
+    }
+
+    async fn attempts(
+        &self,
+        seq: u64,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &str,
+        expect: u16,
+    ) -> Result<(bool, String), String> {
+        let (nodes, mut maybe_taken, mut last) = (self.addrs.len(), false, String::new());
+        for k in 0..nodes {
+            let addr = &self.addrs[(seq as usize + k) % nodes];
+            match http(addr, method, path, Some(token), body).await {
+                Ok((status, text)) if status == expect => return Ok((maybe_taken, text)),
+                Ok((status, text)) => last = format!("{status} {text}"),
+                Err(e) => {
+                    maybe_taken |= e.sent;
+                    last = e.why;
+                }
+            }
+        }
+        Err(format!("{method} {path}: {last}"))
     }
 }
 
