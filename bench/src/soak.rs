@@ -496,7 +496,6 @@ async fn publish_rest(
 ) -> u64 {
     let Some(rest) = &app.rest else { return 0 };
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
-    let records = format!("/api/collections/{COLLECTION}/records");
     let mut kept = std::collections::VecDeque::new();
     let mut seq = 0u64;
     let stopped = stop.notified();
@@ -507,41 +506,9 @@ async fn publish_rest(
             _ = tick.tick() => {
                 seq += 1;
                 published.0.store(seq, Relaxed);
-                let token = rest.tokens[seq as usize % rest.tokens.len()].as_str();
-                let post = format!(r#"{{"body":"soak {} {seq}"}}"#, rest.run);
-                let record = format!(r#"{{"n":{seq}}}"#);
-                let posted = rest.write(seq, "POST", "/api/community/posts", token, &post, 201).await;
-                match posted {
-                    Ok(twice) if twice => {
-                        published.1.lock().unwrap().insert(seq);
-                    }
-                    Ok(_) => {}
-                    Err(why) => {
-                        eprintln!("  {why}");
-                        return seq - 1;
-                    }
-                }
-                match rest.write_answer(seq, "POST", &records, token, &record, 201).await {
-                    Ok(text) => {
-                        let id = serde_json::from_str::<Value>(&text).ok().and_then(|v| match &v["id"] {
-                            Value::String(s) => Some(s.clone()),
-                            Value::Number(n) => Some(n.to_string()),
-                            _ => None,
-                        });
-                        kept.extend(id);
-                    }
-                    Err(why) => {
-                        eprintln!("  {why}");
-                        return seq - 1;
-                    }
-                }
-                if kept.len() > KEEP_RECORDS {
-                    let oldest = kept.pop_front().unwrap_or_default();
-                    let path = format!("{records}/{oldest}");
-                    if let Err(why) = rest.write(seq, "DELETE", &path, token, "", 204).await {
-                        eprintln!("  {why}");
-                        return seq - 1;
-                    }
+                if let Err(why) = rest.publish(seq, &mut kept, &published).await {
+                    eprintln!("  {why}");
+                    return seq - 1;
                 }
             }
         }
@@ -549,39 +516,47 @@ async fn publish_rest(
 }
 
 impl Rest {
+    /// Post `seq` and record `seq`, as one of the demo users in turn, and the oldest record
+    /// deleted past [`KEEP_RECORDS`] (`kept` holds the records' ids, oldest first).
+    async fn publish(
+        &self,
+        seq: u64,
+        kept: &mut std::collections::VecDeque<String>,
+        published: &Published,
+    ) -> Result<(), String> {
+        let token = self.tokens[seq as usize % self.tokens.len()].as_str();
+        let records = format!("/api/collections/{COLLECTION}/records");
+        let post = format!(r#"{{"body":"soak {} {seq}"}}"#, self.run);
+        let (twice, _) = self
+            .write(seq, "POST", "/api/community/posts", token, &post, 201)
+            .await?;
+        if twice {
+            published.1.lock().unwrap().insert(seq);
+        }
+        let record = format!(r#"{{"n":{seq}}}"#);
+        let (_, text) = self
+            .write(seq, "POST", &records, token, &record, 201)
+            .await?;
+        let id = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| match &v["id"] {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+        kept.extend(id);
+        if kept.len() > KEEP_RECORDS {
+            let oldest = kept.pop_front().unwrap_or_default();
+            let path = format!("{records}/{oldest}");
+            self.write(seq, "DELETE", &path, token, "", 204).await?;
+        }
+        Ok(())
+    }
+
     /// One write, to the nodes in turn from `seq`'s until one answers `expect` (a node that is
-    /// restarting does not); `Ok(true)` when an earlier node may have taken it too (its answer
-    /// was lost after the request went out).
+    /// restarting does not): whether an earlier node may have taken it too (its answer was lost
+    /// after the request went out), and the answer's body.
     async fn write(
-        &self,
-        seq: u64,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: &str,
-        expect: u16,
-    ) -> Result<bool, String> {
-        self.attempts(seq, method, path, token, body, expect)
-            .await
-            .map(|(twice, _)| twice)
-    }
-
-    /// [`Rest::write`], for the answer's body.
-    async fn write_answer(
-        &self,
-        seq: u64,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: &str,
-        expect: u16,
-    ) -> Result<String, String> {
-        self.attempts(seq, method, path, token, body, expect)
-            .await
-            .map(|(_, text)| text)
-    }
-
-    async fn attempts(
         &self,
         seq: u64,
         method: &str,
