@@ -647,7 +647,7 @@ struct ServeArgs {
     workers: Option<usize>,
     /// Threads each worker may run database calls on at once; more wait their turn without a
     /// thread. The SQLite store has 4 pooled connections, the PostgreSQL one 16.
-    #[arg(long, env = "FAWKES_BLOCKING_THREADS", default_value_t = 16)]
+    #[arg(long, env = "FAWKES_BLOCKING_THREADS", default_value_t = fawkes::server::DEFAULT_BLOCKING_THREADS)]
     blocking_threads: usize,
     /// Largest client WebSocket message, in bytes (closed with 1009 above it).
     #[arg(long, env = "FAWKES_MAX_FRAME_SIZE", default_value_t = Limits::default().max_frame_size)]

@@ -38,9 +38,12 @@ pub struct Server {
     mounts: Vec<(String, Socket)>,
     routes: Vec<Routes>,
     workers: Option<usize>,
-    blocking_threads: Option<usize>,
+    blocking_threads: usize,
     tls: Option<rustls::ServerConfig>,
 }
+
+/// Threads each worker may run blocking work on, unless [`Server::blocking_threads`] says.
+pub const DEFAULT_BLOCKING_THREADS: usize = 16;
 
 /// A TLS configuration from a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or
 /// SEC1), on rustls with the ring provider.
@@ -125,7 +128,7 @@ impl Server {
             mounts: Vec::new(),
             routes: Vec::new(),
             workers: None,
-            blocking_threads: None,
+            blocking_threads: DEFAULT_BLOCKING_THREADS,
             tls: None,
         }
     }
@@ -155,11 +158,12 @@ impl Server {
     }
 
     /// Threads each worker may run blocking work on (the store's database calls, through
-    /// `web::block`); work past it waits its turn without a thread. actix's default is 512
-    /// shared out over the workers: a burst of sign-ins then left hundreds of threads, each
-    /// with its stack and its allocator cache, waiting for a few pooled connections.
+    /// `web::block`); work past it waits its turn without a thread. Default
+    /// [`DEFAULT_BLOCKING_THREADS`]; actix's own is 512 shared out over the workers, and a burst
+    /// of sign-ins then left hundreds of threads, each with its stack and its allocator cache,
+    /// waiting for a few pooled connections.
     pub fn blocking_threads(mut self, n: usize) -> Server {
-        self.blocking_threads = Some(n.max(1));
+        self.blocking_threads = n.max(1);
         self
     }
 
@@ -178,12 +182,10 @@ impl Server {
         let mut builder = actix_server::Server::build()
             .backlog(BACKLOG as u32)
             .disable_signals()
-            .shutdown_timeout(endpoint.config().shutdown_timeout.as_secs().max(1));
+            .shutdown_timeout(endpoint.config().shutdown_timeout.as_secs().max(1))
+            .worker_max_blocking_threads(blocking_threads);
         if let Some(n) = workers {
             builder = builder.workers(n);
-        }
-        if let Some(n) = blocking_threads {
-            builder = builder.worker_max_blocking_threads(n);
         }
         let shutdown = builder.graceful_shutdown_signal();
         let mut addrs = Vec::new();
