@@ -151,6 +151,14 @@ impl Target {
         self.connect_to(i % self.nodes.len(), i, query).await
     }
 
+    /// The LongPoll URL connection `i` opens its session at, with `query`.
+    pub fn longpoll_url(&self, i: usize, query: &str) -> String {
+        let endpoint = &self.nodes[i % self.nodes.len()].1;
+        let mount = endpoint.strip_suffix("/websocket").unwrap_or(endpoint);
+        let mount = mount.strip_prefix("ws://").unwrap_or(mount);
+        format!("http://{mount}/longpoll?{query}")
+    }
+
     /// Node `node`'s address (its REST API is on the same listener).
     pub fn node_addr(&self, node: usize) -> SocketAddr {
         self.nodes[node % self.nodes.len()].0

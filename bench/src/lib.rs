@@ -4,6 +4,7 @@
 //! - [`conn`]: opening connections (rotating loopback source addresses), joining, heartbeats.
 //! - [`conns`], [`fanout`], [`echo`], [`storm`], [`soak`]: the modes for any Phoenix server;
 //!   [`changes`]: Postgres changes followed as supabase-js follows them (Fawkes with `--cdc-tables`).
+//! - [`longpoll`]: a LongPoll client (sessions, polls, posts), for the soak.
 //! - [`proc`]: readings from `/proc` (memory, CPU) and the open-files limit.
 //! - [`report`]: failures, latency summaries, the human and JSON output.
 
@@ -12,6 +13,7 @@ pub mod conn;
 pub mod conns;
 pub mod echo;
 pub mod fanout;
+pub mod longpoll;
 pub mod proc;
 pub mod report;
 pub mod soak;

@@ -1,32 +1,40 @@
 //! `soak`: hours of churn against a server running the conformance fixture, watching that
 //! nothing grows and nothing is lost.
 //!
-//! A steady population of `--clients` WebSocket clients, half V1 and half V2, each joined to
-//! `community:feed` (where one publisher pushes `new_post` with a sequence number at `--rate`
-//! per second) and to a presence room `channel:soak<k>`. Each second `--churn-percent` of them
-//! leave, in turn abruptly (a TCP reset), cleanly (a close frame) or by going silent (no
-//! heartbeat: the server must close them at its idle timeout), and as many new ones connect,
-//! join and track presence. Every `--sample-secs` the server's memory, descriptors, threads
-//! (from `/proc`, with `--server-pid`) and its gauges (from `--metrics-url`: connections,
-//! topics, presence entries, queued bytes, tasks, heap) are sampled and printed as a table row.
+//! A steady population of `--clients` clients, half V1 and half V2, `--longpoll-percent` of
+//! them (10 %) on LongPoll and the rest on WebSocket, each joined to `community:feed` (where
+//! one publisher pushes `new_post` with a sequence number at `--rate` per second) and to a
+//! presence room `channel:soak<k>`. Each second `--churn-percent` of them leave, in turn
+//! abruptly (a TCP reset; a LongPoll client stops mid-poll), cleanly (a close frame; on
+//! LongPoll a `phx_leave` per channel) or by going silent (no heartbeat, no poll: the server
+//! must close them at its idle timeout, or end the LongPoll session after its window), and as
+//! many new ones connect, join and track presence. Every `--sample-secs` the server's memory,
+//! descriptors, threads (from `/proc`, with `--server-pid`) and its gauges (from
+//! `--metrics-url`: connections, topics, presence entries, queued bytes, tasks, heap) are
+//! sampled and printed as a table row.
 //!
 //! With `--demo-users N` it drives `fawkes serve --demo` instead: N users made through
 //! `POST /demo/users`, clients connecting with their tokens, the broadcasts feed posts written
 //! over REST (`new_post` on `community:feed`) with as many collection records (`change` on
 //! `collection:soak`, the clients' second topic in place of the presence rooms), the oldest
 //! deleted past 500 so that the collection, which each join receives whole, stays one size.
+//! The clients' third topic is one of `--chat-rooms` chat rooms (presence keyed by user), where
+//! ten users push numbered `new_message`s at `--rate` ([`chat`]) and a visitor joins and leaves
+//! over REST.
 //!
 //! With `--restart-cmd`, one node is restarted every `--restart-every-secs`, each in turn (a
 //! rolling deploy): the clients a restart closes and the connects refused while it runs count as
 //! its drops, not errors, and the REST writes go to the next node when one does not take them.
 //!
-//! Deliveries are accounted per client: the sequence numbers of `new_post` must arrive without
-//! a gap or a repeat, from the first one published after its join until it leaves (or the end).
+//! Deliveries are accounted per client: the sequence numbers of `new_post` (and of its room's
+//! `new_message`) must arrive without a gap or a repeat, from the first one published after its
+//! join until it leaves (or the end).
 //! The last line is the verdict: `verdict: pass`, or `verdict: fail: <what>` when a gauge's
 //! last third is more than 5 % (or its noise floor) above or below its first third, a delivery
 //! was lost or repeated, or an error happened that the churn did not cause.
 
 use crate::conn::{heartbeat, Incoming, Ws};
+use crate::longpoll::LongPoll;
 use crate::report::Report;
 use crate::Bench;
 use futures_util::{SinkExt, StreamExt};
@@ -37,6 +45,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+
+mod chat;
 
 #[derive(clap::Args, Debug)]
 pub struct SoakArgs {
@@ -69,6 +79,16 @@ pub struct SoakArgs {
     /// on `collection:soak`, which every client joins instead of a presence room).
     #[arg(long, default_value_t = 0)]
     pub demo_users: usize,
+    /// Share of the clients on LongPoll instead of WebSocket, in percent (V1 and V2 alike);
+    /// a silent LongPoll client stops polling, and its session must be gone from the server
+    /// after the LongPoll window (`--longpoll-window`, 10 s) and a half.
+    #[arg(long, default_value_t = 10.0)]
+    pub longpoll_percent: f64,
+    /// With `--demo-users`: chat rooms made for the run; each client joins one of them (its
+    /// third topic, with presence), ten users push `new_message`s at `--rate` over them, and a
+    /// visitor joins and leaves them over REST.
+    #[arg(long, default_value_t = 10)]
+    pub chat_rooms: usize,
     /// Seconds a silent client waits for the server to close it (the server's idle timeout,
     /// 60 s for Phoenix and Fawkes, plus slack) before that counts as an error.
     #[arg(long, default_value_t = 90)]
@@ -118,6 +138,8 @@ struct Tally {
     presence: AtomicU64,
     /// Collection `change` events received (on `fawkes serve`).
     changes: AtomicU64,
+    /// Chat `new_message` frames received in sequence (on `fawkes serve`).
+    chat: AtomicU64,
     joins: AtomicU64,
     leaves: [AtomicU64; 3],
     /// Errors the churn did not cause, with the first few reasons.
@@ -249,8 +271,19 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
         },
     };
 
+    let chat_task = tokio::spawn(chat::publish(
+        bench.target.clone(),
+        app.clone(),
+        args.rate,
+        tally.clone(),
+        stop.clone(),
+    ));
+
     // The population: one task per slot, each living through generations of clients.
     let (mut leave_tx, mut slots) = (Vec::new(), tokio::task::JoinSet::new());
+    let longpoll_every = (args.longpoll_percent > 0.0)
+        .then(|| (100.0 / args.longpoll_percent).round().max(1.0) as usize);
+    let http = reqwest::Client::new();
     let started = Instant::now();
     for slot in 0..args.clients {
         let (tx, rx) = mpsc::channel(4);
@@ -264,6 +297,8 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
             tally: tally.clone(),
             published: published.clone(),
             idle_close: Duration::from_secs(args.idle_close_secs),
+            longpoll_every,
+            http: http.clone(),
         };
         slots.spawn(ctx.run(rx));
         // Open at a steady pace, not all at once: the churn comes after.
@@ -342,13 +377,17 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
     // Publishing stops; what was published must arrive everywhere.
     stop.notify_waiters();
     let final_seq = pub_task.await.unwrap_or(0);
+    let _ = chat_task.await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(leave_tx);
-    // Each slot ends its client and reports the tail it missed.
+    // Each slot ends its client and reports the tails it missed.
     let mut tails = 0;
     while let Some(done) = slots.join_next().await {
-        if let Ok(Some(seq)) = done {
-            tails += seq.tail(final_seq);
+        if let Ok(Some(seqs)) = done {
+            tails += seqs.feed.tail(final_seq);
+            if let (Some(rest), Some((k, seq))) = (&app.rest, seqs.chat) {
+                tails += seq.tail(rest.rooms[k].published.0.load(Relaxed));
+            }
         }
     }
     tally.lost.fetch_add(tails, Relaxed);
@@ -366,6 +405,7 @@ pub async fn run(bench: &Bench, args: &SoakArgs) -> Report {
         ("repeated", "deliveries repeated", &t.repeated),
         ("presence_frames", "presence frames", &t.presence),
         ("collection_changes", "collection changes", &t.changes),
+        ("chat_messages", "chat messages", &t.chat),
         ("joins", "clients joined", &t.joins),
         ("left_abrupt", "left abrupt", &t.leaves[0]),
         ("left_clean", "left clean", &t.leaves[1]),
@@ -445,6 +485,10 @@ struct Rest {
     addrs: Vec<String>,
     tokens: Vec<String>,
     run: u64,
+    /// The chat rooms every client joins one of, every demo user a member of each.
+    rooms: Vec<chat::Room>,
+    /// A user who joins and leaves the rooms over REST, in turn (id, token).
+    visitor: (i64, String),
 }
 
 impl App {
@@ -459,8 +503,9 @@ impl App {
         let run = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut tokens = Vec::with_capacity(args.demo_users);
-        for u in 0..args.demo_users {
+        let (mut tokens, mut users) = (Vec::new(), Vec::new());
+        // The last one is the visitor.
+        for u in 0..=args.demo_users {
             let body = format!(r#"{{"name":"soak{run}x{u}"}}"#);
             let (status, text) = http(addr, "POST", "/demo/users", None, &body)
                 .await
@@ -472,11 +517,22 @@ impl App {
             }
             let v: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
             let token = v["token"].as_str().ok_or(format!("no token in {text}"))?;
+            let id = v["user"]["id"]
+                .as_i64()
+                .ok_or(format!("no user id in {text}"))?;
             tokens.push(token.to_owned());
+            users.push(id);
         }
-        Ok(App {
-            rest: Some(Rest { addrs, tokens, run }),
-        })
+        let visitor = (users.pop().unwrap_or(0), tokens.pop().unwrap_or_default());
+        let mut rest = Rest {
+            addrs,
+            tokens,
+            run,
+            rooms: Vec::new(),
+            visitor,
+        };
+        rest.rooms = chat::rooms(&rest, &users, args.chat_rooms.max(1)).await?;
+        Ok(App { rest: Some(rest) })
     }
 }
 
@@ -516,8 +572,9 @@ async fn publish_rest(
 }
 
 impl Rest {
-    /// Post `seq` and record `seq`, as one of the demo users in turn, and the oldest record
-    /// deleted past [`KEEP_RECORDS`] (`kept` holds the records' ids, oldest first).
+    /// Post `seq` and record `seq`, as one of the demo users in turn, the oldest record
+    /// deleted past [`KEEP_RECORDS`] (`kept` holds the records' ids, oldest first), and the
+    /// visitor's join or leave of a room.
     async fn publish(
         &self,
         seq: u64,
@@ -548,6 +605,17 @@ impl Rest {
         if kept.len() > KEEP_RECORDS {
             let oldest = kept.pop_front().unwrap_or_default();
             let path = format!("{records}/{oldest}");
+            self.write(seq, "DELETE", &path, token, "", 204).await?;
+        }
+        // The chat over REST: the visitor joins a room, and leaves it the next time.
+        let room = self.rooms[((seq - 1) / 2) as usize % self.rooms.len()].id;
+        let (visitor, token) = (self.visitor.0, self.visitor.1.as_str());
+        let members = format!("/api/channels/{room}/members");
+        if seq % 2 == 1 {
+            let body = format!(r#"{{"user_id":{visitor}}}"#);
+            self.write(seq, "POST", &members, token, &body, 204).await?;
+        } else {
+            let path = format!("{members}/{visitor}");
             self.write(seq, "DELETE", &path, token, "", 204).await?;
         }
         Ok(())
@@ -677,18 +745,58 @@ struct SlotCtx {
     tally: Arc<Tally>,
     published: Arc<Published>,
     idle_close: Duration,
+    /// Every how many pairs of slots one pair is on LongPoll (`None`: none).
+    longpoll_every: Option<usize>,
+    http: reqwest::Client,
 }
+
+/// A client's connection.
+enum Link {
+    Ws(Box<Ws>),
+    Poll(LongPoll),
+}
+
+impl Link {
+    async fn send(&mut self, text: String) -> Result<(), String> {
+        match self {
+            Link::Ws(ws) => ws
+                .send(Message::Text(text))
+                .await
+                .map_err(|e| e.to_string()),
+            Link::Poll(lp) => lp.send(&text).await,
+        }
+    }
+
+    /// The next text frame, or why the connection is over.
+    async fn next(&mut self) -> Result<String, String> {
+        match self {
+            Link::Ws(ws) => crate::conn::next_text(ws).await,
+            Link::Poll(lp) => lp.next().await,
+        }
+    }
+}
+
+/// A client's places in what is published: the feed, and its chat room's messages.
+struct Seqs {
+    feed: Sequence,
+    /// The room's index in [`Rest::rooms`] and its sequence (on `fawkes serve`).
+    chat: Option<(usize, Sequence)>,
+}
+
+/// How long after a silent LongPoll client stopped polling its session must be gone: 1.5
+/// windows of 10 s, the server's check every quarter window, and slack.
+const LONGPOLL_GONE: Duration = Duration::from_secs(25);
 
 impl SlotCtx {
     /// Generations of clients in this slot until the run ends (the channel closes); returns
-    /// the last one's sequence, for the tail it missed.
-    async fn run(self, mut leave: mpsc::Receiver<Leave>) -> Option<Sequence> {
+    /// the last one's sequences, for the tails it missed.
+    async fn run(self, mut leave: mpsc::Receiver<Leave>) -> Option<Seqs> {
         let mut generation = 0usize;
         loop {
             // Each generation its own connection index, so its source address rotates.
             let i = self.slot + generation * self.clients;
             generation += 1;
-            let (mut ws, floor) = match self.open(i).await {
+            let (mut link, mut seqs) = match self.open(i).await {
                 Ok(x) => x,
                 Err(why) => {
                     self.tally.dropped(why);
@@ -698,16 +806,15 @@ impl SlotCtx {
             };
             self.tally.joins.fetch_add(1, Relaxed);
             self.tally.live.fetch_add(1, Relaxed);
-            let mut seq = Sequence { floor, last: None };
-            let how = self.live(&mut ws, &mut seq, &mut leave).await;
+            let how = self.live(&mut link, &mut seqs, &mut leave).await;
             self.tally.live.fetch_sub(1, Relaxed);
             match how {
                 // The run is over: the channel closed.
-                None => return Some(seq),
+                None => return Some(seqs),
                 Some(Ok(how)) => {
                     let i = LEAVES.iter().position(|l| *l == how).unwrap_or(0);
                     self.tally.leaves[i].fetch_add(1, Relaxed);
-                    self.leave(ws, how);
+                    self.leave(link, how);
                 }
                 Some(Err(why)) => self.tally.dropped(why),
             }
@@ -719,66 +826,107 @@ impl SlotCtx {
         self.slot.is_multiple_of(2)
     }
 
-    /// Connects (V1 or V2 by slot), joins the feed and a presence room.
-    async fn open(&self, i: usize) -> Result<(Ws, u64), String> {
-        let v1 = self.v1();
-        let vsn = if v1 { "1.0.0" } else { "2.0.0" };
+    /// A share of the slots, in pairs (one V1, one V2), is on LongPoll.
+    fn longpoll(&self) -> bool {
+        self.longpoll_every
+            .is_some_and(|every| (self.slot / 2).is_multiple_of(every))
+    }
+
+    /// The topics a client joins, with their join payloads: the feed, then the fixture's
+    /// presence room or, on `fawkes serve`, the collection its writes go to and a chat room.
+    fn topics(&self, i: usize) -> Vec<(String, String)> {
+        let mut topics = vec![("community:feed".to_owned(), "{}".to_owned())];
+        match &self.app.rest {
+            Some(rest) => {
+                topics.push((format!("collection:{COLLECTION}"), "{}".into()));
+                let room = &rest.rooms[self.slot % rest.rooms.len()];
+                topics.push((room.topic(), "{}".into()));
+            }
+            None => topics.push((
+                format!("channel:soak{}", self.slot % self.rooms),
+                format!(r#"{{"user_id":"u{i}"}}"#),
+            )),
+        }
+        topics
+    }
+
+    /// A frame in this client's serializer.
+    fn frame(&self, join_ref: &str, ref_: &str, topic: &str, event: &str, payload: &str) -> String {
+        if self.v1() {
+            format!(
+                r#"{{"topic":"{topic}","event":"{event}","payload":{payload},"ref":"{ref_}","join_ref":"{join_ref}"}}"#
+            )
+        } else {
+            format!(r#"["{join_ref}","{ref_}","{topic}","{event}",{payload}]"#)
+        }
+    }
+
+    /// Connects (V1 or V2, WebSocket or LongPoll, by slot) and joins its topics.
+    async fn open(&self, i: usize) -> Result<(Link, Seqs), String> {
+        let vsn = if self.v1() { "1.0.0" } else { "2.0.0" };
         let query = match &self.app.rest {
             Some(rest) => format!("token={}&vsn={vsn}", rest.tokens[i % rest.tokens.len()]),
             None => self.bench_target.query(i, vsn),
         };
-        let connect = self.bench_target.connect_query(i, &query);
-        let mut ws = timeout(crate::conn::STEP_TIMEOUT, connect)
-            .await
-            .map_err(|_| "connect timed out".to_string())??;
-        // The fixture's presence rooms; on `fawkes serve`, the collection its writes go to.
-        let (second, params) = match self.app.rest {
-            Some(_) => (format!("collection:{COLLECTION}"), "{}".to_owned()),
-            None => (
-                format!("channel:soak{}", self.slot % self.rooms),
-                format!(r#"{{"user_id":"u{i}"}}"#),
-            ),
+        let mut link = if self.longpoll() {
+            let url = self.bench_target.longpoll_url(i, &query);
+            let open = LongPoll::open(&self.http, url);
+            timeout(crate::conn::STEP_TIMEOUT, open)
+                .await
+                .map_err(|_| "longpoll open timed out".to_string())?
+                .map(Link::Poll)?
+        } else {
+            let connect = self.bench_target.connect_query(i, &query);
+            timeout(crate::conn::STEP_TIMEOUT, connect)
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map(|ws| Link::Ws(Box::new(ws)))?
         };
-        for (r, topic, payload) in [
-            ("1", "community:feed", "{}"),
-            ("2", second.as_str(), params.as_str()),
-        ] {
-            let frame = if v1 {
-                format!(
-                    r#"{{"topic":"{topic}","event":"phx_join","payload":{payload},"ref":"{r}","join_ref":"{r}"}}"#
-                )
-            } else {
-                format!(r#"["{r}","{r}","{topic}","phx_join",{payload}]"#)
-            };
-            ws.send(Message::Text(frame))
+        let topics = self.topics(i);
+        for (k, (topic, payload)) in topics.iter().enumerate() {
+            let r = (k + 1).to_string();
+            let frame = self.frame(&r, &r, topic, "phx_join", payload);
+            link.send(frame)
                 .await
                 .map_err(|e| format!("send join: {e}"))?;
         }
         let mut replies = 0;
         let deadline = tokio::time::Instant::now() + crate::conn::STEP_TIMEOUT;
-        while replies < 2 {
-            let text = tokio::time::timeout_at(deadline, crate::conn::next_text(&mut ws))
+        while replies < topics.len() {
+            let text = tokio::time::timeout_at(deadline, link.next())
                 .await
                 .map_err(|_| "no join replies in time".to_string())??;
             let f = Frame::parse(&text).ok_or_else(|| format!("not a frame: {text}"))?;
-            if f.event == "phx_reply" && matches!(f.ref_.as_deref(), Some("1" | "2")) {
+            let ours = (f.ref_.as_deref())
+                .and_then(|r| r.parse::<usize>().ok())
+                .is_some_and(|r| (1..=topics.len()).contains(&r));
+            if f.event == "phx_reply" && ours {
                 if f.payload.get("status").and_then(Value::as_str) != Some("ok") {
                     return Err(format!("join refused: {text}"));
                 }
                 replies += 1;
             }
         }
-        // Read once both replies are in: a `new_post` that came between them was dropped above,
-        // and its number is at most this (the publisher counts a post before sending it).
-        Ok((ws, self.published.0.load(Relaxed)))
+        // Read once every reply is in: a message that came between them was dropped above,
+        // and its number is at most this (the publishers count one before sending it).
+        let feed = Sequence {
+            floor: self.published.0.load(Relaxed),
+            last: None,
+        };
+        let chat = self.app.rest.as_ref().map(|rest| {
+            let k = self.slot % rest.rooms.len();
+            let floor = rest.rooms[k].published.0.load(Relaxed);
+            (k, Sequence { floor, last: None })
+        });
+        Ok((link, Seqs { feed, chat }))
     }
 
     /// Reads and heartbeats until told to leave (`Some(Ok)`), the run ends (`None`), or
     /// something goes wrong (`Some(Err)`).
     async fn live(
         &self,
-        ws: &mut Ws,
-        seq: &mut Sequence,
+        link: &mut Link,
+        seqs: &mut Seqs,
         leave: &mut mpsc::Receiver<Leave>,
     ) -> Option<Result<Leave, String>> {
         let mut hb = crate::conn::heartbeat_timer(self.slot);
@@ -789,48 +937,54 @@ impl SlotCtx {
                 _ = hb.tick() => {
                     hbs += 1;
                     let beat = match self.v1() {
-                        true => Message::Text(format!(
+                        true => format!(
                             r#"{{"topic":"phoenix","event":"heartbeat","payload":{{}},"ref":"hb{hbs}"}}"#
-                        )),
-                        false => heartbeat(hbs),
+                        ),
+                        false => format!(r#"[null,"hb{hbs}","phoenix","heartbeat",{{}}]"#),
                     };
-                    if let Err(e) = ws.send(beat).await {
+                    if let Err(e) = link.send(beat).await {
                         return Some(Err(format!("heartbeat: {e}")));
                     }
                 }
-                m = ws.next() => match Incoming::from(m) {
-                    Incoming::Text(t) => {
-                        if let Err(why) = self.on_frame(&t, seq) {
+                m = link.next() => match m {
+                    Ok(t) => {
+                        if let Err(why) = self.on_frame(&t, seqs) {
                             return Some(Err(why));
                         }
                     }
-                    Incoming::Closed(why) => return Some(Err(format!("client {}: {why}", self.slot))),
-                    _ => {}
+                    Err(why) => return Some(Err(format!("client {}: {why}", self.slot))),
                 },
             }
         }
     }
 
-    fn on_frame(&self, text: &str, seq: &mut Sequence) -> Result<(), String> {
+    fn on_frame(&self, text: &str, seqs: &mut Seqs) -> Result<(), String> {
         let f = Frame::parse(text).ok_or_else(|| format!("not a frame: {text}"))?;
+        // A feed post's or chat message's body `soak <run> <n>`; another run's is not this
+        // run's to count.
+        let numbered = |rest: &Rest| {
+            (f.payload.get("body").and_then(Value::as_str))
+                .and_then(|b| b.strip_prefix(&format!("soak {} ", rest.run)))
+                .and_then(|n| n.parse::<u64>().ok())
+        };
         match f.event.as_str() {
             "new_post" => {
-                // The fixture's `{"seq": n}`, or a feed post's body `soak <run> <n>`; another
-                // run's post is not this run's to count.
+                // The fixture's `{"seq": n}`, or a feed post.
                 let n = match &self.app.rest {
                     None => f.payload.get("seq").and_then(Value::as_u64),
-                    Some(rest) => (f.payload.get("body").and_then(Value::as_str))
-                        .and_then(|b| b.strip_prefix(&format!("soak {} ", rest.run)))
-                        .and_then(|n| n.parse().ok()),
+                    Some(rest) => numbered(rest),
                 };
                 let Some(n) = n else { return Ok(()) };
-                let (lost, mut repeated) = seq.receive(n);
-                if repeated > 0 && self.published.1.lock().unwrap().contains(&n) {
-                    repeated = 0;
-                }
-                self.tally.delivered.fetch_add(1, Relaxed);
-                self.tally.lost.fetch_add(lost, Relaxed);
-                self.tally.repeated.fetch_add(repeated, Relaxed);
+                self.count(&mut seqs.feed, n, &self.published, &self.tally.delivered);
+            }
+            "new_message" => {
+                let (Some(rest), Some((k, seq))) = (&self.app.rest, &mut seqs.chat) else {
+                    return Ok(());
+                };
+                let Some(n) = numbered(rest) else {
+                    return Ok(());
+                };
+                self.count(seq, n, &rest.rooms[*k].published, &self.tally.chat);
             }
             "presence_state" | "presence_diff" => {
                 self.tally.presence.fetch_add(1, Relaxed);
@@ -845,25 +999,43 @@ impl SlotCtx {
         Ok(())
     }
 
+    /// Counts `n` in `seq`: delivered, and what it reveals lost or repeated (a second copy of
+    /// a message that may have been written twice is no repeat).
+    fn count(&self, seq: &mut Sequence, n: u64, published: &Published, delivered: &AtomicU64) {
+        let (lost, mut repeated) = seq.receive(n);
+        if repeated > 0 && published.1.lock().unwrap().contains(&n) {
+            repeated = 0;
+        }
+        delivered.fetch_add(1, Relaxed);
+        self.tally.lost.fetch_add(lost, Relaxed);
+        self.tally.repeated.fetch_add(repeated, Relaxed);
+    }
+
     /// Ends a client as `how` says, in the background (a silent one waits for the server).
-    fn leave(&self, mut ws: Ws, how: Leave) {
+    fn leave(&self, link: Link, how: Leave) {
         let tally = self.tally.clone();
         let idle_close = self.idle_close;
+        let leaves: Vec<String> = (self.topics(0).iter().enumerate())
+            .map(|(k, (topic, _))| {
+                let r = (k + 1).to_string();
+                self.frame(&r, &format!("l{r}"), topic, "phx_leave", "{}")
+            })
+            .collect();
         tokio::spawn(async move {
-            match how {
-                Leave::Abrupt => {
+            match (link, how) {
+                (Link::Ws(ws), Leave::Abrupt) => {
                     // SO_LINGER 0: the close sends a reset, as a dropped network would look
                     // once the server next writes.
                     reset_on_close(ws.get_ref());
                 }
-                Leave::Clean => {
+                (Link::Ws(mut ws), Leave::Clean) => {
                     let _ = timeout(Duration::from_secs(10), async {
-                        let _ = ws.close(None).await;
+                        let _ = ws.as_mut().close(None).await;
                         while ws.next().await.is_some() {}
                     })
                     .await;
                 }
-                Leave::Silent => {
+                (Link::Ws(mut ws), Leave::Silent) => {
                     tally.leaving.fetch_add(1, Relaxed);
                     // Reads (and drops) until the server gives up on it.
                     let closed = timeout(idle_close, async {
@@ -875,6 +1047,29 @@ impl SlotCtx {
                             "a silent client was not closed by the server within {} s",
                             idle_close.as_secs()
                         ));
+                    }
+                    tally.leaving.fetch_sub(1, Relaxed);
+                }
+                // Polling stops mid-poll, as when a tab's network goes.
+                (Link::Poll(lp), Leave::Abrupt) => drop(lp),
+                // phoenix.js leaves each channel, then stops polling.
+                (Link::Poll(lp), Leave::Clean) => {
+                    for frame in leaves {
+                        let _ = timeout(Duration::from_secs(10), lp.send(&frame)).await;
+                    }
+                }
+                (Link::Poll(mut lp), Leave::Silent) => {
+                    tally.leaving.fetch_add(1, Relaxed);
+                    lp.stop_polling();
+                    tokio::time::sleep(LONGPOLL_GONE).await;
+                    // A heartbeat on the old session: it must be gone (410).
+                    let beat = r#"[null,"hb","phoenix","heartbeat",{}]"#;
+                    match lp.post(beat).await {
+                        Ok(v) if v["status"] == 410 => {}
+                        other => tally.error(format!(
+                            "a silent LongPoll session was still open after {} s: {other:?}",
+                            LONGPOLL_GONE.as_secs()
+                        )),
                     }
                     tally.leaving.fetch_sub(1, Relaxed);
                 }
