@@ -175,29 +175,8 @@ fn classify(t: &Term, me: &str) -> Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::tests::capture;
     use serde_json::json;
-
-    const CAPTURES: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/phoenix-pubsub-redis-captures"
-    );
-
-    fn capture(prefix: &str) -> Vec<u8> {
-        let dir = std::fs::read_dir(CAPTURES).expect("captures copied into tests/data");
-        for f in dir {
-            let p = f.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if name.starts_with(prefix) && name.ends_with(".hex") {
-                let hex = std::fs::read_to_string(&p).unwrap();
-                let hex = hex.trim();
-                return (0..hex.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                    .collect();
-            }
-        }
-        panic!("no capture {prefix}")
-    }
 
     fn deliver(prefix: &str, me: &str) -> Remote {
         match decode(&capture(prefix), me, Bounds::default()) {

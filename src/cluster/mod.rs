@@ -8,6 +8,8 @@
 //! too long counted as down ([`tracker`]). Recorded broadcasts, which several nodes number from
 //! one database, are delivered in seq order, a gap filled from the change log ([`order`]), and
 //! their seqs are believed only when a node of the cluster signed them ([`seal`]).
+//! Phoenix.Tracker's own messages, which Elixir nodes replicate their presence with, are read
+//! and written by [`phoenix_tracker`].
 //! [`link`] owns the Redis connections and survives Redis going away; [`redis_server`] is
 //! how they are opened (TLS, credentials) and which failures stop a node at start.
 //!
@@ -16,6 +18,7 @@
 pub mod link;
 pub mod message;
 pub mod order;
+pub mod phoenix_tracker;
 pub mod redis_server;
 pub mod seal;
 pub mod term;
@@ -217,5 +220,32 @@ impl Cluster {
             )),
             Err(_) => Err("cluster: the Redis link stopped before it first connected".into()),
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    const CAPTURES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/phoenix-pubsub-redis-captures"
+    );
+
+    /// The bytes of the capture whose file name starts with `prefix` (real Phoenix traffic on
+    /// Redis, `tests/data/phoenix-pubsub-redis-captures`).
+    pub fn capture(prefix: &str) -> Vec<u8> {
+        let dir = std::fs::read_dir(CAPTURES).expect("captures copied into tests/data");
+        for f in dir {
+            let p = f.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with(prefix) && name.ends_with(".hex") {
+                let hex = std::fs::read_to_string(&p).unwrap();
+                let hex = hex.trim();
+                return (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                    .collect();
+            }
+        }
+        panic!("no capture {prefix}")
     }
 }

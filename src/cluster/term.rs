@@ -37,8 +37,8 @@ const V4_PORT: u8 = 120;
 
 const TERM_SIZE: usize = std::mem::size_of::<Term>();
 
-/// A decoded term. Pids, ports and references are kept only as what they are: nothing here
-/// needs their contents, and JSON cannot carry them.
+/// A decoded term. Pids and references are kept whole (Phoenix.Tracker's presences carry
+/// pids, its transfers references); ports only as what they are. JSON carries none of them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Term {
     Int(i128),
@@ -52,9 +52,31 @@ pub enum Term {
     ImproperList,
     Tuple(Vec<Term>),
     Map(Vec<(Term, Term)>),
-    /// A pid, port or reference.
+    Pid(Box<Pid>),
+    Ref(Box<Reference>),
+    /// A port.
     Opaque(&'static str),
 }
+
+/// An Erlang process identifier: its node, and three numbers that name it there.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pid {
+    pub node: String,
+    pub id: u32,
+    pub serial: u32,
+    pub creation: u32,
+}
+
+/// An Erlang reference: its node, the node's creation and up to five words.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Reference {
+    pub node: String,
+    pub creation: u32,
+    pub ids: Vec<u32>,
+}
+
+/// Words a reference may have (OTP writes 3, 4 or 5).
+const MAX_REF_WORDS: usize = 5;
 
 impl Term {
     pub fn atom(&self) -> Option<&str> {
@@ -93,6 +115,10 @@ impl Term {
                         .iter()
                         .map(|(k, v)| k.held() + v.held())
                         .sum::<usize>()
+            }
+            Term::Pid(p) => std::mem::size_of::<Pid>() + p.node.capacity(),
+            Term::Ref(r) => {
+                std::mem::size_of::<Reference>() + r.node.capacity() + r.ids.capacity() * 4
             }
             Term::Int(_)
             | Term::BigInt(_)
@@ -383,30 +409,56 @@ impl<'a> Reader<'a> {
                 Term::Map(pairs)
             }
             PID | NEW_PID => {
-                self.node(depth)?;
-                self.take(if tag == PID { 9 } else { 12 })?;
-                Term::Opaque("pid")
+                let node = self.node(depth)?;
+                let (id, serial) = (self.u32()? as u32, self.u32()? as u32);
+                let creation = if tag == PID {
+                    u32::from(self.u8()?)
+                } else {
+                    self.u32()? as u32
+                };
+                self.charge(std::mem::size_of::<Pid>())?;
+                Term::Pid(Box::new(Pid {
+                    node,
+                    id,
+                    serial,
+                    creation,
+                }))
             }
             NEW_PORT | V4_PORT => {
-                self.node(depth)?;
+                let _ = self.node(depth)?;
                 self.take(if tag == NEW_PORT { 8 } else { 12 })?;
                 Term::Opaque("port")
             }
             NEW_REFERENCE | NEWER_REFERENCE => {
                 let words = self.u16()?;
-                self.node(depth)?;
-                self.take(if tag == NEW_REFERENCE { 1 } else { 4 })?;
-                self.take(words.saturating_mul(4))?;
-                Term::Opaque("reference")
+                if words > MAX_REF_WORDS {
+                    return Err(DecodeError::Unsupported(tag));
+                }
+                let node = self.node(depth)?;
+                let creation = if tag == NEW_REFERENCE {
+                    u32::from(self.u8()?)
+                } else {
+                    self.u32()? as u32
+                };
+                let mut ids = Vec::with_capacity(words);
+                for _ in 0..words {
+                    ids.push(self.u32()? as u32);
+                }
+                self.charge(std::mem::size_of::<Reference>() + words * 4)?;
+                Term::Ref(Box::new(Reference {
+                    node,
+                    creation,
+                    ids,
+                }))
             }
             other => return Err(DecodeError::Unsupported(other)),
         })
     }
 
     /// The node atom inside a pid, port or reference.
-    fn node(&mut self, depth: usize) -> Result<(), DecodeError> {
+    fn node(&mut self, depth: usize) -> Result<String, DecodeError> {
         match self.term(depth + 1)? {
-            Term::Atom(_) => Ok(()),
+            Term::Atom(a) => Ok(a),
             _ => Err(DecodeError::BadAtom),
         }
     }
@@ -469,6 +521,8 @@ pub fn to_json(t: &Term) -> Result<Value, NotJson> {
             }
             Value::Object(m)
         }
+        Term::Pid(_) => return Err(NotJson("pid")),
+        Term::Ref(_) => return Err(NotJson("reference")),
         Term::Opaque(what) => return Err(NotJson(what)),
     })
 }
@@ -483,6 +537,15 @@ fn float(f: f64) -> Result<Value, NotJson> {
 /// encoding, NEW_FLOAT_EXT, map keys in Erlang's term order.
 pub struct Encoder {
     out: Vec<u8>,
+    atoms: Atoms,
+}
+
+/// How atoms are written: OTP 26 and later write UTF-8 atoms; OTP 25 and before write an atom
+/// whose characters are all Latin-1 as `ATOM_EXT`. Every OTP since R16 reads both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atoms {
+    Otp26,
+    Otp25,
 }
 
 impl Default for Encoder {
@@ -494,7 +557,14 @@ impl Default for Encoder {
 impl Encoder {
     /// Starts a message: the version byte.
     pub fn new() -> Encoder {
-        Encoder { out: vec![VERSION] }
+        Encoder::with_atoms(Atoms::Otp26)
+    }
+
+    pub fn with_atoms(atoms: Atoms) -> Encoder {
+        Encoder {
+            out: vec![VERSION],
+            atoms,
+        }
     }
 
     pub fn finish(self) -> Vec<u8> {
@@ -502,11 +572,128 @@ impl Encoder {
     }
 
     pub fn atom(&mut self, name: &str) -> &mut Self {
-        // Atoms are at most 255 characters in Erlang; every atom written here is short.
-        let len = u8::try_from(name.len()).expect("short atom");
-        self.out.extend_from_slice(&[SMALL_ATOM_UTF8, len]);
-        self.out.extend_from_slice(name.as_bytes());
+        let latin1 = self.atoms == Atoms::Otp25 && name.chars().all(|c| u32::from(c) < 256);
+        if latin1 {
+            let bytes: Vec<u8> = name.chars().map(|c| c as u8).collect();
+            self.out.push(ATOM);
+            self.out
+                .extend_from_slice(&(bytes.len().min(u16::MAX as usize) as u16).to_be_bytes());
+            self.out
+                .extend_from_slice(&bytes[..bytes.len().min(u16::MAX as usize)]);
+            return self;
+        }
+        // An atom is at most 255 characters, so at most 1,020 bytes: a decoded one always fits.
+        let bytes = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+        match u8::try_from(bytes.len()) {
+            Ok(len) => self.out.extend_from_slice(&[SMALL_ATOM_UTF8, len]),
+            Err(_) => {
+                self.out.push(ATOM_UTF8);
+                self.out
+                    .extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+            }
+        }
+        self.out.extend_from_slice(bytes);
         self
+    }
+
+    pub fn pid(&mut self, p: &Pid) -> &mut Self {
+        self.out.push(NEW_PID);
+        self.atom(&p.node);
+        for n in [p.id, p.serial, p.creation] {
+            self.out.extend_from_slice(&n.to_be_bytes());
+        }
+        self
+    }
+
+    pub fn reference(&mut self, r: &Reference) -> &mut Self {
+        let words = &r.ids[..r.ids.len().min(MAX_REF_WORDS)];
+        self.out.push(NEWER_REFERENCE);
+        self.out
+            .extend_from_slice(&(words.len() as u16).to_be_bytes());
+        self.atom(&r.node);
+        self.out.extend_from_slice(&r.creation.to_be_bytes());
+        for w in words {
+            self.out.extend_from_slice(&w.to_be_bytes());
+        }
+        self
+    }
+
+    /// Any term, as OTP writes it: a map's keys in Erlang's term order (OTP keeps a map of up to
+    /// 32 keys sorted; a larger one it writes in hash order, which no reader depends on), a list
+    /// of bytes as a string. A big integer decoded as a float is written as that float; an
+    /// improper list or a port, which are never built here, as `[]` and `undefined`.
+    pub fn term(&mut self, t: &Term) -> &mut Self {
+        match t {
+            Term::Int(i) => self.int(*i),
+            Term::BigInt(f) | Term::Float(f) => {
+                self.out.push(NEW_FLOAT);
+                self.out.extend_from_slice(&f.to_be_bytes());
+                self
+            }
+            Term::Atom(a) => self.atom(a),
+            Term::Binary(b) => self.binary(b),
+            Term::List(items) if items.is_empty() => {
+                self.out.push(NIL);
+                self
+            }
+            Term::List(items) => {
+                let bytes: Option<Vec<u8>> = (items.len() <= u16::MAX as usize)
+                    .then(|| {
+                        (items.iter())
+                            .map(|i| match i {
+                                Term::Int(n) => u8::try_from(*n).ok(),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .flatten();
+                if let Some(bytes) = bytes {
+                    self.out.push(STRING);
+                    self.out
+                        .extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+                    self.out.extend_from_slice(&bytes);
+                    return self;
+                }
+                self.out.push(LIST);
+                self.out
+                    .extend_from_slice(&(items.len() as u32).to_be_bytes());
+                for i in items {
+                    self.term(i);
+                }
+                self.out.push(NIL);
+                self
+            }
+            Term::Tuple(items) => {
+                if let Ok(n) = u8::try_from(items.len()) {
+                    self.tuple(n);
+                } else {
+                    self.out.push(LARGE_TUPLE);
+                    self.out
+                        .extend_from_slice(&(items.len() as u32).to_be_bytes());
+                }
+                for i in items {
+                    self.term(i);
+                }
+                self
+            }
+            Term::Map(pairs) => {
+                self.map(pairs.len() as u32);
+                let mut sorted: Vec<&(Term, Term)> = pairs.iter().collect();
+                sorted.sort_by(|a, b| order(&a.0, &b.0));
+                for (k, v) in sorted {
+                    self.term(k);
+                    self.term(v);
+                }
+                self
+            }
+            Term::Pid(p) => self.pid(p),
+            Term::Ref(r) => self.reference(r),
+            Term::ImproperList => {
+                self.out.push(NIL);
+                self
+            }
+            Term::Opaque(_) => self.atom("undefined"),
+        }
     }
 
     pub fn binary(&mut self, bytes: &[u8]) -> &mut Self {
@@ -598,6 +785,63 @@ impl Encoder {
     }
 }
 
+/// Erlang's term order: number < atom < reference < port < pid < tuple < map < nil < list <
+/// binary; tuples by size, then element by element; maps by size, then keys, then values.
+pub fn order(a: &Term, b: &Term) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    fn rank(t: &Term) -> u8 {
+        match t {
+            Term::Int(_) | Term::BigInt(_) | Term::Float(_) => 0,
+            Term::Atom(_) => 1,
+            Term::Ref(_) => 2,
+            Term::Opaque(_) => 3,
+            Term::Pid(_) => 4,
+            Term::Tuple(_) => 5,
+            Term::Map(_) => 6,
+            Term::List(l) if l.is_empty() => 7,
+            Term::List(_) | Term::ImproperList => 8,
+            Term::Binary(_) => 9,
+        }
+    }
+    fn number(t: &Term) -> f64 {
+        match t {
+            Term::Int(i) => *i as f64,
+            Term::BigInt(f) | Term::Float(f) => *f,
+            _ => 0.0,
+        }
+    }
+    fn seq(a: &[Term], b: &[Term]) -> Ordering {
+        (a.iter().zip(b))
+            .map(|(x, y)| order(x, y))
+            .find(|o| o.is_ne())
+            .unwrap_or(a.len().cmp(&b.len()))
+    }
+    match (a, b) {
+        (Term::Int(x), Term::Int(y)) => x.cmp(y),
+        (Term::Atom(x), Term::Atom(y)) => x.cmp(y),
+        (Term::Binary(x), Term::Binary(y)) => x.cmp(y),
+        (Term::Tuple(x), Term::Tuple(y)) => x.len().cmp(&y.len()).then_with(|| seq(x, y)),
+        (Term::List(x), Term::List(y)) => seq(x, y),
+        (Term::Pid(x), Term::Pid(y)) => x.cmp(y),
+        (Term::Ref(x), Term::Ref(y)) => x.cmp(y),
+        (Term::Map(x), Term::Map(y)) => x.len().cmp(&y.len()).then_with(|| {
+            fn sorted(m: &[(Term, Term)]) -> Vec<&(Term, Term)> {
+                let mut v: Vec<&(Term, Term)> = m.iter().collect();
+                v.sort_by(|p, q| order(&p.0, &q.0));
+                v
+            }
+            let (x, y) = (sorted(x), sorted(y));
+            (x.iter().zip(&y))
+                .map(|(p, q)| order(&p.0, &q.0))
+                .chain(x.iter().zip(&y).map(|(p, q)| order(&p.1, &q.1)))
+                .find(|o| o.is_ne())
+                .unwrap_or(Ordering::Equal)
+        }),
+        _ if rank(a) == 0 && rank(b) == 0 => number(a).total_cmp(&number(b)),
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,7 +895,7 @@ mod tests {
         let not = |t: Term| to_json(&t).unwrap_err().0;
         assert_eq!(not(Term::Binary(vec![0xff])), "a binary that is not UTF-8");
         assert_eq!(not(Term::Tuple(vec![])), "a tuple");
-        assert_eq!(not(Term::Opaque("pid")), "pid");
+        assert_eq!(not(Term::Opaque("port")), "port");
         assert_eq!(
             not(Term::Map(vec![(Term::Int(1), Term::Int(1))])),
             "a map key that is not a string or an atom"
