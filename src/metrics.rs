@@ -553,6 +553,37 @@ pub fn heap_bytes() -> Option<u64> {
     }
 }
 
+/// What the process's allocators hold, by allocator and kind, in bytes, to tell a resident
+/// size that grows over a flat heap apart. jemalloc (feature `jemalloc`, Rust's allocations):
+/// `allocated` (in use), `active` (its pages holding them), `resident` (its pages in memory,
+/// dirty ones included), `metadata`. glibc (every C library linked in: SQLite's page caches,
+/// libpq): `allocated` (in use) and `free` (freed, still held in its arenas).
+pub fn allocator_bytes() -> Vec<(&'static str, &'static str, u64)> {
+    let mut out = Vec::new();
+    #[cfg(feature = "jemalloc")]
+    if tikv_jemalloc_ctl::epoch::advance().is_ok() {
+        use tikv_jemalloc_ctl::stats;
+        for (kind, read) in [
+            ("allocated", stats::allocated::read as fn() -> _),
+            ("active", stats::active::read),
+            ("resident", stats::resident::read),
+            ("metadata", stats::metadata::read),
+        ] {
+            if let Ok(b) = read() {
+                out.push(("jemalloc", kind, b as u64));
+            }
+        }
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's own statistics.
+        let m = unsafe { libc::mallinfo2() };
+        out.push(("glibc", "allocated", (m.uordblks + m.hblkhd) as u64));
+        out.push(("glibc", "free", m.fordblks as u64));
+    }
+    out
+}
+
 /// Resident memory of this process, in bytes: `/proc/self/statm`'s resident pages times the page
 /// size, what `process_resident_memory_bytes` reports; `None` off Linux or when unreadable.
 pub fn resident_bytes() -> Option<u64> {

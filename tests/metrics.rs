@@ -347,9 +347,22 @@ fn process_gauges_follow_connections_and_queued_bytes() {
         "process_resident_memory_bytes",
         "process_threads",
         "fawkes_heap_bytes",
+        // Each allocator's share, to tell a resident size growing over a flat heap apart.
+        r#"fawkes_allocator_bytes{allocator="jemalloc",kind="allocated"}"#,
+        r#"fawkes_allocator_bytes{allocator="jemalloc",kind="resident"}"#,
+        r#"fawkes_allocator_bytes{allocator="glibc",kind="allocated"}"#,
     ] {
         assert!(get(&before, g) > 0.0, "{g} in {before:?}");
     }
+    let jemalloc = |kind: &str| {
+        get(
+            &before,
+            &format!(r#"fawkes_allocator_bytes{{allocator="jemalloc",kind="{kind}"}}"#),
+        )
+    };
+    assert!(
+        jemalloc("allocated") <= jemalloc("active") && jemalloc("active") <= jemalloc("resident")
+    );
     assert_eq!(get(&before, "fawkes_queued_bytes"), 0.0);
 
     const N: usize = 40;

@@ -213,6 +213,18 @@ pub fn render(endpoint: &Endpoint) -> String {
             bytes as i64,
         );
     }
+    let by_allocator = IntGaugeVec::new(
+        Opts::new(
+            "fawkes_allocator_bytes",
+            "Bytes each allocator holds, by kind (allocated, active, resident, metadata, free)",
+        ),
+        &["allocator", "kind"],
+    )
+    .expect("valid gauge");
+    for (allocator, kind, bytes) in crate::metrics::allocator_bytes() {
+        (by_allocator.with_label_values(&[allocator, kind])).set(bytes as i64);
+    }
+    r.register(Box::new(by_allocator)).expect("unique metric");
     // process_resident_memory_bytes, process_open_fds, process_threads and the rest, on Linux.
     r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),

@@ -156,6 +156,9 @@ struct Tally {
     restart: Mutex<(bool, Option<Instant>)>,
 }
 
+/// Errors printed as they happen; the report lists the first ten again.
+const LOGGED_ERRORS: u64 = 100;
+
 /// How long after a restart's command returned its closes still count as the restart's.
 const RESTART_SETTLE: Duration = Duration::from_secs(15);
 
@@ -172,7 +175,14 @@ impl Tally {
     }
 
     fn error(&self, why: String) {
-        self.errors.fetch_add(1, Relaxed);
+        let n = self.errors.fetch_add(1, Relaxed) + 1;
+        // As they come, with the time, so that a long run tells what happened when.
+        if n <= LOGGED_ERRORS {
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            eprintln!("  error {n} (unix time {at}): {why}");
+        }
         let mut r = self.reasons.lock().unwrap();
         if r.len() < 10 {
             r.push(why);
