@@ -70,8 +70,11 @@ impl Writer {
         // Reads everything (room broadcasts, presence) so the server never waits on it.
         let reader = tokio::spawn(async move {
             loop {
-                let Incoming::Text(t) = Incoming::from(stream.next().await) else {
-                    continue;
+                let t = match Incoming::from(stream.next().await) {
+                    Incoming::Text(t) => t,
+                    // Over: stop (a closed stream answers at once, forever).
+                    Incoming::Closed(_) => return,
+                    _ => continue,
                 };
                 let Ok(Value::Array(a)) = serde_json::from_str::<Value>(&t) else {
                     continue;
@@ -126,8 +129,8 @@ impl Writer {
     }
 }
 
-/// Makes `count` public rooms as the first user, every user (and the visitor, who comes and
-/// goes) a member of each.
+/// Makes `count` public rooms as the first user, every user a member of each (the visitor
+/// comes and goes over REST as the soak runs).
 pub async fn rooms(rest: &Rest, users: &[i64], count: usize) -> Result<Vec<Room>, String> {
     let mut rooms = Vec::with_capacity(count);
     for k in 0..count {
@@ -154,12 +157,12 @@ pub async fn rooms(rest: &Rest, users: &[i64], count: usize) -> Result<Vec<Room>
 /// Pushes `new_message`s at `rate` per second over the rooms in turn until stopped.
 pub async fn publish(
     target: Arc<Target>,
-    rest: Arc<super::App>,
+    app: Arc<super::App>,
     rate: u32,
     tally: Arc<super::Tally>,
     stop: Arc<tokio::sync::Notify>,
 ) {
-    let Some(rest) = &rest.rest else { return };
+    let Some(rest) = &app.rest else { return };
     if rest.rooms.is_empty() {
         return;
     }
