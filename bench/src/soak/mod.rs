@@ -1076,10 +1076,13 @@ impl SlotCtx {
                     let beat = r#"[null,"hb","phoenix","heartbeat",{}]"#;
                     match lp.post(beat).await {
                         Ok(v) if v["status"] == 410 => {}
-                        other => tally.error(format!(
-                            "a silent LongPoll session was still open after {} s: {other:?}",
+                        Ok(v) => tally.error(format!(
+                            "a silent LongPoll session was still open after {} s: {v}",
                             LONGPOLL_GONE.as_secs()
                         )),
+                        // No answer: a restart's doing while one runs (its node, and so the
+                        // session, is gone), else an error.
+                        Err(why) => tally.dropped(format!("silent LongPoll check: {why}")),
                     }
                     tally.leaving.fetch_sub(1, Relaxed);
                 }
