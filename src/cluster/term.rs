@@ -596,6 +596,18 @@ impl Encoder {
         self
     }
 
+    fn float(&mut self, f: f64) -> &mut Self {
+        self.out.push(NEW_FLOAT);
+        self.out.extend_from_slice(&f.to_be_bytes());
+        self
+    }
+
+    /// A proper list's head: its length; the caller writes the items, then `[]`.
+    fn list(&mut self, len: usize) {
+        self.out.push(LIST);
+        self.out.extend_from_slice(&(len as u32).to_be_bytes());
+    }
+
     pub fn pid(&mut self, p: &Pid) -> &mut Self {
         self.out.push(NEW_PID);
         self.atom(&p.node);
@@ -625,11 +637,7 @@ impl Encoder {
     pub fn term(&mut self, t: &Term) -> &mut Self {
         match t {
             Term::Int(i) => self.int(*i),
-            Term::BigInt(f) | Term::Float(f) => {
-                self.out.push(NEW_FLOAT);
-                self.out.extend_from_slice(&f.to_be_bytes());
-                self
-            }
+            Term::BigInt(f) | Term::Float(f) => self.float(*f),
             Term::Atom(a) => self.atom(a),
             Term::Binary(b) => self.binary(b),
             Term::List(items) if items.is_empty() => {
@@ -654,9 +662,7 @@ impl Encoder {
                     self.out.extend_from_slice(&bytes);
                     return self;
                 }
-                self.out.push(LIST);
-                self.out
-                    .extend_from_slice(&(items.len() as u32).to_be_bytes());
+                self.list(items.len());
                 for i in items {
                     self.term(i);
                 }
@@ -747,11 +753,7 @@ impl Encoder {
             Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
                 (Some(i), _, _) => self.int(i128::from(i)),
                 (_, Some(u), _) => self.int(i128::from(u)),
-                (_, _, Some(f)) => {
-                    self.out.push(NEW_FLOAT);
-                    self.out.extend_from_slice(&f.to_be_bytes());
-                    self
-                }
+                (_, _, Some(f)) => self.float(f),
                 _ => self.atom("nil"),
             },
             Value::String(s) => self.binary(s.as_bytes()),
@@ -760,9 +762,7 @@ impl Encoder {
                     self.out.push(NIL);
                     return self;
                 }
-                self.out.push(LIST);
-                self.out
-                    .extend_from_slice(&(items.len() as u32).to_be_bytes());
+                self.list(items.len());
                 for i in items {
                     self.json(i);
                 }
