@@ -527,6 +527,27 @@ pub fn to_json(t: &Term) -> Result<Value, NotJson> {
     })
 }
 
+/// JSON as a term, the way Phoenix's JSON decoding makes it: objects as maps with binary keys,
+/// null and booleans as `nil`, `true`, `false`, numbers as integers where they are whole.
+pub fn from_json(v: &Value) -> Term {
+    match v {
+        Value::Null => Term::Atom("nil".into()),
+        Value::Bool(b) => Term::Atom(b.to_string()),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Term::Int(i.into()),
+            (_, Some(u)) => Term::Int(u.into()),
+            _ => Term::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => Term::Binary(s.as_bytes().to_vec()),
+        Value::Array(items) => Term::List(items.iter().map(from_json).collect()),
+        Value::Object(m) => Term::Map(
+            m.iter()
+                .map(|(k, v)| (Term::Binary(k.as_bytes().to_vec()), from_json(v)))
+                .collect(),
+        ),
+    }
+}
+
 fn float(f: f64) -> Result<Value, NotJson> {
     Number::from_f64(f)
         .map(Value::Number)
@@ -859,6 +880,13 @@ mod tests {
             "min": i64::MIN, "f": 1.5, "n": null, "t": true, "fa": false, "l": [1, "two", 3.25, null, {"x": 1}],
             "m": {"empty": {}, "nested": {"k": "v"}}, "e": []});
         assert_eq!(roundtrip(v.clone()), v);
+        // As a term, the same: the same bytes as the JSON writer's, and back to the same JSON.
+        let t = from_json(&v);
+        assert_eq!(to_json(&t).unwrap(), v);
+        let (mut a, mut b) = (Encoder::new(), Encoder::new());
+        a.json(&v);
+        b.term(&t);
+        assert_eq!(a.finish(), b.finish());
     }
 
     #[test]

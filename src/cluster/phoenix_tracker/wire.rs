@@ -1,13 +1,11 @@
-//! Phoenix.Tracker's messages between replicas, as Elixir nodes (phoenix_pubsub 2.1) send them
-//! on a Presence shard's topic `phx_presence:Elixir.<App>.Presence_shard<N>`: the four `{pub, …}`
+//! The tracker's messages as Elixir nodes (phoenix_pubsub 2.1) send them: the four `{pub, …}`
 //! messages and the `Phoenix.Tracker.State` they carry, read from and written to Erlang terms.
-//! Pure, no IO; a replica's logic (merging, clocks, downs) builds on these types. What the
-//! messages mean and how Elixir nodes act on them: `docs/phoenix-tracker.md`.
+//! Pure, no IO.
 //!
 //! Everything is read strictly: a shape Phoenix.Tracker would not send is refused with the
 //! reason, never guessed at, since a wrong delta passed on would reach every node.
 
-use super::term::{self, Atoms, Encoder, Pid, Term};
+use crate::cluster::term::{self, Atoms, Encoder, Pid, Term};
 use std::collections::{BTreeMap, BTreeSet};
 
 const STATE_STRUCT: &str = "Elixir.Phoenix.Tracker.State";
