@@ -1099,7 +1099,9 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
     });
     state.realtime = realtime.clone();
     let realtime_on = realtime.is_some();
-    if let Some(c) = cluster {
+    let cluster_config = cluster;
+    let mut cluster = None;
+    if let Some(c) = cluster_config {
         if !args.db.database_url.starts_with("postgres") {
             log::warn!("cluster: nodes on SQLite do not share their data; several nodes need one PostgreSQL database");
         }
@@ -1114,9 +1116,11 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
             key: fawkes::cluster::SealKey::new(key),
         };
         // Before listening: a node whose Redis it cannot trust or sign in to does not start.
-        fawkes::cluster::Cluster::start(&endpoint, c, Some(recorded))
-            .await
-            .map_err(std::io::Error::other)?;
+        cluster = Some(
+            fawkes::cluster::Cluster::start(&endpoint, c, Some(recorded))
+                .await
+                .map_err(std::io::Error::other)?,
+        );
     }
     let proxied = state.proxy.patterns();
     let state = actix_web::web::Data::new(state);
@@ -1220,5 +1224,9 @@ async fn serve(args: ServeArgs, channels: &[toml::Table]) -> std::io::Result<()>
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     }
-    running.run().await
+    let stopped = running.run().await;
+    if let Some(c) = &cluster {
+        c.leave().await;
+    }
+    stopped
 }

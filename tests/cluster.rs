@@ -33,6 +33,39 @@ fn three_nodes_over_redis_with_phoenix_js() {
     );
 }
 
+/// The same, with presence replicated as Phoenix.Tracker does it (`--presence-name`): each
+/// node a replica of `Fawkes.Presence` on `phx_presence:Elixir.Fawkes.Presence_shard0`.
+#[test]
+fn three_nodes_as_phoenix_tracker_replicas() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    redis_installed();
+    support::node_test(
+        "test/cluster/cluster.test.js",
+        &[
+            ("FAWKES_BIN", env!("CARGO_BIN_EXE_fawkes").to_owned()),
+            ("DATABASE_URL", support::fresh_postgres("cluster_tracker")),
+            ("PRESENCE_NAME", "Fawkes.Presence".to_owned()),
+        ],
+        7,
+    );
+}
+
+/// Fawkes nodes as replicas of one Phoenix Presence at its default down period: leaving at
+/// once on SIGTERM and on a restart under the same name, malformed tracker messages refused.
+#[test]
+fn replicas_of_one_phoenix_presence() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    redis_installed();
+    support::node_test(
+        "test/cluster/tracker.test.js",
+        &[
+            ("FAWKES_BIN", env!("CARGO_BIN_EXE_fawkes").to_owned()),
+            ("DATABASE_URL", support::fresh_postgres("cluster_replicas")),
+        ],
+        5,
+    );
+}
+
 /// Hostile messages on Redis and outages in the middle of writes.
 #[test]
 fn what_redis_does_to_three_nodes() {

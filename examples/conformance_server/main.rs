@@ -28,10 +28,13 @@ async fn main() -> std::io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     let endpoint = Endpoint::new(Config::default());
+    let mut cluster = None;
     if let Some(c) = args.cluster.config().map_err(std::io::Error::other)? {
-        fawkes::cluster::Cluster::start(&endpoint, c, None)
-            .await
-            .map_err(std::io::Error::other)?;
+        cluster = Some(
+            fawkes::cluster::Cluster::start(&endpoint, c, None)
+                .await
+                .map_err(std::io::Error::other)?,
+        );
     }
     let metrics = fawkes::server::exposition::MetricsConfig {
         endpoint: endpoint.clone(),
@@ -51,5 +54,9 @@ async fn main() -> std::io::Result<()> {
         "conformance fixture listening on ws://{}/socket",
         server.local_addr()
     );
-    server.run().await
+    let stopped = server.run().await;
+    if let Some(c) = &cluster {
+        c.leave().await;
+    }
+    stopped
 }

@@ -7,7 +7,7 @@
 use super::message::{self, Inbound, Remote};
 use super::order::Order;
 use super::term::Bounds;
-use super::{tracker, ClusterConfig, Recorded, Stats};
+use super::{phoenix_tracker, tracker, ClusterConfig, Recorded, Stats};
 use crate::hub::Endpoint;
 use crate::protocol::Payload;
 use crate::pubsub::{Adapter, After, Broadcast, PubSub};
@@ -129,7 +129,7 @@ pub(super) fn start(
     config: Arc<ClusterConfig>,
     stats: Arc<Stats>,
     recorded: Option<Recorded>,
-) -> FirstAttempt {
+) -> (FirstAttempt, Option<phoenix_tracker::node::Leave>) {
     let ps = endpoint.pubsub().clone();
     let (tx, rx) = mpsc::channel::<Outgoing>(config.publish_queue.max(1));
     let recorded = recorded.map(Arc::new);
@@ -147,7 +147,25 @@ pub(super) fn start(
         recorded: recorded.clone(),
         unsent: unsent.clone(),
     });
-    let presence_in = tracker::start(endpoint.presence(), &config, stats.clone(), tx);
+    // Presence replicates among Fawkes nodes on their own channel, or, with the app's Presence
+    // named, as a replica of it beside its Elixir nodes (and then among Fawkes nodes too).
+    let (presence_in, tracker_in, leave) = match &config.presence_name {
+        None => {
+            let presence_in = tracker::start(endpoint.presence(), &config, stats.clone(), tx);
+            (Some(presence_in), None, None)
+        }
+        Some(name) => {
+            let (tracker_in, leave) = phoenix_tracker::node::start(
+                endpoint.presence(),
+                &config,
+                name,
+                stats.clone(),
+                tx,
+                phx.clone(),
+            );
+            (None, Some(tracker_in), Some(leave))
+        }
+    };
     let link = Link {
         inbound: Arrivals {
             ps,
@@ -162,6 +180,7 @@ pub(super) fn start(
             unsigned_logged: false,
             recorded,
             presence_in,
+            tracker_in,
             phx,
             reached: reached_channel(&config.pubsub_name).into(),
             order: order.clone(),
@@ -174,7 +193,7 @@ pub(super) fn start(
     };
     let (first_tx, first) = oneshot::channel();
     crate::task::spawn(link.run(rx, first_tx));
-    first
+    (first, leave)
 }
 
 /// The Fawkes nodes' channel for "topic T reached seq S" (see [`Unsent`]): JSON
@@ -404,7 +423,10 @@ struct Arrivals {
     /// Likewise for a recorded broadcast whose seq no node of the cluster signed.
     unsigned_logged: bool,
     recorded: Option<Arc<Recorded>>,
-    presence_in: mpsc::Sender<Vec<u8>>,
+    /// Fawkes's own presence channel's messages, to its tracker (without `--presence-name`).
+    presence_in: Option<mpsc::Sender<Vec<u8>>>,
+    /// Phoenix.Tracker's messages, to this node's replica (with `--presence-name`).
+    tracker_in: Option<mpsc::Sender<super::term::Term>>,
     phx: Arc<str>,
     /// See [`reached_channel`].
     reached: Arc<str>,
@@ -419,7 +441,10 @@ impl Arrivals {
             return;
         }
         if channel != &*self.phx {
-            if self.presence_in.try_send(bytes.to_vec()).is_err() {
+            let Some(presence_in) = &self.presence_in else {
+                return;
+            };
+            if presence_in.try_send(bytes.to_vec()).is_err() {
                 // The tracker is behind: a delta lost here shows as a gap, and a full sync follows.
                 self.stats.ignored.fetch_add(1, Ordering::Relaxed);
             }
@@ -445,6 +470,17 @@ impl Arrivals {
                 });
             }
             Inbound::NotForUs => {}
+            Inbound::Tracker(t) => match &self.tracker_in {
+                Some(tracker_in) => {
+                    if tracker_in.try_send(t).is_err() {
+                        // Behind: a lost delta shows as a gap, which a transfer fills.
+                        self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                }
+            },
             Inbound::NotJson { topic, what } => {
                 self.stats.not_json.fetch_add(1, Ordering::Relaxed);
                 if self.not_json_logged.len() < 1024 && self.not_json_logged.insert(topic.clone()) {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 const BROADCAST_STRUCT: &str = "Elixir.Phoenix.Socket.Broadcast";
 const CHANNEL_SERVER: &str = "Elixir.Phoenix.Channel.Server";
+const TRACKER_DISPATCHER: &str = "Elixir.Phoenix.PubSub";
 
 /// The Redis channel of a PubSub server: `phx:Elixir.<name>.Adapter`.
 pub fn redis_channel(pubsub_name: &str) -> String {
@@ -71,17 +72,28 @@ pub enum Inbound {
     },
     /// Over a bound of [`Bounds`] (size, depth, memory): refused before it cost more.
     OverBounds(term::DecodeError),
-    /// Not a channel broadcast of version 3: tracker traffic, other versions, garbage.
+    /// Phoenix.Tracker's traffic on a `phx_presence:` topic, for the presence replica.
+    Tracker(Term),
+    /// Not a channel broadcast of version 3: other versions, other dispatchers, garbage.
     Ignored(String),
 }
 
 /// Reads one message as node `me` would.
 pub fn decode(bytes: &[u8], me: &str, bounds: Bounds) -> Inbound {
     match term::decode(bytes, bounds) {
+        Ok(t) if is_tracker(&t) => Inbound::Tracker(t),
         Ok(t) => classify(&t, me),
         Err(e) if e.is_over_bounds() => Inbound::OverBounds(e),
         Err(e) => Inbound::Ignored(e.to_string()),
     }
+}
+
+/// Whether a message is Phoenix.Tracker's: dispatched by `Phoenix.PubSub` itself on a
+/// `phx_presence:` topic (the replica reads the rest).
+fn is_tracker(t: &Term) -> bool {
+    matches!(t, Term::Tuple(f) if f.len() == 6
+        && f[5].atom() == Some(TRACKER_DISPATCHER)
+        && f[3].binary().is_some_and(|topic| topic.starts_with(b"phx_presence:")))
 }
 
 fn classify(t: &Term, me: &str) -> Inbound {
@@ -244,18 +256,22 @@ mod tests {
     }
 
     #[test]
-    fn tracker_traffic_is_ignored() {
+    fn tracker_traffic_goes_to_the_presence_replica() {
         for c in ["07_", "08_", "09_", "10_"] {
-            // 09 and 10 are `:only` to a node: read them as that node.
-            for me in ["fawkes1", "phx1", "phx2"] {
-                let got = decode(&capture(c), me, Bounds::default());
-                assert!(
-                    matches!(&got, Inbound::Ignored(why) if why.contains("dispatcher"))
-                        || got == Inbound::NotForUs,
-                    "{c} as {me}: {got:?}"
-                );
-            }
+            let got = decode(&capture(c), "fawkes1", Bounds::default());
+            assert!(matches!(&got, Inbound::Tracker(_)), "{c}: {got:?}");
         }
+        // The same dispatcher on another topic is no tracker message.
+        let mut e = crate::cluster::term::Encoder::new();
+        e.tuple(6)
+            .int(3)
+            .atom("except")
+            .atom("phx1")
+            .binary(b"room:1");
+        e.atom("hello").atom(TRACKER_DISPATCHER);
+        assert!(
+            matches!(decode(&e.finish(), "f", Bounds::default()), Inbound::Ignored(why) if why.contains("dispatcher"))
+        );
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct ClusterConfig {
     pub pubsub_name: String,
     /// A node heard from for this long is down: its presences leave.
     pub presence_down_after: Duration,
+    /// The app's Presence module (`MyApp.Presence`): this node replicates presence as one of
+    /// its Phoenix.Tracker replicas, beside the app's Elixir nodes. `None`: among Fawkes nodes
+    /// only, on a channel of their own.
+    pub presence_name: Option<String>,
     /// Largest message read from Redis; larger ones are refused and counted.
     pub max_message_bytes: usize,
     /// Memory one message's decoded term may take (see [`term::Bounds::max_term_bytes`]).
@@ -65,6 +69,7 @@ impl ClusterConfig {
             node_name: default_node_name(),
             pubsub_name: DEFAULT_PUBSUB_NAME.to_owned(),
             presence_down_after: Duration::from_secs(30),
+            presence_name: None,
             max_message_bytes: 8 * 1024 * 1024,
             max_term_bytes: term::Bounds::default().max_term_bytes,
             publish_queue: 65_536,
@@ -109,6 +114,15 @@ pub struct ClusterArgs {
     /// phoenix_pubsub_redis names it (`MyApp.PubSub` joins that Phoenix app).
     #[arg(long, env = "FAWKES_PUBSUB_NAME", default_value = DEFAULT_PUBSUB_NAME)]
     pub pubsub_name: String,
+    /// The app's Presence module (`MyApp.Presence`): presence is replicated as Phoenix.Tracker
+    /// does it, on `phx_presence:Elixir.<name>_shard0`, so Elixir nodes of that app and this
+    /// node see one presence list. Every Fawkes node of the cluster must then be given it.
+    #[arg(long, env = "FAWKES_PRESENCE_NAME")]
+    pub presence_name: Option<String>,
+    /// The Presence's shard count (its `pool_size`, 1 unless the app sets it). Only 1 is
+    /// supported so far.
+    #[arg(long, env = "FAWKES_PRESENCE_POOL_SIZE", default_value_t = 1)]
+    pub presence_pool_size: u32,
     /// Seconds without a heartbeat after which another node counts as down.
     #[arg(long, env = "FAWKES_PRESENCE_DOWN_AFTER", default_value_t = 30)]
     pub presence_down_after: u64,
@@ -151,6 +165,22 @@ impl ClusterArgs {
         }
         c.pubsub_name = self.pubsub_name.clone();
         c.presence_down_after = Duration::from_secs(self.presence_down_after.max(1));
+        if let Some(name) = &self.presence_name {
+            if name.is_empty() || name.len() > 200 || name.starts_with("Elixir.") {
+                return Err("--presence-name must be the Presence module's name, 1 to 200 bytes, without `Elixir.` (MyApp.Presence)".into());
+            }
+            if self.presence_pool_size != 1 {
+                return Err(format!("--presence-pool-size {}: only 1 is supported (a Presence with several shards picks one by :erlang.phash2 of the topic, which Fawkes does not compute yet)", self.presence_pool_size));
+            }
+            // Phoenix.Tracker marks a replica down only after twice its heartbeat period and
+            // more; its own heartbeat is every 1.5 s.
+            if self.presence_down_after < 3 {
+                return Err("--presence-down-after must be at least 3 seconds with --presence-name (twice Phoenix.Tracker's 1.5 s heartbeat)".into());
+            }
+            c.presence_name = Some(name.clone());
+        } else if self.presence_pool_size != 1 {
+            return Err("--presence-pool-size is given without --presence-name".into());
+        }
         c.max_message_bytes = self.cluster_max_message_bytes.max(1024);
         c.max_term_bytes = self.cluster_max_term_bytes.max(1024);
         c.publish_queue = self.cluster_publish_queue.max(1);
@@ -181,6 +211,7 @@ impl Recorded {
 pub struct Cluster {
     pub config: Arc<ClusterConfig>,
     pub stats: Arc<Stats>,
+    leave: Option<phoenix_tracker::node::Leave>,
 }
 
 impl Cluster {
@@ -210,15 +241,30 @@ impl Cluster {
             config.redis.shown
         );
         endpoint.set_cluster_stats(stats.clone());
-        let first = link::start(endpoint, config.clone(), stats.clone(), recorded);
+        let (first, leave) = link::start(endpoint, config.clone(), stats.clone(), recorded);
         match first.await {
-            Ok(Ok(())) => Ok(Cluster { config, stats }),
+            Ok(Ok(())) => Ok(Cluster {
+                config,
+                stats,
+                leave,
+            }),
             Ok(Err(why)) => Err(format!(
                 "cluster: Redis at {}: {why}; the node does not start (this is no outage \
                  to wait out)",
                 config.redis.shown
             )),
             Err(_) => Err("cluster: the Redis link stopped before it first connected".into()),
+        }
+    }
+}
+
+impl Cluster {
+    /// Called as the node stops: as a replica of the app's Presence it says so, and the other
+    /// replicas drop its presences at once (else after their down period). Waits at most a
+    /// couple of seconds.
+    pub async fn leave(&self) {
+        if let Some(l) = &self.leave {
+            l.leave().await;
         }
     }
 }

@@ -67,11 +67,12 @@ impl Wire {
     }
 }
 
-/// Hands this node's presence changes to the tracker task without waiting.
-struct Changes {
-    tx: mpsc::Sender<Change>,
-    /// A change could not be queued: the next delta skips a number, so the others resync.
-    lost: Arc<AtomicBool>,
+/// Hands this node's presence changes to a replication task without waiting.
+pub(super) struct Changes {
+    pub tx: mpsc::Sender<Change>,
+    /// A change could not be queued: the task reads this node's presences again (here the
+    /// next delta skips a number, so the others resync).
+    pub lost: Arc<AtomicBool>,
 }
 
 impl Replication for Changes {

@@ -135,29 +135,8 @@ impl Shard {
     pub fn local(&mut self, change: Change) {
         match change {
             Change::Join { topic, key, meta } => {
-                let Some(phx_ref) = meta["phx_ref"].as_str().map(str::to_owned) else {
-                    return;
-                };
-                let meta_term = meta_term(&meta);
                 let prev = meta["phx_ref_prev"].as_str().map(str::to_owned);
-                let moved =
-                    prev.and_then(|prev| self.own.remove(&(topic.clone(), key.clone(), prev)));
-                let place = match moved {
-                    Some(place) => {
-                        self.state.update(&place, meta_term);
-                        place
-                    }
-                    None => {
-                        let place = Place {
-                            topic: topic.clone().into_bytes(),
-                            pid: self.new_pid(),
-                            key: key.clone().into_bytes(),
-                        };
-                        self.state.join(place.clone(), meta_term);
-                        place
-                    }
-                };
-                self.own.insert((topic, key, phx_ref), place);
+                self.put(topic, key, meta, prev);
             }
             Change::Leave {
                 topic,
@@ -167,6 +146,59 @@ impl Shard {
                 if let Some(place) = self.own.remove(&(topic, key, phx_ref)) {
                     self.state.leave(&place);
                 }
+            }
+        }
+    }
+
+    /// Tracks a presence of this node's, in place of the one whose `phx_ref` was `prev`.
+    fn put(&mut self, topic: String, key: String, meta: Value, prev: Option<String>) {
+        let Some(phx_ref) = meta["phx_ref"].as_str().map(str::to_owned) else {
+            return;
+        };
+        let meta_term = meta_term(&meta);
+        let moved = prev.and_then(|prev| self.own.remove(&(topic.clone(), key.clone(), prev)));
+        let place = match moved {
+            Some(place) => {
+                self.state.update(&place, meta_term);
+                place
+            }
+            None => {
+                let place = Place {
+                    topic: topic.clone().into_bytes(),
+                    pid: self.new_pid(),
+                    key: key.clone().into_bytes(),
+                };
+                self.state.join(place.clone(), meta_term);
+                place
+            }
+        };
+        self.own.insert((topic, key, phx_ref), place);
+    }
+
+    /// This node's presences as the engine has them, after a change was lost on the way: what
+    /// the replica holds and the engine does not leaves, what it lacks joins.
+    pub fn resync_own(&mut self, entries: Vec<(String, String, Value)>) {
+        let mut have: HashMap<(String, String, String), Value> = HashMap::new();
+        for (topic, key, meta) in entries {
+            if let Some(r) = meta["phx_ref"].as_str() {
+                have.insert((topic, key, r.to_owned()), meta);
+            }
+        }
+        let gone: Vec<_> = (self.own.keys())
+            .filter(|k| !have.contains_key(*k))
+            .cloned()
+            .collect();
+        for (topic, key, phx_ref) in gone {
+            self.local(Change::Leave {
+                topic,
+                key,
+                phx_ref,
+            });
+        }
+        for (k, meta) in have {
+            if !self.own.contains_key(&k) {
+                let (topic, key, _) = k;
+                self.put(topic, key, meta, None);
             }
         }
     }
@@ -280,6 +312,7 @@ impl Shard {
                 }
                 self.permdown(&r, &mut out);
             } else if quiet > self.config.down_period && peer.up {
+                log::warn!("presence: replica {} silent for {quiet:?}", r.name);
                 self.down(&r, &mut out);
             }
         }
@@ -400,11 +433,7 @@ impl Shard {
     }
 
     fn down(&mut self, r: &Replica, out: &mut Out) {
-        log::warn!(
-            "presence: replica {} silent for {:?}: down, its presences leave",
-            r.name,
-            self.config.down_period
-        );
+        log::warn!("presence: replica {} is down; its presences leave", r.name);
         if let Some(p) = self.peers.get_mut(&r.name).filter(|p| p.vsn == r.vsn) {
             p.up = false;
         }
@@ -750,6 +779,39 @@ mod tests {
         env = a.receive(req, t);
         assert_eq!(env.publish[0].node, "c");
         assert_eq!(deliver(env, &mut b, t), Out::default());
+    }
+
+    #[test]
+    fn a_lost_change_is_mended_from_the_engines_presences() {
+        let t = Instant::now();
+        let (mut a, mut b) = pair(t);
+        a.local(join("room:1", "alice", "A1"));
+        a.local(join("room:1", "bob", "B1"));
+        deliver(a.tick(t + P), &mut b, t + P);
+        // The engine now has bob (his update lost) and carol (her join lost); alice left.
+        let bob = json!({"phx_ref": "B2", "phx_ref_prev": "B1", "device": "phone"});
+        let carol = json!({"phx_ref": "C1", "device": "phone"});
+        a.resync_own(vec![
+            ("room:1".into(), "bob".into(), bob.clone()),
+            ("room:1".into(), "carol".into(), carol.clone()),
+        ]);
+        let out = deliver(a.tick(t + P * 2), &mut b, t + P * 2);
+        let mut got = out.changes[0].1.clone();
+        got.sort_by_key(|c| format!("{c:?}"));
+        let j = |key: &str, meta: &Value| Change::Join {
+            topic: "room:1".into(),
+            key: key.into(),
+            meta: meta.clone(),
+        };
+        let mut want = vec![
+            j("bob", &bob),
+            j("carol", &carol),
+            leave("room:1", "alice", "A1"),
+            leave("room:1", "bob", "B1"),
+        ];
+        want.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(got, want);
+        assert_eq!(b.presences(), 2);
     }
 
     #[test]

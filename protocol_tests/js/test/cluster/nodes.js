@@ -72,12 +72,16 @@ export function publish(channel, bytes){
 
 export const nodes = {}
 
+/** With PRESENCE_NAME set, every node replicates presence as a Phoenix.Tracker replica of that
+ * Presence (`--presence-name`) rather than on Fawkes's own channel. */
+const PRESENCE_ARGS = process.env.PRESENCE_NAME ? ["--presence-name", process.env.PRESENCE_NAME] : []
+
 export async function startNode(name, args = []){
   const port = await freePort()
   const log = openSync(join(LOGS, `${name}.log`), "a")
   assert.ok(NODE_NAMES.includes(name), `${name} has no Redis user`)
   const child = spawn(BIN, ["serve", "--port", String(port), "--redis-url", `redis://${name}:${redisPassword(name)}@127.0.0.1:${redis.port}`,
-    "--node-name", name, "--metrics-token", METRICS_TOKEN, ...args], {
+    "--node-name", name, "--metrics-token", METRICS_TOKEN, ...PRESENCE_ARGS, ...args], {
     env: {...process.env, DATABASE_URL, RUST_LOG: "info"}, stdio: ["ignore", "pipe", log]
   })
   await waitForLine(child, /listening/, `node ${name}`)

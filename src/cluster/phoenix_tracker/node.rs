@@ -1,0 +1,184 @@
+//! This node as a replica of the app's Presence (`--presence-name`): one task runs the
+//! [`Shard`], fed by the engine's presence changes, the tracker messages the link reads from
+//! the PubSub channel, and a tick each `broadcast_period`; what the shard publishes goes out on
+//! the same channel, in phoenix_pubsub_redis's envelope, and the other replicas' presences go
+//! into the engine's presence, which shows them to this node's sockets.
+
+use super::shard::{Out, Shard, ShardConfig};
+use super::wire::Envelope;
+use crate::cluster::link::Outgoing;
+use crate::cluster::term::{Atoms, Term};
+use crate::cluster::tracker::Changes;
+use crate::cluster::{ClusterConfig, Stats};
+use crate::presence::{Change, Presence};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Changes handled in one go before the task looks at its other inputs.
+const BATCH: usize = 512;
+
+/// Asks the replica to leave: its graceful permdown is published, so the peers drop this
+/// node's presences at once rather than after their down period.
+#[derive(Clone)]
+pub struct Leave(mpsc::Sender<oneshot::Sender<()>>);
+
+/// How long leaving may take: one PUBLISH on a connection of its own.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Leave {
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(tx).await.is_ok() {
+            let _ = tokio::time::timeout(LEAVE_TIMEOUT, rx).await;
+        }
+    }
+}
+
+/// Starts the replica. Tracker messages from the PubSub channel go in through the returned
+/// sender (already decoded: the link reads the envelope to tell them from broadcasts).
+pub(in crate::cluster) fn start(
+    presence: &Presence,
+    config: &ClusterConfig,
+    tracker: &str,
+    stats: Arc<Stats>,
+    out: mpsc::Sender<Outgoing>,
+    channel: Arc<str>,
+) -> (mpsc::Sender<Term>, Leave) {
+    let (changes_tx, mut changes) = mpsc::channel::<Change>(65_536);
+    let (leave_tx, mut leave) = mpsc::channel::<oneshot::Sender<()>>(1);
+    let redis = config.redis.client.clone();
+    let (in_tx, mut inbound) = mpsc::channel::<Term>(4096);
+    let lost = Arc::new(AtomicBool::new(false));
+    presence.set_replication(Changes {
+        tx: changes_tx,
+        lost: lost.clone(),
+    });
+    let mut shard_config = ShardConfig::new(&config.node_name, tracker, 0);
+    shard_config.down_period = config.presence_down_after;
+    // Idle heartbeats at least twice per down period, as Phoenix's defaults have it (every
+    // 16.5 s against 30 s): a shorter down period makes them more frequent.
+    let idle_every = config.presence_down_after.as_millis()
+        / (2 * shard_config.broadcast_period.as_millis()).max(1);
+    shard_config.max_silent_periods = (idle_every as u32).saturating_sub(1).min(10);
+    let period = shard_config.broadcast_period;
+    // As Phoenix makes a vsn: the time in microseconds, here with a random part besides.
+    let vsn = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i128)
+        + i128::from(rand::random::<u16>());
+    let mut node = Node {
+        shard: Shard::new(shard_config, vsn),
+        presence: presence.clone(),
+        stats,
+        out,
+        channel,
+        lost,
+        refused_logged: false,
+        bad_logged: false,
+    };
+    log::info!(
+        "cluster: replica {} of Elixir.{tracker} on phx_presence:Elixir.{tracker}_shard0",
+        config.node_name
+    );
+    crate::task::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(c) = changes.recv() => {
+                    node.shard.local(c);
+                    for _ in 1..BATCH {
+                        match changes.try_recv() {
+                            Ok(c) => node.shard.local(c),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(t) = inbound.recv() => node.receive(&t),
+                _ = tick.tick() => node.tick(),
+                Some(done) = leave.recv() => {
+                    // Past the link's queue, which may be behind or down: a connection of its own.
+                    let bytes = node.shard.graceful_permdown().encode(Atoms::Otp26);
+                    let publish = async {
+                        let mut c = redis.get_multiplexed_async_connection().await?;
+                        redis::cmd("PUBLISH").arg(&*node.channel).arg(bytes).query_async::<()>(&mut c).await
+                    };
+                    match tokio::time::timeout(LEAVE_TIMEOUT, publish).await {
+                        Ok(Ok(())) => log::info!("cluster: replica left (graceful permdown sent)"),
+                        Ok(Err(e)) => log::warn!("cluster: could not send the graceful permdown: {e}; the peers drop this node's presences after their down period"),
+                        Err(_) => log::warn!("cluster: the graceful permdown timed out; the peers drop this node's presences after their down period"),
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    });
+    (in_tx, Leave(leave_tx))
+}
+
+struct Node {
+    shard: Shard,
+    presence: Presence,
+    stats: Arc<Stats>,
+    out: mpsc::Sender<Outgoing>,
+    channel: Arc<str>,
+    /// A change of this node's could not be queued: its presences are read again at the tick.
+    lost: Arc<AtomicBool>,
+    refused_logged: bool,
+    bad_logged: bool,
+}
+
+impl Node {
+    fn tick(&mut self) {
+        if self.lost.swap(false, Ordering::Relaxed) {
+            self.shard.resync_own(self.presence.local_entries());
+        }
+        let out = self.shard.tick(Instant::now());
+        self.apply(out);
+    }
+
+    fn receive(&mut self, t: &Term) {
+        self.stats.presence_received.fetch_add(1, Ordering::Relaxed);
+        match Envelope::from_term(t) {
+            Ok(env) => {
+                let out = self.shard.receive(env, Instant::now());
+                self.apply(out);
+            }
+            Err(why) => {
+                self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                if !std::mem::replace(&mut self.bad_logged, true) {
+                    log::warn!("cluster: a presence tracker message not read: {why}; counted in fawkes_redis_ignored_total, logged once");
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, out: Out) {
+        for env in out.publish {
+            self.stats.presence_sent.fetch_add(1, Ordering::Relaxed);
+            let m = Outgoing {
+                channel: self.channel.clone(),
+                bytes: env.encode(Atoms::Otp26),
+                recorded: None,
+            };
+            if self.out.try_send(m).is_err() {
+                self.stats.unpublished.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for id in out.dropped {
+            self.presence.drop_remote_node(&id);
+        }
+        for (id, changes) in out.changes {
+            self.presence.apply_remote(&id, changes);
+        }
+        if let Some(why) = out.refused {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            if !std::mem::replace(&mut self.refused_logged, true) {
+                log::warn!("cluster: refused a presence tracker message: {why}; counted in fawkes_redis_refused_total, logged once");
+            }
+        }
+    }
+}
