@@ -72,10 +72,7 @@ mod tests {
     use super::*;
 
     fn r(name: &str) -> Replica {
-        Replica {
-            name: name.into(),
-            vsn: 1,
-        }
+        Replica::new(name, 1)
     }
 
     fn ctx(pairs: &[(&str, u64)]) -> Context {

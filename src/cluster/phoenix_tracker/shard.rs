@@ -96,12 +96,8 @@ impl Shard {
     /// A new incarnation of this node's replica; `vsn` differs from every earlier one (Phoenix
     /// takes the time in microseconds).
     pub fn new(config: ShardConfig, vsn: i128) -> Shard {
-        let replica = Replica {
-            name: config.node_name.clone(),
-            vsn,
-        };
         Shard {
-            state: ReplicaState::new(replica),
+            state: ReplicaState::new(Replica::new(&config.node_name, vsn)),
             peers: HashMap::new(),
             pending_clocks: ClockSet::default(),
             // The first tick sends a heartbeat at once, as Phoenix's does.

@@ -424,10 +424,7 @@ mod tests {
     use crate::cluster::tests::capture;
 
     fn r(name: &str, vsn: i128) -> Replica {
-        Replica {
-            name: name.into(),
-            vsn,
-        }
+        Replica::new(name, vsn)
     }
 
     fn place(topic: &str, id: u32, key: &str) -> Place {

@@ -20,6 +20,15 @@ pub struct Replica {
     pub vsn: i128,
 }
 
+impl Replica {
+    pub fn new(name: &str, vsn: i128) -> Replica {
+        Replica {
+            name: name.to_owned(),
+            vsn,
+        }
+    }
+}
+
 /// For each replica, the last clock seen without a gap.
 pub type Context = BTreeMap<Replica, u64>;
 
@@ -571,10 +580,7 @@ mod tests {
     use crate::cluster::tests::capture;
 
     fn r(name: &str, vsn: i128) -> Replica {
-        Replica {
-            name: name.into(),
-            vsn,
-        }
+        Replica::new(name, vsn)
     }
 
     const TOPIC: &[u8] = b"phx_presence:Elixir.PhoenixFixture.Presence_shard0";
