@@ -50,6 +50,8 @@ pub struct ClusterConfig {
     /// its Phoenix.Tracker replicas, beside the app's Elixir nodes. `None`: among Fawkes nodes
     /// only, on a channel of their own.
     pub presence_name: Option<String>,
+    /// Its shard count (`pool_size`).
+    pub presence_pool_size: u32,
     /// Largest message read from Redis; larger ones are refused and counted.
     pub max_message_bytes: usize,
     /// Memory one message's decoded term may take (see [`term::Bounds::max_term_bytes`]).
@@ -70,6 +72,7 @@ impl ClusterConfig {
             pubsub_name: DEFAULT_PUBSUB_NAME.to_owned(),
             presence_down_after: Duration::from_secs(30),
             presence_name: None,
+            presence_pool_size: 1,
             max_message_bytes: 8 * 1024 * 1024,
             max_term_bytes: term::Bounds::default().max_term_bytes,
             publish_queue: 65_536,
@@ -119,8 +122,8 @@ pub struct ClusterArgs {
     /// node see one presence list. Every Fawkes node of the cluster must then be given it.
     #[arg(long, env = "FAWKES_PRESENCE_NAME")]
     pub presence_name: Option<String>,
-    /// The Presence's shard count (its `pool_size`, 1 unless the app sets it). Only 1 is
-    /// supported so far.
+    /// The Presence's shard count (its `pool_size`, 1 unless the app sets it): a topic's
+    /// presences live on shard `:erlang.phash2(topic, pool_size)`, as on the Elixir nodes.
     #[arg(long, env = "FAWKES_PRESENCE_POOL_SIZE", default_value_t = 1)]
     pub presence_pool_size: u32,
     /// Seconds without a heartbeat after which another node counts as down.
@@ -169,9 +172,10 @@ impl ClusterArgs {
             if name.is_empty() || name.len() > 200 || name.starts_with("Elixir.") {
                 return Err("--presence-name must be the Presence module's name, 1 to 200 bytes, without `Elixir.` (MyApp.Presence)".into());
             }
-            if self.presence_pool_size != 1 {
-                return Err(format!("--presence-pool-size {}: only 1 is supported (a Presence with several shards picks one by :erlang.phash2 of the topic, which Fawkes does not compute yet)", self.presence_pool_size));
+            if !(1..=1024).contains(&self.presence_pool_size) {
+                return Err("--presence-pool-size must be 1 to 1024 (the Presence's pool_size)".into());
             }
+            c.presence_pool_size = self.presence_pool_size;
             // Phoenix.Tracker marks a replica down only after twice its heartbeat period and
             // more; its own heartbeat is every 1.5 s.
             if self.presence_down_after < 3 {

@@ -527,6 +527,42 @@ pub fn to_json(t: &Term) -> Result<Value, NotJson> {
     })
 }
 
+/// `:erlang.phash2(Binary)` before its range is applied: erts's `make_hash2` of a binary, Bob
+/// Jenkins's lookup2 block hash seeded with its constant for binaries. Phoenix.Tracker picks
+/// a topic's shard as `phash2(topic, pool_size)`, this modulo the pool size.
+pub fn phash2_binary(bytes: &[u8]) -> u32 {
+    fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {
+        for (x, y, z, shift) in [(0, 1, 2, -13), (1, 2, 0, 8), (2, 0, 1, -13), (0, 1, 2, -12), (1, 2, 0, 16), (2, 0, 1, -5), (0, 1, 2, -3), (1, 2, 0, 10), (2, 0, 1, -15)] {
+            let mut v = [*a, *b, *c];
+            v[x] = v[x].wrapping_sub(v[y]).wrapping_sub(v[z]);
+            v[x] ^= if shift < 0 { v[z] >> -shift } else { v[z] << shift };
+            (*a, *b, *c) = (v[0], v[1], v[2]);
+        }
+    }
+    let word = |k: &[u8]| u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
+    let (mut a, mut b, mut c) = (0x9e37_79b9u32, 0x9e37_79b9u32, 0x08d1_2e65u32);
+    let mut k = bytes;
+    while k.len() >= 12 {
+        a = a.wrapping_add(word(&k[0..4]));
+        b = b.wrapping_add(word(&k[4..8]));
+        c = c.wrapping_add(word(&k[8..12]));
+        mix(&mut a, &mut b, &mut c);
+        k = &k[12..];
+    }
+    c = c.wrapping_add(bytes.len() as u32);
+    for (i, &byte) in k.iter().enumerate() {
+        let byte = u32::from(byte);
+        match i {
+            0..=3 => a = a.wrapping_add(byte << (8 * i)),
+            4..=7 => b = b.wrapping_add(byte << (8 * (i - 4))),
+            // c's lowest byte holds the length.
+            _ => c = c.wrapping_add(byte << (8 * (i - 7))),
+        }
+    }
+    mix(&mut a, &mut b, &mut c);
+    c
+}
+
 /// JSON as a term, the way Phoenix's JSON decoding makes it: objects as maps with binary keys,
 /// null and booleans as `nil`, `true`, `false`, numbers as integers where they are whole.
 pub fn from_json(v: &Value) -> Term {
@@ -1051,6 +1087,18 @@ mod tests {
         let full = e.finish();
         for n in 0..full.len() {
             assert!(decode(&full[..n], Bounds::default()).is_err(), "{n}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod phash2_tests {
+    use super::phash2_binary;
+
+    #[test]
+    fn print_phash2() {
+        for s in ["", "a", "abc", "room:lobby", "channel:lobby", "channel:1", "twelve bytes", "a much longer topic name:42"] {
+            println!("PHASH {s:?} {} {}", phash2_binary(s.as_bytes()), phash2_binary(s.as_bytes()) % 8);
         }
     }
 }

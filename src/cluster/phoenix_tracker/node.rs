@@ -7,7 +7,7 @@
 use super::shard::{Out, Shard, ShardConfig};
 use super::wire::Envelope;
 use crate::cluster::link::Outgoing;
-use crate::cluster::term::{Atoms, Term};
+use crate::cluster::term::{phash2_binary, Atoms, Term};
 use crate::cluster::tracker::Changes;
 use crate::cluster::{ClusterConfig, Stats};
 use crate::presence::{Change, Presence};
@@ -55,21 +55,28 @@ pub(in crate::cluster) fn start(
         tx: changes_tx,
         lost: lost.clone(),
     });
-    let mut shard_config = ShardConfig::new(&config.node_name, tracker, 0);
-    shard_config.down_period = config.presence_down_after;
-    // Idle heartbeats at least twice per down period, as Phoenix's defaults have it (every
-    // 16.5 s against 30 s): a shorter down period makes them more frequent.
-    let idle_every = config.presence_down_after.as_millis()
-        / (2 * shard_config.broadcast_period.as_millis()).max(1);
-    shard_config.max_silent_periods = (idle_every as u32).saturating_sub(1).min(10);
-    let period = shard_config.broadcast_period;
-    // As Phoenix makes a vsn: the time in microseconds, here with a random part besides.
+    let pool_size = config.presence_pool_size.max(1);
+    // As Phoenix makes a vsn: the time in microseconds, here with a random part besides; each
+    // shard is a replica of its own.
     let vsn = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i128)
         + i128::from(rand::random::<u16>());
+    let shards: Vec<Shard> = (0..pool_size)
+        .map(|n| {
+            let mut c = ShardConfig::new(&config.node_name, tracker, n);
+            c.down_period = config.presence_down_after;
+            // Idle heartbeats at least twice per down period, as Phoenix's defaults have it
+            // (every 16.5 s against 30 s): a shorter down period makes them more frequent.
+            let idle_every =
+                c.down_period.as_millis() / (2 * c.broadcast_period.as_millis()).max(1);
+            c.max_silent_periods = (idle_every as u32).saturating_sub(1).min(10);
+            Shard::new(c, vsn + 2 * i128::from(n))
+        })
+        .collect();
+    let period = shards[0].broadcast_period();
     let mut node = Node {
-        shard: Shard::new(shard_config, vsn),
+        shards,
         presence: presence.clone(),
         stats,
         out,
@@ -79,8 +86,9 @@ pub(in crate::cluster) fn start(
         bad_logged: false,
     };
     log::info!(
-        "cluster: replica {} of Elixir.{tracker} on phx_presence:Elixir.{tracker}_shard0",
-        config.node_name
+        "cluster: replica {} of Elixir.{tracker} on phx_presence:Elixir.{tracker}_shard0..{}",
+        config.node_name,
+        pool_size - 1
     );
     crate::task::spawn(async move {
         let mut tick = tokio::time::interval(period);
@@ -88,10 +96,10 @@ pub(in crate::cluster) fn start(
         loop {
             tokio::select! {
                 Some(c) = changes.recv() => {
-                    node.shard.local(c);
+                    node.local(c);
                     for _ in 1..BATCH {
                         match changes.try_recv() {
-                            Ok(c) => node.shard.local(c),
+                            Ok(c) => node.local(c),
                             Err(_) => break,
                         }
                     }
@@ -100,10 +108,14 @@ pub(in crate::cluster) fn start(
                 _ = tick.tick() => node.tick(),
                 Some(done) = leave.recv() => {
                     // Past the link's queue, which may be behind or down: a connection of its own.
-                    let bytes = node.shard.graceful_permdown().encode(Atoms::Otp26);
+                    let mut pipe = redis::pipe();
+                    for shard in &node.shards {
+                        let bytes = shard.graceful_permdown().encode(Atoms::Otp26);
+                        pipe.cmd("PUBLISH").arg(&*node.channel).arg(bytes).ignore();
+                    }
                     let publish = async {
                         let mut c = redis.get_multiplexed_async_connection().await?;
-                        redis::cmd("PUBLISH").arg(&*node.channel).arg(bytes).query_async::<()>(&mut c).await
+                        pipe.query_async::<()>(&mut c).await
                     };
                     match tokio::time::timeout(LEAVE_TIMEOUT, publish).await {
                         Ok(Ok(())) => log::info!("cluster: replica left (graceful permdown sent)"),
@@ -120,7 +132,8 @@ pub(in crate::cluster) fn start(
 }
 
 struct Node {
-    shard: Shard,
+    /// Shard N holds the topics that `phash2(topic, pool_size)` gives N.
+    shards: Vec<Shard>,
     presence: Presence,
     stats: Arc<Stats>,
     out: mpsc::Sender<Outgoing>,
@@ -132,19 +145,43 @@ struct Node {
 }
 
 impl Node {
+    /// The shard of a topic's presences, as Phoenix.Tracker picks it.
+    fn shard_of(&self, topic: &str) -> usize {
+        (phash2_binary(topic.as_bytes()) % self.shards.len() as u32) as usize
+    }
+
+    fn local(&mut self, change: Change) {
+        let (Change::Join { topic, .. } | Change::Leave { topic, .. }) = &change;
+        let n = self.shard_of(topic);
+        self.shards[n].local(change);
+    }
+
     fn tick(&mut self) {
         if self.lost.swap(false, Ordering::Relaxed) {
-            self.shard.resync_own(self.presence.local_entries());
+            let mut by_shard = vec![Vec::new(); self.shards.len()];
+            for entry in self.presence.local_entries() {
+                by_shard[self.shard_of(&entry.0)].push(entry);
+            }
+            for (shard, entries) in self.shards.iter_mut().zip(by_shard) {
+                shard.resync_own(entries);
+            }
         }
-        let out = self.shard.tick(Instant::now());
-        self.apply(out);
+        let now = Instant::now();
+        for n in 0..self.shards.len() {
+            let out = self.shards[n].tick(now);
+            self.apply(out);
+        }
     }
 
     fn receive(&mut self, t: &Term) {
         self.stats.presence_received.fetch_add(1, Ordering::Relaxed);
         match Envelope::from_term(t) {
             Ok(env) => {
-                let out = self.shard.receive(env, Instant::now());
+                // Another Presence's shards share the channel: not ours.
+                let Some(shard) = self.shards.iter_mut().find(|s| s.topic() == env.topic) else {
+                    return;
+                };
+                let out = shard.receive(env, Instant::now());
                 self.apply(out);
             }
             Err(why) => {

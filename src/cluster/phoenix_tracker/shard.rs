@@ -115,6 +115,15 @@ impl Shard {
         self.state.replica()
     }
 
+    /// The shard's topic: `phx_presence:Elixir.<Tracker>_shard<N>`.
+    pub fn topic(&self) -> &[u8] {
+        &self.config.topic
+    }
+
+    pub fn broadcast_period(&self) -> Duration {
+        self.config.broadcast_period
+    }
+
     /// Presences held, this node's and its peers'.
     pub fn presences(&self) -> usize {
         self.state.len()
