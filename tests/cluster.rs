@@ -34,7 +34,7 @@ fn three_nodes_over_redis_with_phoenix_js() {
 }
 
 /// The same, with presence replicated as Phoenix.Tracker does it (`--presence-name`): each
-/// node a replica of `Fawkes.Presence` on `phx_presence:Elixir.Fawkes.Presence_shard0`.
+/// node a replica of `Fawkes.Presence`'s four shards, `phx_presence:Elixir.Fawkes.Presence_shard0..3`.
 #[test]
 fn three_nodes_as_phoenix_tracker_replicas() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -45,6 +45,8 @@ fn three_nodes_as_phoenix_tracker_replicas() {
             ("FAWKES_BIN", env!("CARGO_BIN_EXE_fawkes").to_owned()),
             ("DATABASE_URL", support::fresh_postgres("cluster_tracker")),
             ("PRESENCE_NAME", "Fawkes.Presence".to_owned()),
+            // Topics spread over four shards, each a replica set of its own.
+            ("PRESENCE_POOL_SIZE", "4".to_owned()),
         ],
         7,
     );

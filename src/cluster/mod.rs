@@ -173,7 +173,9 @@ impl ClusterArgs {
                 return Err("--presence-name must be the Presence module's name, 1 to 200 bytes, without `Elixir.` (MyApp.Presence)".into());
             }
             if !(1..=1024).contains(&self.presence_pool_size) {
-                return Err("--presence-pool-size must be 1 to 1024 (the Presence's pool_size)".into());
+                return Err(
+                    "--presence-pool-size must be 1 to 1024 (the Presence's pool_size)".into(),
+                );
             }
             c.presence_pool_size = self.presence_pool_size;
             // Phoenix.Tracker marks a replica down only after twice its heartbeat period and

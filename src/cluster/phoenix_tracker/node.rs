@@ -85,10 +85,13 @@ pub(in crate::cluster) fn start(
         refused_logged: false,
         bad_logged: false,
     };
+    let last = match pool_size {
+        1 => String::new(),
+        n => format!("..{}", n - 1),
+    };
     log::info!(
-        "cluster: replica {} of Elixir.{tracker} on phx_presence:Elixir.{tracker}_shard0..{}",
-        config.node_name,
-        pool_size - 1
+        "cluster: replica {} of Elixir.{tracker} on phx_presence:Elixir.{tracker}_shard0{last}",
+        config.node_name
     );
     crate::task::spawn(async move {
         let mut tick = tokio::time::interval(period);

@@ -73,8 +73,10 @@ export function publish(channel, bytes){
 export const nodes = {}
 
 /** With PRESENCE_NAME set, every node replicates presence as a Phoenix.Tracker replica of that
- * Presence (`--presence-name`) rather than on Fawkes's own channel. */
-const PRESENCE_ARGS = process.env.PRESENCE_NAME ? ["--presence-name", process.env.PRESENCE_NAME] : []
+ * Presence (`--presence-name`, with PRESENCE_POOL_SIZE shards) rather than on Fawkes's own channel. */
+const PRESENCE_ARGS = process.env.PRESENCE_NAME
+  ? ["--presence-name", process.env.PRESENCE_NAME, "--presence-pool-size", process.env.PRESENCE_POOL_SIZE || "1"]
+  : []
 
 export async function startNode(name, args = []){
   const port = await freePort()
