@@ -190,15 +190,16 @@ pub fn http_raw(
 /// Runs one Node test file of `protocol_tests/js` (`npm ci` first if needed) and checks that
 /// exactly `passes` tests passed and none failed; returns node's report.
 pub fn node_test(file: &str, envs: &[(&str, String)], passes: usize) -> String {
+    node_test_within(file, envs, passes, 60)
+}
+
+/// [`node_test`] for a file whose tests wait out longer timeouts: `secs` for the whole file.
+pub fn node_test_within(file: &str, envs: &[(&str, String)], passes: usize, secs: u64) -> String {
     let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocol_tests/js");
     npm_ci(&js);
+    let timeout = format!("--test-timeout={}", secs * 1000);
     let out = Command::new("node")
-        .args([
-            "--test",
-            "--test-concurrency=1",
-            "--test-timeout=60000",
-            file,
-        ])
+        .args(["--test", "--test-concurrency=1", &timeout, file])
         .current_dir(&js)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .output()

@@ -870,3 +870,65 @@ mod tests {
         assert_eq!(pairs[0].0, Term::Binary(long.into_bytes()));
     }
 }
+
+/// Real Phoenix 1.7.24 nodes' traffic (captures 13-18 and 22-24: three Elixir nodes with
+/// distribution on, five presences), as a Fawkes shard in phx3's place takes it.
+#[cfg(test)]
+mod golden {
+    use super::super::wire::{decode, Envelope};
+    use super::*;
+    use crate::cluster::term::{Atoms, Bounds};
+    use crate::cluster::tests::capture;
+
+    fn read(prefix: &str) -> Envelope {
+        let bytes = capture(prefix);
+        let env = decode(&bytes, Bounds::default()).unwrap();
+        // Written back as the OTP 25 node wrote it.
+        assert_eq!(env.encode(Atoms::Otp25), bytes, "{prefix}");
+        env
+    }
+
+    fn keys(out: &Out, join: bool) -> Vec<String> {
+        let mut k: Vec<String> = (out.changes.iter().flat_map(|(_, c)| c))
+            .filter_map(|c| match c {
+                Change::Join { key, .. } if join => Some(key.clone()),
+                Change::Leave { key, .. } if !join => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn several_presences_from_three_elixir_nodes() {
+        let mut s = Shard::new(ShardConfig::new("phx3", "PhoenixFixture.Presence", 0), 9);
+        let t = Instant::now();
+        let out = s.receive(read("13_"), t);
+        assert_eq!(keys(&out, true), ["u1", "u2", "u3"]);
+        let out = s.receive(read("14_"), t);
+        assert_eq!(keys(&out, true), ["u4", "u5"]);
+        // phx2's transfer to phx3 holds the five: nothing new.
+        let out = s.receive(read("16_"), t);
+        assert_eq!(out.changes, []);
+        // u2 leaves phx1; phx2 passes the removal on.
+        let out = s.receive(read("17_"), t);
+        assert_eq!(
+            (keys(&out, true), keys(&out, false)),
+            (vec![], vec!["u2".to_owned()])
+        );
+        assert_eq!(s.receive(read("18_"), t).changes, []);
+        // The transfer after phx3's restart brings u6, who joined phx1 meanwhile.
+        assert_eq!(keys(&s.receive(read("22_"), t), true), ["u6"]);
+        assert_eq!((s.presences(), s.peers()), (5, (2, 0)));
+        // phx2 leaves for good: its two presences with it.
+        let out = s.receive(read("23_"), t);
+        let phx2: Arc<str> = Arc::from("phx2/1796698278472472");
+        assert_eq!(out.dropped, [phx2.clone(), phx2]);
+        assert_eq!((s.presences(), s.peers()), (3, (1, 0)));
+        // phx1's leaves (dots of presences phx3 never saw among them) take the other three.
+        let out = s.receive(read("24_"), t);
+        assert_eq!(keys(&out, false), ["u1", "u3", "u6"]);
+        assert_eq!(s.presences(), 0);
+    }
+}
