@@ -8,7 +8,7 @@
 //   FAWKES_DEBUG      set to 1 to get phoenix.js' own log on stdout
 
 import {randomBytes} from "node:crypto"
-import {Socket, LongPoll} from "phoenix"
+import {Socket, LongPoll, Presence} from "phoenix"
 import {WebSocket} from "ws"
 
 export const SOCKET_URL = process.env.FAWKES_URL || "ws://127.0.0.1:4000/socket"
@@ -218,4 +218,16 @@ export function joined(reply){
   }
   const {seq, ...rest} = reply
   return rest
+}
+
+/**
+ * A Presence on `channel` (made before its join, to see the presence_state) and the keys it saw
+ * arrive (`joins`) and go entirely (`leaves`), in order.
+ */
+export function watchKeys(channel){
+  const presence = new Presence(channel)
+  const seen = {joins: [], leaves: []}
+  presence.onJoin((key, current) => { if(!current){ seen.joins.push(key) } })
+  presence.onLeave((key, current) => { if(current.metas.length === 0){ seen.leaves.push(key) } })
+  return {presence, seen}
 }

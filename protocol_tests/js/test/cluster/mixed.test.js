@@ -11,9 +11,9 @@ import {test, before, after} from "node:test"
 import assert from "node:assert/strict"
 import {spawn, execFileSync} from "node:child_process"
 import {readFileSync} from "node:fs"
-import {Presence, Socket} from "phoenix"
+import {Socket} from "phoenix"
 import {WebSocket} from "ws"
-import {disconnect, joinOk, openSocket, sleep, waitUntil} from "../helpers.js"
+import {disconnect, joinOk, openSocket, sleep, waitUntil, watchKeys} from "../helpers.js"
 import {createServer} from "node:net"
 
 const {FIXTURE_BIN, ANCHOR_DIR, ANCHOR_SCRIPTS} = process.env
@@ -70,10 +70,7 @@ async function inLobby(t, node, user){
   t.after(() => disconnect(socket))
   await openSocket(socket)
   const channel = socket.channel("channel:lobby", {user_id: user})
-  const presence = new Presence(channel)
-  const seen = {joins: [], leaves: []}
-  presence.onJoin((key, current) => { if(!current){ seen.joins.push(key) } })
-  presence.onLeave((key, current) => { if(current.metas.length === 0){ seen.leaves.push(key) } })
+  const {presence, seen} = watchKeys(channel)
   await joinOk(channel)
   return {socket, channel, presence, seen}
 }

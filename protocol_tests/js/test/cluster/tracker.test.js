@@ -6,8 +6,7 @@
 
 import {test, before, after} from "node:test"
 import assert from "node:assert/strict"
-import {Presence} from "phoenix"
-import {joinOk, openSocket, sleep, waitUntil} from "../helpers.js"
+import {joinOk, openSocket, sleep, waitUntil, watchKeys} from "../helpers.js"
 import {PHX_CHANNEL, api, createUser, eventually, linked, logsOf, metrics, nodes, publish, socketOn, startNode, startRedis, stopNodes} from "./nodes.js"
 
 const TRACKER = ["--presence-name", "Fawkes.Presence", "--presence-down-after", "30"]
@@ -21,12 +20,9 @@ async function inRoom(t, node, user){
   const socket = socketOn(t, node, user)
   await openSocket(socket)
   const channel = socket.channel(topic)
-  const presence = new Presence(channel)
-  const events = {joins: [], leaves: []}
-  presence.onJoin((key, current) => { if(!current){ events.joins.push(key) } })
-  presence.onLeave((key, current) => { if(current.metas.length === 0){ events.leaves.push(key) } })
+  const {presence, seen} = watchKeys(channel)
   await joinOk(channel)
-  return {socket, channel, presence, events}
+  return {socket, channel, presence, events: seen}
 }
 
 const keysOf = p => p.list(k => k).sort()
