@@ -262,9 +262,7 @@ impl Cluster {
             Err(_) => Err("cluster: the Redis link stopped before it first connected".into()),
         }
     }
-}
 
-impl Cluster {
     /// Called as the node stops: as a replica of the app's Presence it says so, and the other
     /// replicas drop its presences at once (else after their down period). Waits at most a
     /// couple of seconds.

@@ -1107,28 +1107,30 @@ mod tests {
             assert!(decode(&full[..n], Bounds::default()).is_err(), "{n}");
         }
     }
-}
 
-#[cfg(test)]
-mod phash2_tests {
-    use super::phash2_binary;
-
-    /// Against `:erlang.phash2(Bin, 4294967296)` and `phash2(Bin, 8)` on OTP 25.2.3 (erts
-    /// 13.1.5): blocks of 12 bytes, every tail length, the empty binary.
+    /// Against `:erlang.phash2(Bin, 4294967296)` on OTP 25.2.3 (erts 13.1.5): every length
+    /// from 0 to 24 bytes (no, one and two 12-byte blocks, every tail length), and topics.
     #[test]
     fn phash2_is_erlangs() {
-        for (s, hash, of8) in [
-            ("", 147926629, 5),
-            ("a", 1589197455, 7),
-            ("abc", 1306188027, 3),
+        let erlang: [u32; 25] = [
+            147926629, 1589197455, 261815530, 1306188027, 3219329547, 504217779, 1818048662,
+            731689103, 3561888030, 2087839144, 187868928, 96993671, 686521495, 3501102500,
+            445108337, 3209565879, 3491374364, 1536467649, 3764977431, 1837953597, 1672357388,
+            197372035, 1011054470, 2116396220, 2489409165,
+        ];
+        let bytes = b"abcdefghijklmnopqrstuvwx";
+        for (n, &hash) in erlang.iter().enumerate() {
+            assert_eq!(phash2_binary(&bytes[..n]), hash, "{n} bytes");
+        }
+        // And `phash2(Topic, 8)`, the shard of a pool of 8.
+        for (topic, hash, of8) in [
             ("room:lobby", 225471484, 4),
             ("channel:lobby", 1457910691, 3),
             ("channel:1", 845245029, 5),
-            ("twelve bytes", 93359736, 0),
             ("a much longer topic name:42", 2272765273, 1),
         ] {
-            assert_eq!(phash2_binary(s.as_bytes()), hash, "{s:?}");
-            assert_eq!(phash2_binary(s.as_bytes()) % 8, of8, "{s:?}");
+            assert_eq!(phash2_binary(topic.as_bytes()), hash, "{topic}");
+            assert_eq!(hash % 8, of8, "{topic}");
         }
     }
 }

@@ -241,36 +241,31 @@ impl Shard {
     pub fn tick(&mut self, now: Instant) -> Out {
         let mut out = Out::default();
         let me = self.replica().clone();
-        if self.state.has_delta() {
-            let clocks = self.state.clocks();
-            let delta = self.state.take_delta(self.config.mapset_version);
-            out.publish.push(self.envelope(
-                Route::Except,
-                &me.name,
-                Message::Heartbeat {
-                    from: me.clone(),
-                    delta: Some(delta),
-                    clocks,
-                },
-            ));
-            self.silent_periods = 0;
+        // The delta if there is one, else an empty heartbeat once silent long enough.
+        let clocks = self.state.clocks();
+        let beat = if self.state.has_delta() {
+            Some(Some(self.state.take_delta(self.config.mapset_version)))
         } else if self.silent_periods >= self.config.max_silent_periods {
-            let clocks = self.state.clocks();
-            out.publish.push(self.envelope(
-                Route::Except,
-                &me.name,
-                Message::Heartbeat {
-                    from: me.clone(),
-                    delta: None,
-                    clocks,
-                },
-            ));
-            self.silent_periods = 0;
+            Some(None)
         } else {
-            self.silent_periods += 1;
+            None
+        };
+        match beat {
+            Some(delta) => {
+                let heartbeat = Message::Heartbeat {
+                    from: me.clone(),
+                    delta,
+                    clocks,
+                };
+                out.publish
+                    .push(self.envelope(Route::Except, &me.name, heartbeat));
+                self.silent_periods = 0;
+            }
+            None => self.silent_periods += 1,
         }
         if self.sample_countdown <= 1 {
-            self.pending_clocks.append(self.state.clocks());
+            let clocks = self.state.clocks();
+            self.pending_clocks.append(clocks.clone());
             let ahead: Vec<Replica> = self
                 .pending_clocks
                 .replicas()
@@ -291,7 +286,7 @@ impl Shard {
                 let req = Message::TransferReq {
                     id,
                     from: me.clone(),
-                    clocks: self.state.clocks(),
+                    clocks: clocks.clone(),
                 };
                 out.publish.push(self.envelope(Route::Only, &r.name, req));
             }
@@ -581,6 +576,14 @@ mod tests {
             .collect()
     }
 
+    /// A pair where a tracks alice and b has had her in a's delta.
+    fn alice_known(t: Instant) -> (Shard, Shard) {
+        let (mut a, mut b) = pair(t);
+        a.local(join("room:1", "alice", "A1"));
+        deliver(a.tick(t + P), &mut b, t + P);
+        (a, b)
+    }
+
     /// Two shards that have heard each other's first heartbeats.
     fn pair(t: Instant) -> (Shard, Shard) {
         let (mut a, mut b) = (shard("a", 1), shard("b", 2));
@@ -696,9 +699,7 @@ mod tests {
     #[test]
     fn a_silent_peer_is_down_after_the_down_period_and_back_on_its_heartbeat() {
         let t = Instant::now();
-        let (mut a, mut b) = pair(t);
-        a.local(join("room:1", "alice", "A1"));
-        deliver(a.tick(t + P), &mut b, t + P);
+        let (mut a, mut b) = alice_known(t);
         let id = replica_id(a.replica());
         assert!(b.tick(t + Duration::from_secs(30)).dropped.is_empty());
         assert_eq!(
@@ -723,9 +724,7 @@ mod tests {
     #[test]
     fn a_restarted_peer_drops_its_old_presences_at_once() {
         let t = Instant::now();
-        let (mut a, mut b) = pair(t);
-        a.local(join("room:1", "alice", "A1"));
-        deliver(a.tick(t + P), &mut b, t + P);
+        let (a, mut b) = alice_known(t);
         let old = replica_id(a.replica());
         let mut a2 = shard("a", 99);
         let out = deliver(a2.tick(t + P * 2), &mut b, t + P * 2);
@@ -736,17 +735,14 @@ mod tests {
     #[test]
     fn a_graceful_permdown_drops_at_once() {
         let t = Instant::now();
-        let (mut a, mut b) = pair(t);
-        a.local(join("room:1", "alice", "A1"));
-        deliver(a.tick(t + P), &mut b, t + P);
+        let (a, mut b) = alice_known(t);
         let out = b.receive(a.graceful_permdown(), t + P);
         assert_eq!(out.dropped.len(), 2);
         assert_eq!(b.presences(), 0);
         // Another vsn's permdown under the same name is not this one's.
-        let (mut a, mut b) = pair(t);
+        let (_, mut b) = pair(t);
         let out = b.receive(shard("a", 5).graceful_permdown(), t);
         assert!(out.dropped.is_empty());
-        a.tick(t);
     }
 
     #[test]
