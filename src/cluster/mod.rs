@@ -52,6 +52,8 @@ pub struct ClusterConfig {
     pub presence_name: Option<String>,
     /// Its shard count (`pool_size`).
     pub presence_pool_size: u32,
+    /// Presences one shard of the replica holds; a peer's message past it is refused.
+    pub presence_max_entries: usize,
     /// Largest message read from Redis; larger ones are refused and counted.
     pub max_message_bytes: usize,
     /// Memory one message's decoded term may take (see [`term::Bounds::max_term_bytes`]).
@@ -73,6 +75,7 @@ impl ClusterConfig {
             presence_down_after: Duration::from_secs(30),
             presence_name: None,
             presence_pool_size: 1,
+            presence_max_entries: 1_000_000,
             max_message_bytes: 8 * 1024 * 1024,
             max_term_bytes: term::Bounds::default().max_term_bytes,
             publish_queue: 65_536,
@@ -126,6 +129,10 @@ pub struct ClusterArgs {
     /// presences live on shard `:erlang.phash2(topic, pool_size)`, as on the Elixir nodes.
     #[arg(long, env = "FAWKES_PRESENCE_POOL_SIZE", default_value_t = 1)]
     pub presence_pool_size: u32,
+    /// With `--presence-name`: presences each shard holds, this node's and its peers'; a
+    /// peer's message that would go past it is refused and counted.
+    #[arg(long, env = "FAWKES_PRESENCE_MAX_ENTRIES", default_value_t = 1_000_000)]
+    pub presence_max_entries: usize,
     /// Seconds without a heartbeat after which another node counts as down.
     #[arg(long, env = "FAWKES_PRESENCE_DOWN_AFTER", default_value_t = 30)]
     pub presence_down_after: u64,
@@ -178,6 +185,7 @@ impl ClusterArgs {
                 );
             }
             c.presence_pool_size = self.presence_pool_size;
+            c.presence_max_entries = self.presence_max_entries.max(1);
             // Phoenix.Tracker marks a replica down only after twice its heartbeat period and
             // more; its own heartbeat is every 1.5 s.
             if self.presence_down_after < 3 {

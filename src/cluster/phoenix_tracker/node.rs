@@ -66,6 +66,7 @@ pub(in crate::cluster) fn start(
         .map(|n| {
             let mut c = ShardConfig::new(&config.node_name, tracker, n);
             c.down_period = config.presence_down_after;
+            c.max_presences = config.presence_max_entries;
             // Idle heartbeats at least twice per down period, as Phoenix's defaults have it
             // (every 16.5 s against 30 s): a shorter down period makes them more frequent.
             let idle_every =
